@@ -1,0 +1,15 @@
+"""samtriton: Segment Anything served from NVIDIA Triton, with a numpy-only gRPC client.
+
+    from samtriton import SamPredictor
+    predictor = SamPredictor("127.0.0.1:8001", model="sam")
+    predictor.set_image(image)
+    masks, scores, logits = predictor.predict(point_coords=..., point_labels=...)
+
+``import samtriton`` never imports torch.
+"""
+
+from .errors import InvalidInput, SamTritonError, ServerError
+from .predictor import SamPredictor, TritonSam
+
+__version__ = "0.1.0"
+__all__ = ["SamPredictor", "TritonSam", "InvalidInput", "SamTritonError", "ServerError", "__version__"]

@@ -1,0 +1,181 @@
+"""The ``samtriton`` command: export, serve, segment.
+
+Subcommands import what they need when they run, so ``samtriton segment`` never loads torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import List, Optional
+
+from . import contract as C
+
+
+def _export(args) -> int:
+    from samtriton.export.exporter import export
+    from samtriton.export.repository import RepositoryOptions
+
+    options = RepositoryOptions(
+        name=args.name, encoder_backend=args.encoder_backend, decoder_backend=args.decoder_backend,
+        max_encoder_batch=args.max_batch_size, encoder_instances=args.encoder_instances,
+        decoder_instances=args.decoder_instances, ort_threads=args.ort_threads)
+    export(args.model_type, args.repository, checkpoint=args.checkpoint, options=options,
+           allow_unverified=not args.require_official)
+    return 0
+
+
+def _serve(args) -> int:
+    from .server import EmbeddedTriton, ServerStartError
+
+    server = EmbeddedTriton(args.repository, grpc_port=args.grpc_port, http_port=args.http_port,
+                            metrics_port=args.metrics_port, host=args.host,
+                            startup_timeout=args.startup_timeout, log_verbose=args.log_verbose)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        server.start()
+    except ServerStartError as exc:
+        print(f"samtriton serve: {exc}", file=sys.stderr)
+        return 1
+    print(f"Triton is serving {args.repository} at grpc://{server.grpc_url} "
+          f"(http {server.host}:{server.http_port}, metrics {server.host}:{server.metrics_port})", flush=True)
+    while not stop.wait(0.5):
+        if server.process is None or server.process.poll() is not None:
+            print("samtriton serve: tritonserver exited unexpectedly:\n" + "\n".join(server.error_lines()),
+                  file=sys.stderr)
+            server.stop()
+            return 1
+    code = server.stop()
+    print(f"tritonserver stopped (exit code {code})", flush=True)
+    return 0
+
+
+def _pair_list(values: Optional[List[str]], size: int, flag: str):
+    parsed = []
+    for value in values or []:
+        try:
+            numbers = [float(v) for v in value.split(",")]
+        except ValueError:
+            raise SystemExit(f"{flag} {value!r}: expected {size} comma-separated numbers") from None
+        if len(numbers) != size:
+            raise SystemExit(f"{flag} {value!r}: expected {size} comma-separated numbers")
+        parsed.append(numbers)
+    return parsed
+
+
+def _segment(args) -> int:
+    import numpy as np
+
+    from .predictor import SamPredictor
+    from .transforms import to_rgb_uint8
+    from .visualize import cutout, overlay
+
+    points = _pair_list(args.point, 2, "--point") + _pair_list(args.negative_point, 2, "--negative-point")
+    labels = [1] * len(args.point or []) + [0] * len(args.negative_point or [])
+    boxes = _pair_list(args.box, 4, "--box")
+    if not points and not boxes:
+        raise SystemExit("samtriton segment: give --point x,y and/or --box x0,y0,x1,y1")
+    if len(boxes) > 1 and points:
+        raise SystemExit("samtriton segment: several --box cannot be combined with points")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    predictor = SamPredictor(args.url, model=args.model, timeout=args.timeout)
+    for path in _image_paths(args.images):
+        image = to_rgb_uint8(path)
+        predictor.set_image(image)
+        if len(boxes) > 1:
+            masks, scores, _ = predictor.predict_batch(boxes=np.array(boxes), multimask_output=False)
+            masks, scores = masks[:, 0], scores[:, 0]
+        else:
+            masks, scores, _ = predictor.predict(
+                point_coords=np.array(points) if points else None,
+                point_labels=np.array(labels) if points else None,
+                box=np.array(boxes[0]) if boxes else None,
+                multimask_output=not boxes and len(points) == 1)
+            best = int(np.argmax(scores))
+            masks, scores = masks[best:best + 1], scores[best:best + 1]
+        stem = Path(path).stem
+        overlay_path = out_dir / f"{stem}_overlay.png"
+        overlay(image, masks, points=np.array(points) if points else None, labels=np.array(labels),
+                boxes=boxes).save(overlay_path)
+        record = {"image": str(path), "height": image.shape[0], "width": image.shape[1],
+                  "masks": [{"score": float(s), "area": int(m.sum())} for m, s in zip(masks, scores)]}
+        if args.cutout:
+            for i, mask in enumerate(masks):
+                cutout(image, mask).save(out_dir / f"{stem}_cutout{i}.png")
+        (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
+        print(overlay_path, flush=True)
+    predictor.close()
+    return 0
+
+
+def _image_paths(inputs: List[str]) -> List[Path]:
+    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+    paths = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes))
+        elif path.exists():
+            paths.append(path)
+        else:
+            raise SystemExit(f"samtriton segment: no such image or folder: {item}")
+    return paths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="samtriton", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    export = sub.add_parser("export", help="checkpoint -> ONNX / TensorRT -> Triton model repository")
+    export.add_argument("--model-type", required=True, choices=C.MODEL_TYPES)
+    export.add_argument("--checkpoint", help="checkpoint path; default: download the official one (sha256-checked)")
+    export.add_argument("--repository", required=True, help="model repository directory to write into")
+    export.add_argument("--name", default=C.DEFAULT_MODEL_NAME, help="deployment name (default: %(default)s)")
+    export.add_argument("--encoder-backend", default="python", choices=("tensorrt", "onnxruntime", "python"))
+    export.add_argument("--decoder-backend", default="python", choices=("onnxruntime", "python"))
+    export.add_argument("--max-batch-size", type=int, default=C.MAX_ENCODER_BATCH, help="encoder max batch")
+    export.add_argument("--encoder-instances", type=int, default=1)
+    export.add_argument("--decoder-instances", type=int, default=1)
+    export.add_argument("--ort-threads", type=int, default=0, help="ONNX Runtime threads per python model (0: all)")
+    export.add_argument("--require-official", action="store_true",
+                        help="fail unless --checkpoint is the official file (sha256)")
+    export.set_defaults(func=_export)
+
+    serve = sub.add_parser("serve", help="run the embedded tritonserver on a model repository")
+    serve.add_argument("--repository", required=True)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    serve.add_argument("--grpc-port", type=int, default=8001)
+    serve.add_argument("--http-port", type=int, default=8000)
+    serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument("--startup-timeout", type=float, default=180.0)
+    serve.add_argument("--log-verbose", type=int, default=0)
+    serve.set_defaults(func=_serve)
+
+    segment = sub.add_parser("segment", help="segment images by points and boxes on a running server")
+    segment.add_argument("images", nargs="+", help="image files or folders")
+    segment.add_argument("--url", default="127.0.0.1:8001")
+    segment.add_argument("--model", default=C.DEFAULT_MODEL_NAME)
+    segment.add_argument("--point", action="append", help="foreground point x,y (repeatable)")
+    segment.add_argument("--negative-point", action="append", help="background point x,y (repeatable)")
+    segment.add_argument("--box", action="append", help="box x0,y0,x1,y1 (repeatable)")
+    segment.add_argument("--cutout", action="store_true", help="also write RGBA cut-outs")
+    segment.add_argument("--timeout", type=float, default=60.0)
+    segment.add_argument("--out", required=True, help="output directory")
+    segment.set_defaults(func=_segment)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""The wire contract: tensor names, dtypes and shapes of every served model.
+
+This module is the one place that defines them. The exporter names its ONNX inputs and
+outputs from here, the repository writer builds each ``config.pbtxt`` from here, the
+python-backend models read and write tensors by these names, and the client builds its
+requests from here. numpy only.
+
+Shapes use -1 for a dynamic dimension. ``dims`` are the per-request dims Triton sees; for a
+batching model (``max_batch_size > 0``) Triton prepends the batch dimension.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+
+# SAM's fixed geometry: the encoder sees a square of IMAGE_SIZE pixels, the embedding is
+# EMBED_DIM x EMBED_SIZE x EMBED_SIZE, low-resolution masks are LOW_RES_SIZE square.
+IMAGE_SIZE = 1024
+EMBED_DIM = 256
+EMBED_SIZE = 64
+LOW_RES_SIZE = 256
+# The decoder predicts 4 masks per prompt: index 0 is SAM's single-mask output, 1..3 its
+# multimask outputs. SamPredictor returns [0:1] or [1:4]; the client does the same slice.
+NUM_MASK_OUTPUTS = 4
+SINGLE_MASK_SLICE = slice(0, 1)
+MULTIMASK_SLICE = slice(1, 4)
+
+# Point labels, as in SAM's own ONNX export: 0 background, 1 foreground, 2 and 3 the
+# top-left and bottom-right box corners, -1 the padding point.
+LABEL_PAD = -1
+LABEL_BACKGROUND = 0
+LABEL_FOREGROUND = 1
+LABEL_BOX_TOP_LEFT = 2
+LABEL_BOX_BOTTOM_RIGHT = 3
+VALID_LABELS = (LABEL_PAD, LABEL_BACKGROUND, LABEL_FOREGROUND, LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT)
+
+# SAM's pixel normalization (ImageNet mean / std on 0..255), folded into the encoder graph.
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+_TRITON_DTYPES = {
+    np.dtype(np.uint8): "TYPE_UINT8",
+    np.dtype(np.int64): "TYPE_INT64",
+    np.dtype(np.float32): "TYPE_FP32",
+    np.dtype(np.float16): "TYPE_FP16",
+}
+_WIRE_DTYPES = {  # tritonclient's datatype strings
+    np.dtype(np.uint8): "UINT8",
+    np.dtype(np.int64): "INT64",
+    np.dtype(np.float32): "FP32",
+    np.dtype(np.float16): "FP16",
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: np.dtype
+    dims: Tuple[int, ...]
+    doc: str = ""
+
+    @property
+    def config_dtype(self) -> str:
+        """The ``data_type`` enum name used in config.pbtxt."""
+        return _TRITON_DTYPES[np.dtype(self.dtype)]
+
+    @property
+    def wire_dtype(self) -> str:
+        """The datatype string tritonclient's InferInput takes."""
+        return _WIRE_DTYPES[np.dtype(self.dtype)]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One served model: its inputs, outputs and whether Triton batches it."""
+
+    suffix: str  # the served name is f"{name}{suffix}"
+    inputs: Tuple[TensorSpec, ...]
+    outputs: Tuple[TensorSpec, ...]
+    batching: bool  # True: dims exclude the batch axis and max_batch_size > 0
+
+    def served_name(self, name: str) -> str:
+        return f"{name}{self.suffix}"
+
+    def input(self, name: str) -> TensorSpec:
+        return _by_name(self.inputs, name)
+
+    def output(self, name: str) -> TensorSpec:
+        return _by_name(self.outputs, name)
+
+    def full_shape(self, spec: TensorSpec) -> Tuple[int, ...]:
+        """The shape of the tensor as the ONNX graph sees it (batch axis included)."""
+        return ((-1,) + spec.dims) if self.batching else spec.dims
+
+
+def _by_name(specs, name):
+    for spec in specs:
+        if spec.name == name:
+            return spec
+    raise KeyError(name)
+
+
+# --- Encoder: the resized, padded image -> image embeddings ------------------------------
+IMAGE = TensorSpec(
+    "image", np.uint8, (IMAGE_SIZE, IMAGE_SIZE, 3),
+    "RGB, layout HWC (NHWC with the batch axis): the image resized so its long side is "
+    "1024 (PIL bilinear, as segment-anything), placed top-left, the rest zero.",
+)
+INPUT_SIZE = TensorSpec(
+    "input_size", np.int64, (2,),
+    "(height, width) of the resized image inside the 1024 square; the encoder zeroes the "
+    "padding after normalization, as Sam.preprocess does.",
+)
+IMAGE_EMBEDDINGS = TensorSpec("image_embeddings", np.float32, (EMBED_DIM, EMBED_SIZE, EMBED_SIZE))
+
+ENCODER = ModelSpec(
+    suffix="_encoder",
+    inputs=(IMAGE, INPUT_SIZE),
+    outputs=(IMAGE_EMBEDDINGS,),
+    batching=True,
+)
+
+# --- Decoder: ONE image embedding + K prompts -> 4 low-res masks and IoU scores each -----
+DECODER_IMAGE_EMBEDDINGS = TensorSpec(
+    "image_embeddings", np.float32, (1, EMBED_DIM, EMBED_SIZE, EMBED_SIZE), "one image"
+)
+POINT_COORDS = TensorSpec(
+    "point_coords", np.float32, (-1, -1, 2),
+    "K prompts x N points x (x, y) in the 1024 frame (ResizeLongestSide.apply_coords).",
+)
+POINT_LABELS = TensorSpec("point_labels", np.float32, (-1, -1), "K x N labels from VALID_LABELS")
+MASK_INPUT = TensorSpec(
+    "mask_input", np.float32, (-1, 1, LOW_RES_SIZE, LOW_RES_SIZE), "K low-res logits; zeros if none"
+)
+HAS_MASK_INPUT = TensorSpec("has_mask_input", np.float32, (-1,), "K flags: 1 uses mask_input, 0 ignores it")
+LOW_RES_MASKS = TensorSpec("low_res_masks", np.float32, (-1, NUM_MASK_OUTPUTS, LOW_RES_SIZE, LOW_RES_SIZE))
+IOU_PREDICTIONS = TensorSpec("iou_predictions", np.float32, (-1, NUM_MASK_OUTPUTS))
+
+DECODER = ModelSpec(
+    suffix="_decoder",
+    inputs=(DECODER_IMAGE_EMBEDDINGS, POINT_COORDS, POINT_LABELS, MASK_INPUT, HAS_MASK_INPUT),
+    outputs=(LOW_RES_MASKS, IOU_PREDICTIONS),
+    batching=False,  # one embedding + K prompts has no common batch axis
+)
+
+# --- Ensemble: image + prompts -> masks in one call ---------------------------------------
+# Not batching: the encoder (a batching member) is called with batch 1, which is why the
+# ensemble's image carries an explicit leading 1.
+ENSEMBLE = ModelSpec(
+    suffix="",
+    inputs=(
+        TensorSpec(IMAGE.name, IMAGE.dtype, (1,) + IMAGE.dims, IMAGE.doc),
+        TensorSpec(INPUT_SIZE.name, INPUT_SIZE.dtype, (1,) + INPUT_SIZE.dims, INPUT_SIZE.doc),
+        POINT_COORDS,
+        POINT_LABELS,
+        MASK_INPUT,
+        HAS_MASK_INPUT,
+    ),
+    outputs=(LOW_RES_MASKS, IOU_PREDICTIONS),
+    batching=False,
+)
+
+# How the ensemble wires its members: (member spec, {member tensor: ensemble tensor}).
+ENSEMBLE_STEPS = (
+    (
+        ENCODER,
+        {IMAGE.name: IMAGE.name, INPUT_SIZE.name: INPUT_SIZE.name},
+        {IMAGE_EMBEDDINGS.name: "_embedding"},
+    ),
+    (
+        DECODER,
+        {
+            DECODER_IMAGE_EMBEDDINGS.name: "_embedding",
+            POINT_COORDS.name: POINT_COORDS.name,
+            POINT_LABELS.name: POINT_LABELS.name,
+            MASK_INPUT.name: MASK_INPUT.name,
+            HAS_MASK_INPUT.name: HAS_MASK_INPUT.name,
+        },
+        {LOW_RES_MASKS.name: LOW_RES_MASKS.name, IOU_PREDICTIONS.name: IOU_PREDICTIONS.name},
+    ),
+)
+
+MODEL_SPECS = (ENCODER, DECODER, ENSEMBLE)
+
+# Upper bounds applied by client and server alike.
+MAX_ENCODER_BATCH = 8
+MAX_PROMPTS_PER_REQUEST = 256
+MAX_POINTS_PER_PROMPT = 64
+
+MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "vit_t")
+DEFAULT_MODEL_NAME = "sam"

@@ -1,0 +1,173 @@
+"""SAM / MobileSAM -> two ONNX graphs named by the contract.
+
+- Encoder: uint8 NHWC image (resized, padded) + its (h, w) -> image embeddings, with SAM's
+  pixel normalization and padding folded into the graph and a dynamic batch axis.
+- Decoder: prompt encoder + mask decoder for ONE embedding and K prompts, returning all 4
+  low-resolution masks and IoU predictions; upscaling is left to the client.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from samtriton import contract as C
+
+OPSET = 17
+# ONNX protobufs cap at 2 GB; ViT-H's encoder is 2.5 GB and must keep weights outside.
+PROTOBUF_LIMIT = 2 * 1024**3
+
+
+class EncoderWithPreprocess(nn.Module):
+    """``Sam.preprocess`` + ``image_encoder`` on the contract's uint8 input."""
+
+    def __init__(self, sam):
+        super().__init__()
+        self.image_encoder = sam.image_encoder
+        self.register_buffer("pixel_mean", torch.tensor(C.PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(C.PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, image: torch.Tensor, input_size: torch.Tensor) -> torch.Tensor:
+        x = image.permute(0, 3, 1, 2).float()
+        x = (x - self.pixel_mean) / self.pixel_std
+        # Sam.preprocess pads *after* normalizing, so the padding must be exactly zero.
+        positions = torch.arange(C.IMAGE_SIZE, device=image.device)
+        rows = positions[None, :] < input_size[:, 0:1]
+        cols = positions[None, :] < input_size[:, 1:2]
+        valid = rows[:, None, :, None] & cols[:, None, None, :]
+        x = torch.where(valid, x, torch.zeros_like(x))
+        return self.image_encoder(x)
+
+
+class PromptDecoder(nn.Module):
+    """Prompt encoder + mask decoder for one embedding and K prompts (SAM's ONNX prompt form)."""
+
+    def __init__(self, sam):
+        super().__init__()
+        self.prompt_encoder = sam.prompt_encoder
+        self.mask_decoder = sam.mask_decoder
+
+    def _embed_points(self, point_coords: torch.Tensor, point_labels: torch.Tensor) -> torch.Tensor:
+        encoder = self.prompt_encoder
+        point_coords = (point_coords + 0.5) / C.IMAGE_SIZE
+        embedding = encoder.pe_layer._pe_encoding(point_coords)
+        labels = point_labels.unsqueeze(-1).expand_as(embedding)
+        embedding = embedding * (labels != C.LABEL_PAD)
+        embedding = embedding + encoder.not_a_point_embed.weight * (labels == C.LABEL_PAD)
+        for i in range(encoder.num_point_embeddings):
+            embedding = embedding + encoder.point_embeddings[i].weight * (labels == i)
+        return embedding
+
+    def _embed_masks(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
+        has_mask = has_mask_input.reshape(-1, 1, 1, 1)
+        embedding = has_mask * self.prompt_encoder.mask_downscaling(mask_input)
+        return embedding + (1 - has_mask) * self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+
+    def forward(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
+        sparse = self._embed_points(point_coords, point_labels)
+        dense = self._embed_masks(mask_input, has_mask_input)
+        return self.mask_decoder.predict_masks(
+            image_embeddings=image_embeddings,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+        )
+
+
+def _patch_tinyvit_batch_axis(sam) -> None:
+    """TinyViT's PatchMerging reads the batch as ``len(x)``, which the tracer freezes to a
+    constant: batch 2 then fails at run time. Read it from ``x.shape[0]`` instead."""
+    from mobile_sam.modeling.tiny_vit_sam import PatchMerging
+
+    def forward(self, x):
+        if x.ndim == 3:
+            height, width = self.input_resolution
+            x = x.view(x.shape[0], height, width, -1).permute(0, 3, 1, 2)
+        x = self.act(self.conv1(x))
+        x = self.act(self.conv2(x))
+        x = self.conv3(x)
+        return x.flatten(2).transpose(1, 2)
+
+    for module in sam.image_encoder.modules():
+        if isinstance(module, PatchMerging):
+            module.forward = types.MethodType(forward, module)
+
+
+def _names(specs):
+    return [s.name for s in specs]
+
+
+def _dynamic_axes(model_spec):
+    axes = {}
+    for spec in model_spec.inputs + model_spec.outputs:
+        shape = model_spec.full_shape(spec)
+        dynamic = {i: f"{spec.name}_dim{i}" for i, d in enumerate(shape) if d == -1}
+        if model_spec.batching:
+            dynamic[0] = "batch"
+        if dynamic:
+            axes[spec.name] = dynamic
+    return axes
+
+
+def _export(module: nn.Module, args, path: Path, model_spec, large: bool) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                module, args, str(path),
+                input_names=_names(model_spec.inputs),
+                output_names=_names(model_spec.outputs),
+                dynamic_axes=_dynamic_axes(model_spec),
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,  # the TorchScript exporter honours dynamic_axes for both graphs
+            )
+    finally:
+        module.eval()  # export can leave modules in training mode (TinyViT has BatchNorm)
+    if large:
+        _move_weights_to_external_data(path)
+    return path
+
+
+def _move_weights_to_external_data(path: Path) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=1024)
+
+
+def is_tinyvit(sam) -> bool:
+    return type(sam.image_encoder).__name__ == "TinyViT"
+
+
+def export_encoder(sam, path: os.PathLike) -> Path:
+    path = Path(path)
+    if is_tinyvit(sam):
+        _patch_tinyvit_batch_axis(sam)
+    module = EncoderWithPreprocess(sam).eval()
+    image = torch.zeros((1,) + C.IMAGE.dims, dtype=torch.uint8)
+    input_size = torch.tensor([[C.IMAGE_SIZE, C.IMAGE_SIZE]], dtype=torch.int64)
+    n_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    large = n_bytes > PROTOBUF_LIMIT * 0.9
+    if large:
+        # torch writes external data itself for >2 GB models into the export directory.
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return _export(module, (image, input_size), path, C.ENCODER, large)
+
+
+def export_decoder(sam, path: os.PathLike) -> Path:
+    module = PromptDecoder(sam).eval()
+    k, n = 2, 3
+    args = (
+        torch.zeros(C.DECODER_IMAGE_EMBEDDINGS.dims, dtype=torch.float32),
+        torch.randint(0, C.IMAGE_SIZE, (k, n, 2)).float(),
+        torch.tensor([[1.0, 0.0, -1.0]] * k),
+        torch.zeros((k, 1, C.LOW_RES_SIZE, C.LOW_RES_SIZE)),
+        torch.zeros((k,)),
+    )
+    return _export(module, args, Path(path), C.DECODER, large=False)

@@ -1,0 +1,34 @@
+"""Triton python-backend model: SAM's prompt encoder + mask decoder ONNX graph on ONNX Runtime.
+
+Generated repositories copy this file to NAME_decoder/1/model.py beside model.onnx. One
+request carries one image embedding and K prompts; every request is validated against the
+contract and a bad one gets a clear error without touching its neighbours.
+"""
+
+import triton_python_backend_utils as pb_utils
+
+from samtriton import contract as C
+from samtriton.errors import InvalidInput
+from samtriton.export.python_models.runtime import error_response, load
+from samtriton.validation import check_decoder_inputs
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.name, self.session = load(args)
+        self.input_names = [spec.name for spec in C.DECODER.inputs]
+        self.output_names = [spec.name for spec in C.DECODER.outputs]
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            feeds = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names}
+            try:
+                check_decoder_inputs(*(feeds[name] for name in self.input_names))
+            except InvalidInput as exc:
+                responses.append(error_response(self.name, exc))
+                continue
+            outputs = self.session.run(self.output_names, feeds)
+            responses.append(pb_utils.InferenceResponse(
+                output_tensors=[pb_utils.Tensor(n, v) for n, v in zip(self.output_names, outputs)]))
+        return responses

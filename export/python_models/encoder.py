@@ -1,0 +1,45 @@
+"""Triton python-backend model: the SAM image encoder ONNX graph on ONNX Runtime.
+
+Generated repositories copy this file to NAME_encoder/1/model.py beside model.onnx. The
+model is batching: requests gathered by the dynamic batcher run as one ONNX Runtime call;
+a request that fails validation gets its own error and the others still run.
+"""
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from samtriton import contract as C
+from samtriton.errors import InvalidInput
+from samtriton.export.python_models.runtime import error_response, load
+from samtriton.validation import check_encoder_inputs
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.name, self.session = load(args)
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        images, sizes, owners = [], [], []
+        for i, request in enumerate(requests):
+            image = pb_utils.get_input_tensor_by_name(request, C.IMAGE.name).as_numpy()
+            input_size = pb_utils.get_input_tensor_by_name(request, C.INPUT_SIZE.name).as_numpy()
+            try:
+                check_encoder_inputs(image, input_size)
+            except InvalidInput as exc:
+                responses[i] = error_response(self.name, exc)
+                continue
+            images.append(image)
+            sizes.append(input_size)
+            owners.append((i, len(image)))
+        if images:
+            embeddings = self.session.run(
+                [C.IMAGE_EMBEDDINGS.name],
+                {C.IMAGE.name: np.concatenate(images), C.INPUT_SIZE.name: np.concatenate(sizes)},
+            )[0]
+            start = 0
+            for i, count in owners:
+                tensor = pb_utils.Tensor(C.IMAGE_EMBEDDINGS.name, embeddings[start:start + count])
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[tensor])
+                start += count
+        return responses

@@ -1,0 +1,176 @@
+"""Write a Triton model repository: NAME_encoder, NAME_decoder and the ensemble NAME.
+
+Every ``config.pbtxt`` is built as tritonclient's ``ModelConfig`` protobuf from the contract
+and printed in protobuf text format, so names, shapes and dtypes cannot drift from it.
+
+Backends:
+- ``python``: python-backend models that run the ONNX graphs with ONNX Runtime; for the
+  embedded server (the ``nvidia-pytriton`` wheel ships only the python backend).
+- ``onnxruntime``: ``onnxruntime_onnx`` configs for NVIDIA's Triton container (KIND_GPU).
+- ``tensorrt``: a ``tensorrt_plan`` encoder config; the engine is built separately.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Dict, Optional
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from samtriton import contract as C
+
+ENCODER_BACKENDS = ("tensorrt", "onnxruntime", "python")
+DECODER_BACKENDS = ("onnxruntime", "python")
+MODEL_VERSION = "1"
+ONNX_FILENAME = "model.onnx"
+PLAN_FILENAME = "model.plan"
+
+
+@dataclass(frozen=True)
+class RepositoryOptions:
+    name: str = C.DEFAULT_MODEL_NAME
+    encoder_backend: str = "python"
+    decoder_backend: str = "python"
+    max_encoder_batch: int = C.MAX_ENCODER_BATCH
+    preferred_batch_sizes: tuple = (4, 8)
+    max_queue_delay_us: int = 2000
+    encoder_instances: int = 1
+    decoder_instances: int = 1
+    # ONNX Runtime threads per python-backend instance; 0 lets ONNX Runtime decide.
+    ort_threads: int = 0
+
+    def __post_init__(self):
+        if self.encoder_backend not in ENCODER_BACKENDS:
+            raise ValueError(f"encoder_backend must be one of {ENCODER_BACKENDS}, got {self.encoder_backend!r}")
+        if self.decoder_backend not in DECODER_BACKENDS:
+            raise ValueError(f"decoder_backend must be one of {DECODER_BACKENDS}, got {self.decoder_backend!r}")
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"name must be letters, digits, '_' or '-', got {self.name!r}")
+        if not 1 <= self.max_encoder_batch <= 64:
+            raise ValueError(f"max_encoder_batch must be in 1..64, got {self.max_encoder_batch}")
+
+
+def _tensor(spec: C.TensorSpec, cls):
+    return cls(name=spec.name, data_type=mc.DataType.Value(spec.config_dtype), dims=list(spec.dims))
+
+
+def _io(config: mc.ModelConfig, model_spec: C.ModelSpec) -> None:
+    config.input.extend(_tensor(s, mc.ModelInput) for s in model_spec.inputs)
+    config.output.extend(_tensor(s, mc.ModelOutput) for s in model_spec.outputs)
+
+
+def _instances(config: mc.ModelConfig, count: int, gpu: bool) -> None:
+    kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
+    config.instance_group.add(count=count, kind=kind)
+
+
+def _backend(config: mc.ModelConfig, backend: str, options: RepositoryOptions) -> None:
+    if backend == "python":
+        config.backend = "python"
+        config.parameters["ort_intra_op_threads"].string_value = str(options.ort_threads)
+    elif backend == "onnxruntime":
+        config.platform = "onnxruntime_onnx"
+        config.default_model_filename = ONNX_FILENAME
+    elif backend == "tensorrt":
+        config.platform = "tensorrt_plan"
+        config.default_model_filename = PLAN_FILENAME
+
+
+def encoder_config(options: RepositoryOptions) -> mc.ModelConfig:
+    spec = C.ENCODER
+    config = mc.ModelConfig(name=spec.served_name(options.name), max_batch_size=options.max_encoder_batch)
+    _backend(config, options.encoder_backend, options)
+    _io(config, spec)
+    preferred = [b for b in options.preferred_batch_sizes if b <= options.max_encoder_batch]
+    config.dynamic_batching.preferred_batch_size.extend(preferred)
+    config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_us
+    _instances(config, options.encoder_instances, gpu=options.encoder_backend != "python")
+    if options.encoder_backend == "tensorrt":
+        config.optimization.cuda.graphs = True
+    return config
+
+
+def decoder_config(options: RepositoryOptions) -> mc.ModelConfig:
+    spec = C.DECODER
+    config = mc.ModelConfig(name=spec.served_name(options.name), max_batch_size=0)
+    _backend(config, options.decoder_backend, options)
+    _io(config, spec)
+    _instances(config, options.decoder_instances, gpu=options.decoder_backend != "python")
+    return config
+
+
+def ensemble_config(options: RepositoryOptions) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=C.ENSEMBLE.served_name(options.name), platform="ensemble", max_batch_size=0)
+    _io(config, C.ENSEMBLE)
+    for member, inputs, outputs in C.ENSEMBLE_STEPS:
+        step = config.ensemble_scheduling.step.add(model_name=member.served_name(options.name), model_version=-1)
+        step.input_map.update(inputs)
+        step.output_map.update(outputs)
+    return config
+
+
+def config_text(config: mc.ModelConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def parse_config(text: str) -> mc.ModelConfig:
+    return text_format.Parse(text, mc.ModelConfig())
+
+
+def _python_model_source(kind: str) -> str:
+    return resources.files("samtriton.export.python_models").joinpath(f"{kind}.py").read_text()
+
+
+def _write_model(repo: Path, config: mc.ModelConfig, files: Dict[str, Optional[Path]], sources: Dict[str, str]) -> Path:
+    model_dir = repo / config.name
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    version_dir = model_dir / MODEL_VERSION
+    version_dir.mkdir(parents=True)
+    (model_dir / "config.pbtxt").write_text(config_text(config))
+    for target, source in files.items():
+        if source is None:
+            continue
+        shutil.copy2(source, version_dir / target)
+        external = Path(str(source) + ".data")  # ONNX external weights travel with the graph
+        if external.exists():
+            shutil.copy2(external, version_dir / external.name)
+    for target, text in sources.items():
+        (version_dir / target).write_text(text)
+    return model_dir
+
+
+def write_repository(repo: Path, encoder_onnx: Path, decoder_onnx: Path, options: RepositoryOptions,
+                     metadata: Optional[dict] = None, encoder_plan: Optional[Path] = None) -> Dict[str, Path]:
+    """Write the three models under ``repo``; returns {served name: model directory}."""
+    repo = Path(repo)
+    repo.mkdir(parents=True, exist_ok=True)
+    written = {}
+
+    encoder_files: Dict[str, Optional[Path]] = {ONNX_FILENAME: encoder_onnx}
+    encoder_sources = {}
+    if options.encoder_backend == "python":
+        encoder_sources["model.py"] = _python_model_source("encoder")
+    elif options.encoder_backend == "tensorrt":
+        # The engine is built from this ONNX on the serving GPU; keep the ONNX beside it.
+        encoder_files = {PLAN_FILENAME: encoder_plan}
+    config = encoder_config(options)
+    written[config.name] = _write_model(repo, config, encoder_files, encoder_sources)
+    if options.encoder_backend == "tensorrt":
+        shutil.copy2(encoder_onnx, written[config.name] / "encoder.onnx")
+
+    decoder_sources = {"model.py": _python_model_source("decoder")} if options.decoder_backend == "python" else {}
+    config = decoder_config(options)
+    written[config.name] = _write_model(repo, config, {ONNX_FILENAME: decoder_onnx}, decoder_sources)
+
+    config = ensemble_config(options)
+    written[config.name] = _write_model(repo, config, {}, {})
+
+    if metadata is not None:
+        (repo / f"{options.name}.export.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    return written
