@@ -1,0 +1,48 @@
+"""Test helpers: real images and mask comparison."""
+
+import numpy as np
+
+
+def real_images():
+    """Real photographs and micrographs bundled with scikit-image.
+
+    Includes grayscale images (camera, coins) and a non-square image larger than 1024 px
+    (a 1411x1100 crop of retina).
+    """
+    from skimage import data
+
+    return {
+        "astronaut": data.astronaut(),
+        "chelsea": data.chelsea(),
+        "coffee": data.coffee(),
+        "rocket": data.rocket(),
+        "camera_gray": data.camera(),
+        "coins_gray": data.coins(),
+        "hubble": data.hubble_deep_field(),
+        "retina_crop": np.ascontiguousarray(data.retina()[:, 150:1250]),
+    }
+
+
+def as_reference_rgb(image):
+    """What the reference gets: grayscale replicated to 3 channels, as samtriton documents."""
+    return np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
+
+
+def mask_iou(a, b):
+    a, b = a.astype(bool), b.astype(bool)
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def prompts_for(shape):
+    """Deterministic prompts placed relative to the image size."""
+    h, w = shape[:2]
+    return {
+        "point": dict(point_coords=np.array([[0.5 * w, 0.45 * h]]), point_labels=np.array([1])),
+        "points_with_background": dict(
+            point_coords=np.array([[0.45 * w, 0.4 * h], [0.55 * w, 0.55 * h], [0.1 * w, 0.1 * h]]),
+            point_labels=np.array([1, 1, 0])),
+        "box": dict(box=np.array([0.25 * w, 0.2 * h, 0.75 * w, 0.8 * h])),
+        "box_and_point": dict(box=np.array([0.2 * w, 0.15 * h, 0.8 * w, 0.85 * h]),
+                              point_coords=np.array([[0.5 * w, 0.5 * h]]), point_labels=np.array([1])),
+    }

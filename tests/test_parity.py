@@ -1,0 +1,133 @@
+"""samtriton through a real embedded Triton vs the in-process reference mobile_sam.SamPredictor.
+
+Real MobileSAM weights, real scikit-image photographs. Acceptance bounds: mean mask IoU >=
+0.99, every mask >= 0.95, |score difference| <= 0.01.
+"""
+
+import numpy as np
+import pytest
+
+from helpers import as_reference_rgb, mask_iou, prompts_for
+
+
+@pytest.fixture(scope="module")
+def parity(predictor, reference_predictor, images):
+    """{(image, case): (ious, score_diffs, shapes_equal)} for every image and prompt case."""
+    results = {}
+    for name, image in images.items():
+        predictor.set_image(image)
+        reference_predictor.set_image(as_reference_rgb(image))
+        assert predictor.original_size == reference_predictor.original_size
+        assert predictor.input_size == reference_predictor.input_size
+        for case, prompt in prompts_for(image.shape).items():
+            multimask = case == "point"
+            ours = predictor.predict(**prompt, multimask_output=multimask)
+            ref = reference_predictor.predict(**prompt, multimask_output=multimask)
+            results[(name, case)] = _compare(ours, ref)
+            if case == "point":
+                # Mask refinement: feed each side its own best low-res logits back in.
+                refine = dict(prompt, multimask_output=False)
+                ours_refined = predictor.predict(**refine, mask_input=ours[2][np.argmax(ours[1])][None])
+                ref_refined = reference_predictor.predict(**refine, mask_input=ref[2][np.argmax(ref[1])][None])
+                results[(name, "mask_refinement")] = _compare(ours_refined, ref_refined)
+    return results
+
+
+def _compare(ours, ref):
+    masks, scores, logits = ours
+    ref_masks, ref_scores, ref_logits = ref
+    assert masks.shape == ref_masks.shape and masks.dtype == ref_masks.dtype == np.bool_
+    assert scores.shape == ref_scores.shape and logits.shape == ref_logits.shape
+    assert scores.dtype == ref_scores.dtype and logits.dtype == ref_logits.dtype
+    ious = [mask_iou(a, b) for a, b in zip(masks, ref_masks)]
+    return ious, np.abs(scores - ref_scores).tolist()
+
+
+def test_covers_required_cases(parity, images):
+    cases = {case for _, case in parity}
+    assert cases == {"point", "points_with_background", "box", "box_and_point", "mask_refinement"}
+    assert len(images) >= 6
+    assert any(image.ndim == 2 for image in images.values()), "a grayscale image"
+    assert any(max(i.shape[:2]) > 1024 and i.shape[0] != i.shape[1] for i in images.values()), "large non-square"
+
+
+def test_mean_mask_iou(parity):
+    ious = [iou for result in parity.values() for iou in result[0]]
+    print(f"\n{len(ious)} masks, mean IoU {np.mean(ious):.5f}, min {np.min(ious):.5f}")
+    assert np.mean(ious) >= 0.99
+
+
+def test_every_mask_iou(parity):
+    worst = {key: min(result[0]) for key, result in parity.items()}
+    bad = {key: iou for key, iou in worst.items() if iou < 0.95}
+    assert not bad, f"masks under IoU 0.95: {bad}"
+
+
+def test_scores(parity):
+    worst = max(d for result in parity.values() for d in result[1])
+    print(f"\nmax |score difference| {worst:.2e}")
+    assert worst <= 0.01
+
+
+def test_k_boxes_in_one_request_equal_k_single_box_reference_calls(predictor, reference_predictor, images):
+    image = images["astronaut"]
+    h, w = image.shape[:2]
+    boxes = np.array([[0.1 * w, 0.05 * h, 0.6 * w, 0.6 * h], [0.3 * w, 0.2 * h, 0.9 * w, 0.95 * h],
+                      [0.0, 0.5 * h, 0.4 * w, h - 1], [0.4 * w, 0.1 * h, 0.7 * w, 0.4 * h],
+                      [0.05 * w, 0.05 * h, 0.95 * w, 0.95 * h]])
+    predictor.set_image(image)
+    reference_predictor.set_image(image)
+    masks, scores, logits = predictor.predict_batch(boxes=boxes, multimask_output=False)
+    assert masks.shape == (len(boxes), 1, h, w) and scores.shape == (len(boxes), 1)
+    for k, box in enumerate(boxes):
+        ref_masks, ref_scores, ref_logits = reference_predictor.predict(box=box, multimask_output=False)
+        assert mask_iou(masks[k, 0], ref_masks[0]) >= 0.99
+        assert abs(scores[k, 0] - ref_scores[0]) <= 0.01
+        assert np.abs(logits[k] - ref_logits).max() < 1e-2
+
+
+def test_k_point_prompts_in_one_request(predictor, reference_predictor, images):
+    image = images["coffee"]
+    h, w = image.shape[:2]
+    points = np.array([[[0.3 * w, 0.4 * h], [0.1 * w, 0.1 * h]], [[0.7 * w, 0.6 * h], [0.9 * w, 0.9 * h]],
+                       [[0.5 * w, 0.5 * h], [0.2 * w, 0.8 * h]]])
+    labels = np.array([[1, 0], [1, 0], [1, 1]])
+    predictor.set_image(image)
+    reference_predictor.set_image(image)
+    masks, scores, _ = predictor.predict_batch(point_coords=points, point_labels=labels, multimask_output=True)
+    assert masks.shape == (3, 3, h, w)
+    for k in range(3):
+        ref_masks, ref_scores, _ = reference_predictor.predict(point_coords=points[k], point_labels=labels[k])
+        assert min(mask_iou(a, b) for a, b in zip(masks[k], ref_masks)) >= 0.99
+        assert np.abs(scores[k] - ref_scores).max() <= 0.01
+
+
+def test_return_logits_matches_reference(predictor, reference_predictor, images):
+    image = images["chelsea"]
+    prompt = prompts_for(image.shape)["point"]
+    predictor.set_image(image)
+    reference_predictor.set_image(image)
+    logits, _, _ = predictor.predict(**prompt, return_logits=True)
+    ref_logits, _, _ = reference_predictor.predict(**prompt, return_logits=True)
+    assert logits.dtype == np.float32 and logits.shape == ref_logits.shape
+    assert np.abs(logits - ref_logits).max() < 1e-2
+
+
+def test_ensemble_equals_encoder_then_decoder(predictor, images):
+    image = images["rocket"]
+    for prompt in prompts_for(image.shape).values():
+        predictor.set_image(image)
+        separate = predictor.predict(**prompt)
+        one_call = predictor.segment_image(image, **prompt)
+        np.testing.assert_array_equal(one_call[0], separate[0])
+        np.testing.assert_allclose(one_call[1], separate[1], atol=1e-6)
+        np.testing.assert_allclose(one_call[2], separate[2], atol=1e-5)
+
+
+def test_embedding_matches_reference(predictor, reference_predictor, images):
+    image = images["hubble"]
+    predictor.set_image(image)
+    reference_predictor.set_image(image)
+    embedding = predictor.get_image_embedding()
+    assert embedding.shape == (1, 256, 64, 64) and embedding.dtype == np.float32
+    assert np.abs(embedding - reference_predictor.get_image_embedding().numpy()).max() <= 1e-3
