@@ -97,6 +97,10 @@ def _patch_tinyvit_batch_axis(sam) -> None:
             module.forward = types.MethodType(forward, module)
 
 
+def _by_name(specs, name):
+    return next(s for s in specs if s.name == name)
+
+
 def _names(specs):
     return [s.name for s in specs]
 
@@ -130,7 +134,26 @@ def _export(module: nn.Module, args, path: Path, model_spec, large: bool) -> Pat
         module.eval()  # export can leave modules in training mode (TinyViT has BatchNorm)
     if large:
         _move_weights_to_external_data(path)
+    _stamp_contract_shapes(path, model_spec)
     return path
+
+
+def _stamp_contract_shapes(path: Path, model_spec) -> None:
+    """Write the contract's static dims onto the graph's inputs and outputs (the tracer
+    leaves computed output dims symbolic), so every consumer sees the same shapes."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    dynamic = _dynamic_axes(model_spec)
+    for value in list(model.graph.input) + list(model.graph.output):
+        spec = _by_name(model_spec.inputs + model_spec.outputs, value.name)
+        dims = value.type.tensor_type.shape.dim
+        for i, size in enumerate(model_spec.full_shape(spec)):
+            if size == -1:
+                dims[i].dim_param = dynamic[spec.name][i]
+            else:
+                dims[i].dim_value = size
+    onnx.save_model(model, str(path))
 
 
 def _move_weights_to_external_data(path: Path) -> None:

@@ -1,0 +1,67 @@
+"""ONNX graphs vs the PyTorch reference on real weights."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from samtriton import contract as C
+from samtriton.transforms import preprocess
+
+
+def test_graph_io_matches_contract(onnx_files):
+    for path, spec in zip(onnx_files, (C.ENCODER, C.DECODER)):
+        graph = onnx.load(str(path), load_external_data=False).graph
+        for values, specs in ((graph.input, spec.inputs), (graph.output, spec.outputs)):
+            assert [v.name for v in values] == [s.name for s in specs]
+            for value, s in zip(values, specs):
+                dims = [d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim]
+                assert dims == list(spec.full_shape(s)), s.name
+                assert onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type) == s.dtype
+
+
+def test_encoder_matches_pytorch_and_batches(onnx_files, reference_predictor, images):
+    session = ort.InferenceSession(str(onnx_files[0]), providers=["CPUExecutionProvider"])
+    padded, sizes, references = [], [], []
+    for name in ("astronaut", "retina_crop"):
+        image = images[name]
+        reference_predictor.set_image(image)
+        references.append(reference_predictor.get_image_embedding().numpy()[0])
+        array, size = preprocess(image)
+        padded.append(array)
+        sizes.append(size)
+    batch = session.run(None, {"image": np.stack(padded), "input_size": np.array(sizes, np.int64)})[0]
+    assert batch.shape == (2, 256, 64, 64)
+    for got, ref in zip(batch, references):
+        diff = np.abs(got - ref).max()
+        print(f"\nencoder max abs diff {diff:.2e}")
+        assert diff <= 1e-3
+
+
+def test_model_stays_in_eval_mode_after_export(reference_sam, onnx_files):
+    assert not any(m.training for m in reference_sam.modules())
+
+
+def test_decoder_matches_pytorch_mask_decoder(onnx_files, reference_sam):
+    session = ort.InferenceSession(str(onnx_files[1]), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    embedding = rng.normal(0, 0.5, (1, 256, 64, 64)).astype(np.float32)
+    coords = rng.uniform(0, 1024, (4, 3, 2)).astype(np.float32)
+    coords[2, 1:] = np.sort(coords[2, 1:], axis=0)  # a valid box in row 2
+    # Rows: two points (+ SAM's padding point), same with a mask, point + box, two points + mask.
+    labels = np.array([[1, 0, -1], [0, 1, -1], [1, 2, 3], [1, 1, -1]], np.float32)
+    mask_input = rng.normal(0, 3, (4, 1, 256, 256)).astype(np.float32)
+    has_mask = np.array([0, 1, 0, 1], np.float32)
+    low_res, iou = session.run(None, {"image_embeddings": embedding, "point_coords": coords,
+                                      "point_labels": labels, "mask_input": mask_input, "has_mask_input": has_mask})
+    for k in range(4):
+        with torch.no_grad():
+            n_points = 1 if labels[k, 1] == 2 else 2
+            points = (torch.from_numpy(coords[k:k + 1, :n_points]), torch.from_numpy(labels[k:k + 1, :n_points]))
+            boxes = torch.from_numpy(coords[k, 1:].reshape(1, 4)) if labels[k, 1] == 2 else None
+            masks = torch.from_numpy(mask_input[k:k + 1]) if has_mask[k] else None
+            sparse, dense = reference_sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
+            ref_masks, ref_iou = reference_sam.mask_decoder.predict_masks(
+                torch.from_numpy(embedding), reference_sam.prompt_encoder.get_dense_pe(), sparse, dense)
+        assert np.abs(low_res[k] - ref_masks[0].numpy()).max() < 1e-3
+        assert np.abs(iou[k] - ref_iou[0].numpy()).max() < 1e-4

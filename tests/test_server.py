@@ -1,0 +1,54 @@
+"""`samtriton serve`: real tritonserver, readiness, clean stop, and a failed start."""
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from samtriton.server import EmbeddedTriton, ServerStartError, free_port
+
+
+def _serve(repo, *extra):
+    ports = [free_port(), free_port(), free_port()]
+    cmd = [sys.executable, "-m", "samtriton.cli", "serve", "--repository", str(repo), "--grpc-port", str(ports[0]),
+           "--http-port", str(ports[1]), "--metrics-port", str(ports[2]), "--startup-timeout", "120", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), ports[0]
+
+
+def test_serve_prints_address_and_stops_on_sigterm(repository):
+    process, port = _serve(repository)
+    try:
+        line = process.stdout.readline()
+        assert f"grpc://127.0.0.1:{port}" in line, line + process.stderr.read()
+        import tritonclient.grpc as grpcclient
+
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        for model in ("mobilesam", "mobilesam_encoder", "mobilesam_decoder"):
+            assert client.is_model_ready(model)
+        client.close()
+        start = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert time.monotonic() - start < 30
+        assert "stopped" in process.stdout.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_failed_start_prints_server_errors_and_exits_nonzero(repository, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(repository, broken)
+    (broken / "mobilesam_decoder" / "1" / "model.onnx").unlink()
+    process, _ = _serve(broken)
+    out, err = process.communicate(timeout=180)
+    assert process.returncode != 0
+    assert "mobilesam_decoder" in err and "model.onnx" in err, err
+
+
+def test_empty_repository_is_an_error(tmp_path):
+    with pytest.raises(ServerStartError, match="no model"):
+        EmbeddedTriton(tmp_path).start()
