@@ -8,8 +8,11 @@
 ``import samtriton`` never imports torch.
 """
 
-from .errors import InvalidInput, SamTritonError, ServerError
+from .errors import InvalidInput, ModelNotReady, RequestTimeout, SamTritonError, ServerError, ServerUnavailable
 from .predictor import SamPredictor, TritonSam
 
 __version__ = "0.1.0"
-__all__ = ["SamPredictor", "TritonSam", "InvalidInput", "SamTritonError", "ServerError", "__version__"]
+__all__ = [
+    "SamPredictor", "TritonSam", "InvalidInput", "ModelNotReady", "RequestTimeout", "SamTritonError",
+    "ServerError", "ServerUnavailable", "__version__",
+]

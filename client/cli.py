@@ -25,7 +25,7 @@ def _export(args) -> int:
         max_encoder_batch=args.max_batch_size, encoder_instances=args.encoder_instances,
         decoder_instances=args.decoder_instances, ort_threads=args.ort_threads)
     export(args.model_type, args.repository, checkpoint=args.checkpoint, options=options,
-           allow_unverified=not args.require_official)
+           allow_unverified=args.allow_unverified)
     return 0
 
 
@@ -34,7 +34,9 @@ def _serve(args) -> int:
 
     server = EmbeddedTriton(args.repository, grpc_port=args.grpc_port, http_port=args.http_port,
                             metrics_port=args.metrics_port, host=args.host,
-                            startup_timeout=args.startup_timeout, log_verbose=args.log_verbose)
+                            startup_timeout=args.startup_timeout, log_verbose=args.log_verbose,
+                            tls_cert=args.grpc_tls_cert, tls_key=args.grpc_tls_key,
+                            tls_client_ca=args.grpc_tls_client_ca)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -43,7 +45,8 @@ def _serve(args) -> int:
     except ServerStartError as exc:
         print(f"samtriton serve: {exc}", file=sys.stderr)
         return 1
-    print(f"Triton is serving {args.repository} at grpc://{server.grpc_url} "
+    scheme = "grpcs" if server.tls else "grpc"
+    print(f"Triton is serving {args.repository} at {scheme}://{server.grpc_url} "
           f"(http {server.host}:{server.http_port}, metrics {server.host}:{server.metrics_port})", flush=True)
     while not stop.wait(0.5):
         if server.process is None or server.process.poll() is not None:
@@ -144,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--encoder-instances", type=int, default=1)
     export.add_argument("--decoder-instances", type=int, default=1)
     export.add_argument("--ort-threads", type=int, default=0, help="ONNX Runtime threads per python model (0: all)")
-    export.add_argument("--require-official", action="store_true",
-                        help="fail unless --checkpoint is the official file (sha256)")
+    export.add_argument("--allow-unverified", action="store_true",
+                        help="accept a --checkpoint whose sha256 is not the official one (e.g. fine-tuned weights)")
     export.set_defaults(func=_export)
 
     serve = sub.add_parser("serve", help="run the embedded tritonserver on a model repository")
@@ -156,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", type=int, default=8002)
     serve.add_argument("--startup-timeout", type=float, default=180.0)
     serve.add_argument("--log-verbose", type=int, default=0)
+    serve.add_argument("--grpc-tls-cert", help="PEM server certificate: serve gRPC over TLS")
+    serve.add_argument("--grpc-tls-key", help="PEM private key of --grpc-tls-cert")
+    serve.add_argument("--grpc-tls-client-ca", help="PEM CA: require client certificates signed by it (mutual TLS)")
     serve.set_defaults(func=_serve)
 
     segment = sub.add_parser("segment", help="segment images by points and boxes on a running server")

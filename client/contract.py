@@ -185,10 +185,12 @@ ENSEMBLE_STEPS = (
 
 MODEL_SPECS = (ENCODER, DECODER, ENSEMBLE)
 
-# Upper bounds applied by client and server alike.
+# Limits, in this one place. Prompt limits are applied by client and server alike; the
+# image side by the client (the server only ever sees the 1024 square).
 MAX_ENCODER_BATCH = 8
 MAX_PROMPTS_PER_REQUEST = 256
 MAX_POINTS_PER_PROMPT = 64
+MAX_IMAGE_SIDE = 16384
 
 MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "vit_t")
 DEFAULT_MODEL_NAME = "sam"

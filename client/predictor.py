@@ -8,6 +8,8 @@ there too (``NAME_decoder``); upscaling and thresholding happen here, in numpy.
 
 from __future__ import annotations
 
+import random
+import time
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -15,21 +17,48 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from . import contract as C
-from .errors import InvalidInput, ServerError
+from .errors import InvalidInput, ModelNotReady, RequestTimeout, ServerError, ServerUnavailable
 from .transforms import ImageLike, ResizeLongestSide, postprocess_masks, preprocess, to_rgb_uint8
 from .validation import check_decoder_inputs
 
 DEFAULT_URL = "127.0.0.1:8001"
 DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_RETRIES = 3
 
 
 class TritonSam:
-    """Thin typed access to the three served models of one deployment ``model``."""
+    """Typed access to the three served models of one deployment ``model``.
+
+    Every call has a deadline (``timeout`` seconds). All calls are idempotent, so one that
+    finds the server UNAVAILABLE is retried with exponential backoff and jitter, at most
+    ``retries`` times and never past its deadline; then ``ServerUnavailable`` is raised.
+    """
 
     def __init__(self, url: str = DEFAULT_URL, model: str = C.DEFAULT_MODEL_NAME,
-                 timeout: float = DEFAULT_TIMEOUT_S, headers: Optional[Dict[str, str]] = None, **client_kwargs):
+                 timeout: float = DEFAULT_TIMEOUT_S, headers: Optional[Dict[str, str]] = None,
+                 retries: int = DEFAULT_RETRIES, backoff: float = 0.2, **client_kwargs):
+        if timeout <= 0:
+            raise InvalidInput(f"timeout: expected a positive number of seconds, got {timeout!r}")
         self.url, self.model, self.timeout, self.headers = url, model, timeout, headers
+        self.retries, self.backoff = retries, backoff
+        self._client_kwargs = client_kwargs
         self.client = grpcclient.InferenceServerClient(url, **client_kwargs)
+
+    def reconnect(self) -> None:
+        """A fresh gRPC channel: a channel that saw the server die waits out gRPC's own
+        reconnect backoff (up to minutes); a new one connects as soon as the server is back."""
+        old, self.client = self.client, grpcclient.InferenceServerClient(self.url, **self._client_kwargs)
+        old.close()
+
+    def is_ready(self) -> bool:
+        """True when the server is live and all three models are READY."""
+        try:
+            return self.client.is_server_ready(headers=self.headers, client_timeout=self.timeout) and all(
+                self.client.is_model_ready(spec.served_name(self.model), headers=self.headers,
+                                           client_timeout=self.timeout)
+                for spec in C.MODEL_SPECS)
+        except InferenceServerException:
+            return False
 
     def infer(self, spec: C.ModelSpec, tensors: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         model_name = spec.served_name(self.model)
@@ -40,12 +69,23 @@ class TritonSam:
             tensor.set_data_from_numpy(array)
             inputs.append(tensor)
         outputs = [grpcclient.InferRequestedOutput(s.name) for s in spec.outputs]
-        try:
-            result = self.client.infer(model_name, inputs, outputs=outputs, client_timeout=self.timeout,
-                                       headers=self.headers)
-        except InferenceServerException as exc:
-            raise _translate(exc, model_name, self.url) from None
-        return {s.name: result.as_numpy(s.name) for s in spec.outputs}
+        deadline = time.monotonic() + self.timeout
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                result = self.client.infer(model_name, inputs, outputs=outputs, client_timeout=max(remaining, 0.001),
+                                           headers=self.headers)
+                return {s.name: result.as_numpy(s.name) for s in spec.outputs}
+            except InferenceServerException as exc:
+                error = _translate(exc, model_name, self.url, self.timeout)
+            pause = self.backoff * (2 ** attempt) * random.uniform(0.5, 1.5)
+            if not isinstance(error, ServerUnavailable) or attempt >= self.retries \
+                    or time.monotonic() + pause >= deadline:
+                raise error
+            time.sleep(pause)
+            self.reconnect()
+            attempt += 1
 
     def encode(self, padded_images: np.ndarray, input_sizes: np.ndarray) -> np.ndarray:
         """[B, 1024, 1024, 3] uint8 + [B, 2] -> [B, 256, 64, 64] embeddings."""
@@ -73,10 +113,22 @@ class TritonSam:
         self.client.close()
 
 
-def _translate(exc: InferenceServerException, model_name: str, url: str) -> Exception:
+def _translate(exc: InferenceServerException, model_name: str, url: str, timeout: float) -> Exception:
+    """A tritonclient error -> samtriton's exception, with no gRPC traceback attached."""
     message = exc.message() or str(exc)
     status = exc.status() or ""
-    if "INVALID_ARG" in status or "expected" in message:
+    lowered = message.lower()
+    if "UNAVAILABLE" in status or "failed to connect" in lowered or "connection refused" in lowered \
+            or "socket closed" in lowered or "connection reset" in lowered:
+        return ServerUnavailable(f"{url} is unavailable for {model_name} ({message.strip()}); check that the "
+                                 "server is running and reachable")
+    if "DEADLINE_EXCEEDED" in status or "deadline exceeded" in lowered:
+        return RequestTimeout(f"{model_name} at {url} did not answer within {timeout:g} s; raise timeout= or "
+                              "check the server's load")
+    if "not ready" in lowered or "unknown model" in lowered or "not found" in lowered or "unavailable model" in lowered:
+        return ModelNotReady(f"{model_name} at {url} is not ready ({message.strip()}); load it (explicit model "
+                             "control) or check the deployment name")
+    if "INVALID_ARG" in status or "expected" in lowered:
         return InvalidInput(f"{model_name} at {url} rejected the request: {message}")
     return ServerError(f"{model_name} at {url}: {status} {message}".strip())
 
@@ -89,12 +141,15 @@ class SamPredictor:
       model: the deployment name given to ``samtriton export --name`` (default "sam").
       timeout: seconds each call may take.
       headers: extra gRPC metadata sent with every call (e.g. an auth token).
-      client_kwargs: passed to ``tritonclient.grpc.InferenceServerClient`` (ssl, certificates).
+      retries: how often a call that finds the server UNAVAILABLE is retried (with backoff).
+      client_kwargs: passed to ``tritonclient.grpc.InferenceServerClient``: ``ssl=True``,
+        ``root_certificates``, ``private_key``, ``certificate_chain`` (paths) for TLS.
     """
 
     def __init__(self, url: str = DEFAULT_URL, model: str = C.DEFAULT_MODEL_NAME,
-                 timeout: float = DEFAULT_TIMEOUT_S, headers: Optional[Dict[str, str]] = None, **client_kwargs):
-        self.backend = TritonSam(url, model, timeout=timeout, headers=headers, **client_kwargs)
+                 timeout: float = DEFAULT_TIMEOUT_S, headers: Optional[Dict[str, str]] = None,
+                 retries: int = DEFAULT_RETRIES, **client_kwargs):
+        self.backend = TritonSam(url, model, timeout=timeout, headers=headers, retries=retries, **client_kwargs)
         self.transform = ResizeLongestSide(C.IMAGE_SIZE)
         self.reset_image()
 
@@ -239,6 +294,10 @@ class SamPredictor:
     @property
     def model(self) -> str:
         return self.backend.model
+
+    def is_ready(self) -> bool:
+        """True when the server and this deployment's three models are ready."""
+        return self.backend.is_ready()
 
     def close(self) -> None:
         self.backend.close()

@@ -17,6 +17,8 @@ import sysconfig
 import tempfile
 import threading
 import time
+import urllib.request
+import uuid
 from collections import deque
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -72,7 +74,9 @@ class EmbeddedTriton:
 
     def __init__(self, repository: os.PathLike, grpc_port: int = 8001, http_port: int = 8000,
                  metrics_port: int = 8002, host: str = "127.0.0.1", models: Optional[Sequence[str]] = None,
-                 startup_timeout: float = 120.0, log_verbose: int = 0, extra_args: Sequence[str] = ()):
+                 startup_timeout: float = 120.0, log_verbose: int = 0, extra_args: Sequence[str] = (),
+                 tls_cert: Optional[os.PathLike] = None, tls_key: Optional[os.PathLike] = None,
+                 tls_client_ca: Optional[os.PathLike] = None):
         self.repository = Path(repository).resolve()
         self.grpc_port, self.http_port, self.metrics_port = grpc_port, http_port, metrics_port
         self.host = host
@@ -80,7 +84,12 @@ class EmbeddedTriton:
         self.startup_timeout = startup_timeout
         self.log_verbose = log_verbose
         self.extra_args = list(extra_args)
+        if (tls_cert is None) != (tls_key is None) or (tls_client_ca is not None and tls_cert is None):
+            raise ValueError("gRPC TLS needs both tls_cert and tls_key (and tls_client_ca only with them)")
+        self.tls = None if tls_cert is None else (Path(tls_cert), Path(tls_key),
+                                                  Path(tls_client_ca) if tls_client_ca else None)
         self.process: Optional[subprocess.Popen] = None
+        self.shm_prefix = f"samtriton_{uuid.uuid4().hex[:12]}_"
         self.log_lines: deque = deque(maxlen=400)
         self._workdir: Optional[tempfile.TemporaryDirectory] = None
         self._reader: Optional[threading.Thread] = None
@@ -110,11 +119,24 @@ class EmbeddedTriton:
             "--pinned-memory-pool-byte-size=0",
             "--exit-timeout-secs=5",
             # A unique shared-memory prefix lets several servers share one machine.
-            f"--backend-config=python,shm-region-prefix-name=samtriton{os.getpid()}_{self.grpc_port}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             f"--log-verbose={self.log_verbose}",
+            *self._tls_args(),
             *self.extra_args,
         ]
         return args
+
+    def _tls_args(self) -> List[str]:
+        if self.tls is None:
+            return []
+        cert, key, client_ca = self.tls
+        for path in (p for p in self.tls if p is not None):
+            if not path.is_file():
+                raise ServerStartError(f"TLS file not found: {path}")
+        args = [f"--grpc-server-cert={cert}", f"--grpc-server-key={key}"]
+        if client_ca is not None:  # clients must present a certificate signed by this CA
+            return args + ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={client_ca}"]
+        return args + ["--grpc-use-ssl=true"]
 
     def start(self) -> "EmbeddedTriton":
         self._workdir = tempfile.TemporaryDirectory(prefix="samtriton-backends-")
@@ -139,25 +161,24 @@ class EmbeddedTriton:
         keys = ("E1", "E0", "error", "Error", "failed", "UNAVAILABLE")
         return [line for line in self.log_lines if any(k in line for k in keys) and "CUDA" not in line]
 
-    def _wait_ready(self) -> None:
-        import tritonclient.grpc as grpcclient
-
-        deadline = time.monotonic() + self.startup_timeout
-        client = grpcclient.InferenceServerClient(self.grpc_url)
+    def is_ready(self) -> bool:
+        """Triton's /v2/health/ready on the (plain, loopback-bound) HTTP endpoint."""
         try:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    self._reader.join(timeout=2)
-                    raise ServerStartError(self._failure(f"tritonserver exited with code {self.process.returncode}"))
-                try:
-                    if client.is_server_ready():
-                        return
-                except Exception:  # not listening yet
-                    pass
-                time.sleep(0.2)
-            raise ServerStartError(self._failure(f"tritonserver was not ready after {self.startup_timeout:.0f} s"))
-        finally:
-            client.close()
+            with urllib.request.urlopen(f"http://{self.host}:{self.http_port}/v2/health/ready", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self._reader.join(timeout=2)
+                raise ServerStartError(self._failure(f"tritonserver exited with code {self.process.returncode}"))
+            if self.is_ready():
+                return
+            time.sleep(0.2)
+        raise ServerStartError(self._failure(f"tritonserver was not ready after {self.startup_timeout:.0f} s"))
 
     def _failure(self, headline: str) -> str:
         lines = self.error_lines() or list(self.log_lines)[-20:]
@@ -180,6 +201,7 @@ class EmbeddedTriton:
         if self._workdir is not None:
             self._workdir.cleanup()
             self._workdir = None
+        self._remove_shared_memory()
         return code
 
     def kill(self) -> None:
@@ -187,6 +209,15 @@ class EmbeddedTriton:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+        self.stop()
+
+    def _remove_shared_memory(self) -> None:
+        """A killed server leaves its python-backend shared-memory regions behind."""
+        for leftover in Path("/dev/shm").glob(self.shm_prefix + "*"):
+            try:
+                leftover.unlink()
+            except OSError:
+                pass
 
     def __enter__(self) -> "EmbeddedTriton":
         return self.start()

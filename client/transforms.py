@@ -90,6 +90,8 @@ def to_rgb_uint8(image: ImageLike, image_format: str = "RGB") -> np.ndarray:
         raise InvalidInput(f"image: expected shape HxW, HxWx1, HxWx3 or HxWx4, got {list(image.shape)}")
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise InvalidInput(f"image: height and width must be at least 1, got {list(image.shape)}")
+    if max(array.shape[:2]) > C.MAX_IMAGE_SIDE:
+        raise InvalidInput(f"image: sides must be at most {C.MAX_IMAGE_SIDE} pixels, got {list(array.shape[:2])}")
     if image_format == "BGR":
         array = array[..., ::-1]
     return np.ascontiguousarray(array)

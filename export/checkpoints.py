@@ -114,12 +114,12 @@ def _official(model_type: str) -> OfficialCheckpoint:
             f"model_type must be one of {sorted(OFFICIAL_CHECKPOINTS)}, got {model_type!r}") from None
 
 
-def load_sam(model_type: str, checkpoint: Optional[os.PathLike] = None, allow_unverified: bool = True):
+def load_sam(model_type: str, checkpoint: Optional[os.PathLike] = None, allow_unverified: bool = False):
     """Build the reference ``Sam`` model for ``model_type`` and load weights without pickle.
 
     With no ``checkpoint`` the official one is downloaded (or taken from the cache). A given
-    checkpoint that is the official file is verified silently; any other file is accepted
-    (fine-tuned weights) unless ``allow_unverified`` is False.
+    checkpoint must have the official sha256 of ``model_type`` unless ``allow_unverified``
+    (fine-tuned weights); a mismatch raises ``ChecksumMismatch``.
     """
     import torch
 
@@ -129,7 +129,11 @@ def load_sam(model_type: str, checkpoint: Optional[os.PathLike] = None, allow_un
     if checkpoint is None:
         checkpoint = official_checkpoint_path(model_type)
     elif not allow_unverified:
-        verify(checkpoint, official.sha256)
+        try:
+            verify(checkpoint, official.sha256)
+        except ChecksumMismatch as exc:
+            raise ChecksumMismatch(f"{exc}: not the official {model_type} checkpoint; pass --allow-unverified "
+                                   "(allow_unverified=True) to export other weights") from None
     ensure_reference_imports()
     if official.package == "mobile_sam":
         from mobile_sam import sam_model_registry

@@ -28,7 +28,7 @@ TENSORRT_NOT_YET = (
 
 
 def export(model_type: str, repository: os.PathLike, checkpoint: Optional[os.PathLike] = None,
-           options: Optional[RepositoryOptions] = None, allow_unverified: bool = True, log=print) -> dict:
+           options: Optional[RepositoryOptions] = None, allow_unverified: bool = False, log=print) -> dict:
     """Export ``model_type`` from ``checkpoint`` and write the repository; returns written dirs."""
     from .checkpoints import load_sam
     from .onnx_export import export_decoder, export_encoder

@@ -41,6 +41,20 @@ BAD_PREDICTS = {
     "mask NaN": (dict(point_coords=POINT, point_labels=np.array([1]),
                       mask_input=np.full((1, 256, 256), np.nan)), "mask_input"),
     "no prompt": (dict(), "point_coords"),
+    "coords empty": (dict(point_coords=np.zeros((0, 2)), point_labels=np.zeros(0)), "point_coords"),
+    "coords complex": (dict(point_coords=np.array([[1 + 2j, 3]]), point_labels=np.array([1])), "point_coords"),
+    "coords ragged": (dict(point_coords=[[1, 2], [3]], point_labels=np.array([1, 1])), "point_coords"),
+    "coords too many": (dict(point_coords=np.ones((C.MAX_POINTS_PER_PROMPT, 2)),
+                             point_labels=np.ones(C.MAX_POINTS_PER_PROMPT)), "point_coords"),
+    "label 0.5": (dict(point_coords=POINT, point_labels=np.array([0.5])), "point_labels"),
+    "label NaN": (dict(point_coords=POINT, point_labels=np.array([np.nan])), "point_labels"),
+    "label bool": (dict(point_coords=POINT, point_labels=np.array([True])), "point_labels"),
+    "box two rows": (dict(box=np.ones((2, 4))), "box"),
+    "box strings": (dict(box=np.array(["a", "b", "c", "d"])), "box"),
+    "mask inf": (dict(point_coords=POINT, point_labels=np.array([1]),
+                      mask_input=np.full((1, 256, 256), np.inf)), "mask_input"),
+    "mask batched": (dict(point_coords=POINT, point_labels=np.array([1]), mask_input=np.zeros((2, 1, 256, 256))),
+                     "mask_input"),
 }
 
 
@@ -79,6 +93,8 @@ def test_predict_before_set_image(server):
     (np.zeros((10, 10, 5), np.uint8), "shape"),
     (np.zeros((0, 10, 3), np.uint8), "height and width"),
     ("/no/such/image.png", "cannot read"),
+    (np.zeros((C.MAX_IMAGE_SIDE + 1, 1, 3), np.uint8), "at most"),
+    (np.zeros((4, 4, 3), np.int32), "dtype"),
     (b"not an image", "image"),
 ])
 def test_set_image_rejects_bad_images(predictor, server, image, field, tmp_path):
@@ -86,6 +102,16 @@ def test_set_image_rejects_bad_images(predictor, server, image, field, tmp_path)
     with pytest.raises(InvalidInput, match=field):
         predictor.set_image(image)
     assert _request_counts(server) == before
+
+
+def test_bad_image_format(predictor):
+    with pytest.raises(InvalidInput, match="image_format"):
+        predictor.set_image(np.zeros((4, 4, 3), np.uint8), image_format="YUV")
+
+
+def test_bad_timeout(server):
+    with pytest.raises(InvalidInput, match="timeout"):
+        SamPredictor(server.grpc_url, timeout=0)
 
 
 def test_unreadable_file(predictor, tmp_path):
@@ -113,6 +139,30 @@ def _raw_decoder_inputs(**overrides):
 
 
 RAW_BAD = {
+    "label 4": (dict(point_labels=np.array([[4.0, -1.0]], np.float32)), "point_labels"),
+    "label -2": (dict(point_labels=np.array([[-2.0, -1.0]], np.float32)), "point_labels"),
+    "label NaN": (dict(point_labels=np.array([[np.nan, -1.0]], np.float32)), "point_labels"),
+    "inf coords": (dict(point_coords=np.array([[[np.inf, 1.0], [0, 0]]], np.float32)), "point_coords"),
+    "coords 3 columns": (dict(point_coords=np.zeros((1, 2, 3), np.float32)), "point_coords"),
+    "coords 2-d": (dict(point_coords=np.zeros((2, 2), np.float32)), "point_coords"),
+    "zero prompts": (dict(point_coords=np.zeros((0, 2, 2), np.float32), point_labels=np.zeros((0, 2), np.float32),
+                          mask_input=np.zeros((0, 1, 256, 256), np.float32),
+                          has_mask_input=np.zeros(0, np.float32)), "point_coords"),
+    "zero points": (dict(point_coords=np.zeros((1, 0, 2), np.float32), point_labels=np.zeros((1, 0), np.float32)),
+                    "point_coords"),
+    "too many points": (dict(point_coords=np.zeros((1, C.MAX_POINTS_PER_PROMPT + 1, 2), np.float32),
+                             point_labels=np.ones((1, C.MAX_POINTS_PER_PROMPT + 1), np.float32)), "limit"),
+    "labels transposed": (dict(point_labels=np.array([[1.0], [-1.0]], np.float32)), "point_labels"),
+    "labels 3-d": (dict(point_labels=np.zeros((1, 2, 1), np.float32)), "point_labels"),
+    "mask 128": (dict(mask_input=np.zeros((1, 1, 128, 128), np.float32)), "mask_input"),
+    "mask 2 channels": (dict(mask_input=np.zeros((1, 2, 256, 256), np.float32)), "mask_input"),
+    "mask NaN": (dict(mask_input=np.full((1, 1, 256, 256), np.nan, np.float32)), "mask_input"),
+    "has_mask 2": (dict(has_mask_input=np.array([2.0], np.float32)), "has_mask_input"),
+    "has_mask count": (dict(has_mask_input=np.zeros(3, np.float32)), "has_mask_input"),
+    "has_mask 2-d": (dict(has_mask_input=np.zeros((1, 1), np.float32)), "has_mask_input"),
+    "embedding 2 images": (dict(image_embeddings=np.zeros((2, 256, 64, 64), np.float32)), "image_embeddings"),
+    "embedding 63": (dict(image_embeddings=np.zeros((1, 256, 64, 63), np.float32)), "image_embeddings"),
+    "embedding channels": (dict(image_embeddings=np.zeros((1, 128, 64, 64), np.float32)), "image_embeddings"),
     "label 7": (dict(point_labels=np.array([[7.0, -1.0]], np.float32)), "point_labels"),
     "NaN coords": (dict(point_coords=np.array([[[np.nan, 1.0], [0, 0]]], np.float32)), "point_coords"),
     "labels shape": (dict(point_labels=np.array([[1.0]], np.float32)), "point_labels"),
@@ -136,12 +186,45 @@ def test_server_rejects_raw_bad_requests_and_stays_up(server, case):
     client.close()
 
 
-def test_server_rejects_bad_encoder_input_size(server):
+def _raw(name, array, wire):
+    tensor = grpcclient.InferInput(name, list(array.shape), wire)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+GOOD_IMAGE = np.zeros((1, 1024, 1024, 3), np.uint8)
+RAW_BAD_ENCODER = {
+    "input_size too large": (GOOD_IMAGE, np.array([[2000, 5]], np.int64), "input_size"),
+    "input_size zero": (GOOD_IMAGE, np.array([[0, 1024]], np.int64), "input_size"),
+    "input_size negative": (GOOD_IMAGE, np.array([[1024, -3]], np.int64), "input_size"),
+    "input_size long side short": (GOOD_IMAGE, np.array([[512, 600]], np.int64), "input_size"),
+    "image 512 square": (np.zeros((1, 512, 512, 3), np.uint8), np.array([[512, 512]], np.int64), "image"),
+    "image CHW": (np.zeros((1, 3, 1024, 1024), np.uint8), np.array([[1024, 1024]], np.int64), "image"),
+    "image float": (np.zeros((1, 1024, 1024, 3), np.float32), np.array([[1024, 1024]], np.int64), "image"),
+    "input_size float": (GOOD_IMAGE, np.array([[1024.0, 1024.0]], np.float32), "input_size"),
+}
+
+
+@pytest.mark.parametrize("case", list(RAW_BAD_ENCODER))
+def test_server_rejects_raw_bad_encoder_requests(server, case):
+    image, size, field = RAW_BAD_ENCODER[case]
+    wire = {np.dtype(np.uint8): "UINT8", np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
     client = grpcclient.InferenceServerClient(server.grpc_url)
-    image = grpcclient.InferInput("image", [1, 1024, 1024, 3], "UINT8")
-    image.set_data_from_numpy(np.zeros((1, 1024, 1024, 3), np.uint8))
-    size = grpcclient.InferInput("input_size", [1, 2], "INT64")
-    size.set_data_from_numpy(np.array([[2000, 5]], np.int64))
-    with pytest.raises(InferenceServerException, match="input_size"):
-        client.infer("mobilesam_encoder", [image, size])
+    with pytest.raises(InferenceServerException, match=field):
+        client.infer("mobilesam_encoder", [_raw("image", image, wire[image.dtype]),
+                                           _raw("input_size", size, wire[size.dtype])])
+    ok = client.infer("mobilesam_encoder", [_raw("image", GOOD_IMAGE, "UINT8"),
+                                            _raw("input_size", np.array([[1024, 1024]], np.int64), "INT64")])
+    assert ok.as_numpy("image_embeddings").shape == (1, 256, 64, 64)
+    client.close()
+
+
+def test_server_rejects_wrong_dtype_and_missing_input(server):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    inputs = _raw_decoder_inputs()
+    inputs[1] = _raw("point_coords", np.zeros((1, 2, 2), np.float64), "FP64")
+    with pytest.raises(InferenceServerException, match="point_coords"):
+        client.infer("mobilesam_decoder", inputs)
+    with pytest.raises(InferenceServerException, match="mask_input|expected 5 inputs"):
+        client.infer("mobilesam_decoder", [i for i in _raw_decoder_inputs() if i.name() != "mask_input"])
     client.close()

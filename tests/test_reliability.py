@@ -1,0 +1,225 @@
+"""Faults, TLS, load and fuzzing against the real embedded Triton (loopback only, bounded)."""
+
+import os
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from hypothesis import HealthCheck, given, settings, strategies as st
+from tritonclient.utils import InferenceServerException
+
+from samtriton import InvalidInput, ModelNotReady, SamPredictor, ServerUnavailable
+from samtriton.server import EmbeddedTriton, free_port
+from samtriton.validation import check_decoder_inputs
+
+POINT = dict(point_coords=np.array([[200.0, 150.0]]), point_labels=np.array([1]))
+
+
+def _server(repository, **kwargs):
+    return EmbeddedTriton(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(), **kwargs)
+
+
+def test_kill_restart_and_model_reload(repository, images):
+    server = _server(repository).start()
+    ports = dict(grpc_port=server.grpc_port, http_port=server.http_port, metrics_port=server.metrics_port)
+    predictor = SamPredictor(server.grpc_url, model="mobilesam", timeout=10.0, retries=3)
+    try:
+        predictor.set_image(images["chelsea"])
+        assert predictor.is_ready()
+        errors, served = [], []
+
+        def stream():
+            for _ in range(500):
+                try:
+                    served.append(predictor.predict(**POINT)[1])
+                except Exception as exc:  # the first failure ends the stream
+                    errors.append((exc, time.monotonic()))
+                    return
+
+        worker = threading.Thread(target=stream)
+        worker.start()
+        while len(served) < 3:
+            time.sleep(0.05)
+        killed_at = time.monotonic()
+        server.kill()
+        worker.join(timeout=30)
+        assert not worker.is_alive(), "the client hung after the server died"
+        (error, failed_at), = errors
+        assert isinstance(error, ServerUnavailable), repr(error)
+        assert server.grpc_url in str(error)
+        assert failed_at - killed_at <= predictor.backend.timeout + 1
+        assert not predictor.is_ready()
+
+        # Restart on the same ports: the same predictor object works again.
+        server = EmbeddedTriton(repository, **ports).start()
+        masks, scores, _ = predictor.predict(**POINT)
+        np.testing.assert_allclose(scores, served[0], atol=1e-5)
+
+        # Explicit model control: unload -> ModelNotReady; load -> works again.
+        admin = grpcclient.InferenceServerClient(server.grpc_url)
+        admin.unload_model("mobilesam_decoder")
+        with pytest.raises(ModelNotReady, match="mobilesam_decoder"):
+            predictor.predict(**POINT)
+        assert not predictor.is_ready()
+        admin.load_model("mobilesam_decoder")
+        assert predictor.predict(**POINT)[0].shape[0] == 3
+        assert predictor.is_ready()
+        admin.close()
+    finally:
+        predictor.close()
+        server.stop()
+
+
+def test_unreachable_server_raises_within_deadline():
+    predictor = SamPredictor(f"127.0.0.1:{free_port()}", timeout=3.0, retries=5)
+    start = time.monotonic()
+    with pytest.raises(ServerUnavailable, match="unavailable"):
+        predictor.set_image(np.zeros((8, 8, 3), np.uint8))
+    assert time.monotonic() - start < 3.0 + 1.0
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem"), "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    return folder / "cert.pem", folder / "key.pem"
+
+
+def test_tls(repository, tls_files, images):
+    cert, key = tls_files
+    with _server(repository, tls_cert=cert, tls_key=key) as server:
+        url = f"localhost:{server.grpc_port}"
+        with SamPredictor(url, model="mobilesam", ssl=True, root_certificates=str(cert),
+                          headers={"authorization": "Bearer test-token"}) as secure:
+            secure.set_image(images["coins_gray"])
+            masks, _, _ = secure.predict(**POINT)
+            assert masks.shape == (3, 303, 384)
+        with SamPredictor(url, model="mobilesam", timeout=5.0, retries=0) as plain:
+            with pytest.raises(ServerUnavailable):
+                plain.set_image(images["coins_gray"])
+
+
+def test_export_refuses_unofficial_checkpoint(reference_sam, tmp_path):
+    import torch
+
+    from samtriton.export.checkpoints import ChecksumMismatch, load_sam
+
+    resaved = tmp_path / "resaved.pt"  # same weights, other bytes: like a fine-tuned file
+    torch.save(reference_sam.state_dict(), resaved)
+    with pytest.raises(ChecksumMismatch, match="allow-unverified"):
+        load_sam("vit_t", resaved)
+    assert load_sam("vit_t", resaved, allow_unverified=True) is not None
+
+
+def test_no_pickle_loading_anywhere():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for folder in ("client", "export"):
+        for dirpath, _, files in os.walk(os.path.join(root, folder)):
+            for name in (f for f in files if f.endswith(".py")):
+                text = open(os.path.join(dirpath, name)).read()
+                assert "import pickle" not in text, name
+                for call in text.split("torch.load(")[1:]:
+                    assert "weights_only=True" in call.split(")")[0], f"{name}: torch.load without weights_only=True"
+
+
+def _rss_kib(pid: int) -> int:
+    """Resident memory of a process and all its descendants (the python-backend stubs)."""
+    total, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            with open(f"/proc/{current}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+            with open(f"/proc/{current}/task/{current}/children") as f:
+                pending.extend(int(c) for c in f.read().split())
+        except (OSError, StopIteration):
+            pass
+    return total
+
+
+def test_under_load_four_clients(server, images):
+    """4 threads of mixed set_image / predict for LOAD_SECONDS (default 60)."""
+    duration = float(os.environ.get("SAMTRITON_LOAD_SECONDS", "60"))
+    names = list(images)
+    latencies, failures, lock = [], [], threading.Lock()
+    stop_at = time.monotonic() + duration
+
+    def client(index):
+        rng = np.random.default_rng(index)
+        with SamPredictor(server.grpc_url, model="mobilesam", timeout=120.0) as predictor:
+            while time.monotonic() < stop_at:
+                try:
+                    start = time.monotonic()
+                    if not predictor.is_image_set or rng.random() < 0.25:
+                        image = images[names[rng.integers(len(names))]]
+                        predictor.set_image(image)
+                        assert predictor.get_image_embedding().shape == (1, 256, 64, 64)
+                        assert np.isfinite(predictor.get_image_embedding()).all()
+                    else:
+                        h, w = predictor.original_size
+                        point = np.array([[rng.uniform(0, w), rng.uniform(0, h)]])
+                        masks, scores, logits = predictor.predict(point_coords=point, point_labels=np.array([1]))
+                        assert masks.shape == (3, h, w) and np.isfinite(scores).all() and np.isfinite(logits).all()
+                    with lock:
+                        latencies.append(time.monotonic() - start)
+                except Exception as exc:
+                    with lock:
+                        failures.append(repr(exc))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(min(10.0, duration / 6))
+    rss_early = _rss_kib(server.process.pid)
+    for thread in threads:
+        thread.join(timeout=duration + 300)
+    rss_end = _rss_kib(server.process.pid)
+    growth = (rss_end - rss_early) / rss_early
+    p50, p99 = np.percentile(latencies, [50, 99])
+    print(f"\nload: {len(latencies)} requests in {duration:.0f} s, {len(failures)} failed, p50 {p50 * 1000:.0f} ms, "
+          f"p99 {p99 * 1000:.0f} ms, server RSS {rss_early / 1024:.0f} -> {rss_end / 1024:.0f} MiB ({growth:+.1%})")
+    assert not failures, failures[:3]
+    assert growth <= 0.10
+
+
+finite = st.floats(-2000, 3000, allow_nan=False, width=32)
+any_float = st.one_of(finite, st.just(float("nan")), st.just(float("inf")), st.floats(width=32))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data(), k=st.integers(1, 4), n=st.integers(1, 5))
+def test_fuzz_prompts_against_server(server, data, k, n):
+    coords = np.array(data.draw(st.lists(any_float, min_size=k * n * 2, max_size=k * n * 2)), np.float32)
+    labels = np.array(data.draw(st.lists(st.sampled_from([-2, -1, 0, 1, 2, 3, 4, 0.5]), min_size=k * n,
+                                         max_size=k * n)), np.float32)
+    has_mask = np.array(data.draw(st.lists(st.sampled_from([0.0, 1.0, 0.3]), min_size=k, max_size=k)), np.float32)
+    tensors = {"image_embeddings": np.zeros((1, 256, 64, 64), np.float32), "point_coords": coords.reshape(k, n, 2),
+               "point_labels": labels.reshape(k, n), "mask_input": np.zeros((k, 1, 256, 256), np.float32),
+               "has_mask_input": has_mask}
+    try:
+        check_decoder_inputs(*tensors.values())
+        valid = True
+    except InvalidInput:
+        valid = False
+    inputs = []
+    for name, array in tensors.items():
+        tensor = grpcclient.InferInput(name, list(array.shape), "FP32")
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        if valid:
+            result = client.infer("mobilesam_decoder", inputs)
+            assert result.as_numpy("low_res_masks").shape == (k, 4, 256, 256)
+            assert np.isfinite(result.as_numpy("iou_predictions")).all()
+        else:
+            with pytest.raises(InferenceServerException, match="mobilesam_decoder: "):
+                client.infer("mobilesam_decoder", inputs)
+        assert client.is_server_live()
+    finally:
+        client.close()
