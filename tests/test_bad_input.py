@@ -228,3 +228,32 @@ def test_server_rejects_wrong_dtype_and_missing_input(server):
     with pytest.raises(InferenceServerException, match="mask_input|expected 5 inputs"):
         client.infer("mobilesam_decoder", [i for i in _raw_decoder_inputs() if i.name() != "mask_input"])
     client.close()
+
+
+def test_bad_request_in_a_dynamic_batch_fails_alone(server):
+    """Concurrent encoder requests are batched by Triton; the bad one fails, the rest succeed."""
+    import queue
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+
+    def stats():
+        model = client.get_inference_statistics("mobilesam_encoder", as_json=True)["model_stats"][0]
+        return int(model.get("inference_count", 0)), int(model.get("execution_count", 0))
+
+    before = stats()
+    results = queue.Queue()
+    sizes = [[1024, 1024], [1024, 700], [5000, 3], [800, 1024], [1024, 1024], [1024, 512]]
+    for i, size in enumerate(sizes):
+        client.async_infer("mobilesam_encoder", [_raw("image", GOOD_IMAGE, "UINT8"),
+                                                 _raw("input_size", np.array([size], np.int64), "INT64")],
+                           callback=lambda result, error, i=i: results.put((i, result, error)))
+    outcomes = dict((i, (result, error)) for i, result, error in (results.get(timeout=120) for _ in sizes))
+    for i, (result, error) in outcomes.items():
+        if i == 2:
+            assert error is not None and "input_size" in str(error)
+        else:
+            assert error is None, error
+            assert result.as_numpy("image_embeddings").shape == (1, 256, 64, 64)
+    after = stats()
+    assert after[1] - before[1] < len(sizes), "requests were batched together"
+    client.close()
