@@ -19,13 +19,23 @@ from . import contract as C
 def _export(args) -> int:
     from samtriton.export.exporter import export
     from samtriton.export.repository import RepositoryOptions
+    from samtriton.export.tensorrt_engine import EngineOptions, TensorRTUnavailable
 
     options = RepositoryOptions(
         name=args.name, encoder_backend=args.encoder_backend, decoder_backend=args.decoder_backend,
         max_encoder_batch=args.max_batch_size, encoder_instances=args.encoder_instances,
         decoder_instances=args.decoder_instances, ort_threads=args.ort_threads)
-    export(args.model_type, args.repository, checkpoint=args.checkpoint, options=options,
-           allow_unverified=args.allow_unverified)
+    engine = None
+    if args.encoder_backend == "tensorrt":
+        engine = EngineOptions(precision=args.precision, min_batch=args.min_batch, opt_batch=args.opt_batch,
+                               max_batch=args.max_batch or args.max_batch_size, workspace_gib=args.workspace_gib,
+                               timing_cache=args.timing_cache)
+    try:
+        export(args.model_type, args.repository, checkpoint=args.checkpoint, options=options,
+               allow_unverified=args.allow_unverified, engine=engine)
+    except TensorRTUnavailable as exc:
+        print(f"samtriton export: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -147,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--encoder-instances", type=int, default=1)
     export.add_argument("--decoder-instances", type=int, default=1)
     export.add_argument("--ort-threads", type=int, default=0, help="ONNX Runtime threads per python model (0: all)")
+    trt = export.add_argument_group("TensorRT engine (--encoder-backend tensorrt)")
+    trt.add_argument("--precision", default="fp16", choices=("fp16", "fp32"),
+                     help="fp16 keeps normalization/softmax layers in fp32 (default: %(default)s)")
+    trt.add_argument("--min-batch", type=int, default=1)
+    trt.add_argument("--opt-batch", type=int, default=4)
+    trt.add_argument("--max-batch", type=int, default=None, help="default: --max-batch-size")
+    trt.add_argument("--workspace-gib", type=float, default=4.0)
+    trt.add_argument("--timing-cache", help="timing cache file, read if present and updated")
     export.add_argument("--allow-unverified", action="store_true",
                         help="accept a --checkpoint whose sha256 is not the official one (e.g. fine-tuned weights)")
     export.set_defaults(func=_export)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -11,31 +13,25 @@ from typing import Optional
 from samtriton import contract as C
 
 from .repository import RepositoryOptions, write_repository
-
-
-class TensorRTUnavailable(RuntimeError):
-    pass
-
-
-TENSORRT_NOT_YET = (
-    "--encoder-backend tensorrt: building the TensorRT engine is not part of this release yet. "
-    "The repository gets a tensorrt_plan config and the encoder ONNX (NAME_encoder/encoder.onnx); "
-    "build NAME_encoder/1/model.plan from it on the serving GPU, inside the Triton container release "
-    "that will serve it, e.g.: trtexec --onnx=encoder.onnx --saveEngine=1/model.plan "
-    "--minShapes=image:1x1024x1024x3,input_size:1x2 --optShapes=image:4x1024x1024x3,input_size:4x2 "
-    "--maxShapes=image:8x1024x1024x3,input_size:8x2 --fp16 (keep LayerNorm/Softmax in FP32)."
-)
+from .tensorrt_engine import EngineOptions, build_engine, require_tensorrt
 
 
 def export(model_type: str, repository: os.PathLike, checkpoint: Optional[os.PathLike] = None,
-           options: Optional[RepositoryOptions] = None, allow_unverified: bool = False, log=print) -> dict:
+           options: Optional[RepositoryOptions] = None, allow_unverified: bool = False, log=print,
+           engine: Optional[EngineOptions] = None) -> dict:
     """Export ``model_type`` from ``checkpoint`` and write the repository; returns written dirs."""
-    from .checkpoints import load_sam
-    from .onnx_export import export_decoder, export_encoder
-
     if model_type not in C.MODEL_TYPES:
         raise ValueError(f"--model-type must be one of {list(C.MODEL_TYPES)}, got {model_type!r}")
     options = options or RepositoryOptions()
+    if options.encoder_backend == "tensorrt":
+        require_tensorrt()  # fail fast, before anything is loaded or written
+        engine = engine or EngineOptions(max_batch=options.max_encoder_batch)
+        options = dataclasses.replace(options, max_encoder_batch=engine.max_batch,
+                                      preferred_batch_sizes=tuple(sorted({engine.opt_batch, engine.max_batch})))
+
+    from .checkpoints import load_sam
+    from .onnx_export import export_decoder, export_encoder
+
     log(f"loading {model_type} from {checkpoint or 'the official checkpoint'}")
     sam = load_sam(model_type, checkpoint, allow_unverified=allow_unverified)
     with tempfile.TemporaryDirectory(prefix="samtriton-export-") as tmp:
@@ -50,9 +46,11 @@ def export(model_type: str, repository: os.PathLike, checkpoint: Optional[os.Pat
             "decoder_backend": options.decoder_backend,
             "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
-        written = write_repository(Path(repository), encoder, decoder, options, metadata=metadata)
-    if options.encoder_backend == "tensorrt":
-        log(TENSORRT_NOT_YET)
+        plan = None
+        if options.encoder_backend == "tensorrt":
+            plan = build_engine(encoder, Path(tmp) / "encoder" / "model.plan", engine, log=log)
+            metadata["tensorrt"] = json.loads(Path(str(plan) + ".json").read_text())
+        written = write_repository(Path(repository), encoder, decoder, options, metadata=metadata, encoder_plan=plan)
     for name, path in written.items():
         log(f"wrote {name}: {path}")
     return written

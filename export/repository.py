@@ -7,7 +7,8 @@ Backends:
 - ``python``: python-backend models that run the ONNX graphs with ONNX Runtime; for the
   embedded server (the ``nvidia-pytriton`` wheel ships only the python backend).
 - ``onnxruntime``: ``onnxruntime_onnx`` configs for NVIDIA's Triton container (KIND_GPU).
-- ``tensorrt``: a ``tensorrt_plan`` encoder config; the engine is built separately.
+- ``tensorrt``: a ``tensorrt_plan`` encoder config and the engine built by
+  ``tensorrt_engine.build_engine`` (KIND_GPU, dynamic batching matching its profile).
 """
 
 from __future__ import annotations
@@ -157,8 +158,10 @@ def write_repository(repo: Path, encoder_onnx: Path, decoder_onnx: Path, options
     if options.encoder_backend == "python":
         encoder_sources["model.py"] = _python_model_source("encoder")
     elif options.encoder_backend == "tensorrt":
-        # The engine is built from this ONNX on the serving GPU; keep the ONNX beside it.
+        # Keep the ONNX beside the engine: a new GPU model or container release needs a rebuild.
         encoder_files = {PLAN_FILENAME: encoder_plan}
+        if encoder_plan is not None and Path(str(encoder_plan) + ".json").exists():
+            encoder_files[PLAN_FILENAME + ".json"] = Path(str(encoder_plan) + ".json")
     config = encoder_config(options)
     written[config.name] = _write_model(repo, config, encoder_files, encoder_sources)
     if options.encoder_backend == "tensorrt":

