@@ -8,9 +8,12 @@ there too (``NAME_decoder``); upscaling and thresholding happen here, in numpy.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import random
+import threading
 import time
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -21,44 +24,81 @@ from .errors import InvalidInput, ModelNotReady, RequestTimeout, ServerError, Se
 from .transforms import ImageLike, ResizeLongestSide, postprocess_masks, preprocess, to_rgb_uint8
 from .validation import check_decoder_inputs
 
+logger = logging.getLogger("samtriton")
+
 DEFAULT_URL = "127.0.0.1:8001"
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_RETRIES = 3
 
 
 class TritonSam:
-    """Typed access to the three served models of one deployment ``model``.
+    """Typed access to the three served models of one deployment ``model``, on one or more
+    Triton endpoints.
 
-    Every call has a deadline (``timeout`` seconds). All calls are idempotent, so one that
-    finds the server UNAVAILABLE is retried with exponential backoff and jitter, at most
-    ``retries`` times and never past its deadline; then ``ServerUnavailable`` is raised.
+    ``url`` is "host:port", a comma-separated list of them, or a list. Requests go round-robin
+    over the endpoints that are up; a request that finds one UNAVAILABLE is retried at once
+    on the next, and that endpoint is skipped for ``down_seconds`` (each failure is logged on
+    the "samtriton" logger and kept in ``endpoint_failures``). Every call has a deadline
+    (``timeout`` seconds). When every endpoint is down the call is retried with exponential
+    backoff and jitter, at most ``retries`` times and never past its deadline; then
+    ``ServerUnavailable`` is raised. All calls are idempotent, so retrying is safe.
     """
 
-    def __init__(self, url: str = DEFAULT_URL, model: str = C.DEFAULT_MODEL_NAME,
+    def __init__(self, url: Union[str, Sequence[str]] = DEFAULT_URL, model: str = C.DEFAULT_MODEL_NAME,
                  timeout: float = DEFAULT_TIMEOUT_S, headers: Optional[Dict[str, str]] = None,
-                 retries: int = DEFAULT_RETRIES, backoff: float = 0.2, **client_kwargs):
+                 retries: int = DEFAULT_RETRIES, backoff: float = 0.2, down_seconds: float = 5.0, **client_kwargs):
         if timeout <= 0:
             raise InvalidInput(f"timeout: expected a positive number of seconds, got {timeout!r}")
-        self.url, self.model, self.timeout, self.headers = url, model, timeout, headers
-        self.retries, self.backoff = retries, backoff
+        urls = [u.strip() for u in (url.split(",") if isinstance(url, str) else url) if u.strip()]
+        if not urls:
+            raise InvalidInput(f"url: expected 'host:port' or a list of them, got {url!r}")
+        self.urls, self.model, self.timeout, self.headers = urls, model, timeout, headers
+        self.retries, self.backoff, self.down_seconds = retries, backoff, down_seconds
         self._client_kwargs = client_kwargs
-        self.client = grpcclient.InferenceServerClient(url, **client_kwargs)
+        self.clients = {u: grpcclient.InferenceServerClient(u, **client_kwargs) for u in urls}
+        self.endpoint_failures: List[Tuple[str, str]] = []  # (url, reason), oldest first
+        self._down_until = {u: 0.0 for u in urls}
+        self._turn = itertools.count()
+        self._lock = threading.Lock()
 
-    def reconnect(self) -> None:
-        """A fresh gRPC channel: a channel that saw the server die waits out gRPC's own
+    @property
+    def url(self) -> str:
+        return ",".join(self.urls)
+
+    def reconnect(self, url: Optional[str] = None) -> None:
+        """Fresh gRPC channels: a channel that saw its server die waits out gRPC's own
         reconnect backoff (up to minutes); a new one connects as soon as the server is back."""
-        old, self.client = self.client, grpcclient.InferenceServerClient(self.url, **self._client_kwargs)
-        old.close()
+        for u in [url] if url else self.urls:
+            old, self.clients[u] = self.clients[u], grpcclient.InferenceServerClient(u, **self._client_kwargs)
+            old.close()
 
-    def is_ready(self) -> bool:
-        """True when the server is live and all three models are READY."""
+    def endpoint_ready(self, url: str) -> bool:
+        client = self.clients[url]
         try:
-            return self.client.is_server_ready(headers=self.headers, client_timeout=self.timeout) and all(
-                self.client.is_model_ready(spec.served_name(self.model), headers=self.headers,
-                                           client_timeout=self.timeout)
+            return client.is_server_ready(headers=self.headers, client_timeout=self.timeout) and all(
+                client.is_model_ready(spec.served_name(self.model), headers=self.headers, client_timeout=self.timeout)
                 for spec in C.MODEL_SPECS)
         except InferenceServerException:
             return False
+
+    def is_ready(self) -> bool:
+        """True when at least one endpoint is live with all three models READY."""
+        return any(self.endpoint_ready(u) for u in self.urls)
+
+    def _endpoint_order(self) -> List[str]:
+        with self._lock:
+            start = next(self._turn) % len(self.urls)
+        rotated = self.urls[start:] + self.urls[:start]
+        now = time.monotonic()
+        return sorted(rotated, key=lambda u: self._down_until[u] > now)  # up first, order kept
+
+    def _mark_down(self, url: str, error: Exception) -> None:
+        with self._lock:
+            self._down_until[url] = time.monotonic() + self.down_seconds
+            self.endpoint_failures.append((url, str(error)))
+        self.reconnect(url)
+        if len(self.urls) > 1:
+            logger.warning("samtriton: endpoint %s failed (%s); retrying on another endpoint", url, error)
 
     def infer(self, spec: C.ModelSpec, tensors: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         model_name = spec.served_name(self.model)
@@ -72,19 +112,21 @@ class TritonSam:
         deadline = time.monotonic() + self.timeout
         attempt = 0
         while True:
-            remaining = deadline - time.monotonic()
-            try:
-                result = self.client.infer(model_name, inputs, outputs=outputs, client_timeout=max(remaining, 0.001),
-                                           headers=self.headers)
-                return {s.name: result.as_numpy(s.name) for s in spec.outputs}
-            except InferenceServerException as exc:
-                error = _translate(exc, model_name, self.url, self.timeout)
+            for url in self._endpoint_order():
+                remaining = deadline - time.monotonic()
+                try:
+                    result = self.clients[url].infer(model_name, inputs, outputs=outputs, headers=self.headers,
+                                                     client_timeout=max(remaining, 0.001))
+                    return {s.name: result.as_numpy(s.name) for s in spec.outputs}
+                except InferenceServerException as exc:
+                    error = _translate(exc, model_name, url, self.timeout)
+                if not isinstance(error, ServerUnavailable):
+                    raise error
+                self._mark_down(url, error)
             pause = self.backoff * (2 ** attempt) * random.uniform(0.5, 1.5)
-            if not isinstance(error, ServerUnavailable) or attempt >= self.retries \
-                    or time.monotonic() + pause >= deadline:
+            if attempt >= self.retries or time.monotonic() + pause >= deadline:
                 raise error
             time.sleep(pause)
-            self.reconnect()
             attempt += 1
 
     def encode(self, padded_images: np.ndarray, input_sizes: np.ndarray) -> np.ndarray:
@@ -110,7 +152,8 @@ class TritonSam:
         return out[C.LOW_RES_MASKS.name], out[C.IOU_PREDICTIONS.name]
 
     def close(self) -> None:
-        self.client.close()
+        for client in self.clients.values():
+            client.close()
 
 
 def _translate(exc: InferenceServerException, model_name: str, url: str, timeout: float) -> Exception:
@@ -137,7 +180,8 @@ class SamPredictor:
     """segment-anything's ``SamPredictor``, served by Triton.
 
     Arguments:
-      url: the Triton gRPC endpoint, "host:port".
+      url: the Triton gRPC endpoint "host:port", or several (a list, or comma-separated):
+        requests are spread over the healthy ones and fail over when one goes down.
       model: the deployment name given to ``samtriton export --name`` (default "sam").
       timeout: seconds each call may take.
       headers: extra gRPC metadata sent with every call (e.g. an auth token).
@@ -146,7 +190,7 @@ class SamPredictor:
         ``root_certificates``, ``private_key``, ``certificate_chain`` (paths) for TLS.
     """
 
-    def __init__(self, url: str = DEFAULT_URL, model: str = C.DEFAULT_MODEL_NAME,
+    def __init__(self, url: Union[str, Sequence[str]] = DEFAULT_URL, model: str = C.DEFAULT_MODEL_NAME,
                  timeout: float = DEFAULT_TIMEOUT_S, headers: Optional[Dict[str, str]] = None,
                  retries: int = DEFAULT_RETRIES, **client_kwargs):
         self.backend = TritonSam(url, model, timeout=timeout, headers=headers, retries=retries, **client_kwargs)

@@ -223,3 +223,37 @@ def test_fuzz_prompts_against_server(server, data, k, n):
         assert client.is_server_live()
     finally:
         client.close()
+
+
+def _success_count(url, model):
+    client = grpcclient.InferenceServerClient(url)
+    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    client.close()
+    return int(stats.get("inference_stats", {}).get("success", {}).get("count", 0))
+
+
+def test_two_endpoints_spread_and_fail_over(repository, images):
+    first, second = _server(repository).start(), _server(repository).start()
+    predictor = SamPredictor([first.grpc_url, second.grpc_url], model="mobilesam", timeout=30.0)
+    try:
+        predictor.set_image(images["astronaut"])
+        results, errors = [], []
+        for i in range(40):
+            if i == 10:
+                assert _success_count(first.grpc_url, "mobilesam_decoder") > 0
+                assert _success_count(second.grpc_url, "mobilesam_decoder") > 0, "requests are spread"
+                first.kill()
+            try:
+                results.append(predictor.predict(**POINT)[1])
+            except Exception as exc:
+                errors.append(exc)
+        assert not errors, errors[:2]
+        assert len(results) == 40
+        np.testing.assert_allclose(np.array(results), np.array(results[:1]).repeat(40, 0), atol=1e-5)
+        failed = {url for url, _ in predictor.backend.endpoint_failures}
+        assert failed == {first.grpc_url}, "the client reports which endpoint failed"
+        assert predictor.is_ready()  # the second endpoint is still up
+    finally:
+        predictor.close()
+        first.stop()
+        second.stop()
