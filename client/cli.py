@@ -142,6 +142,20 @@ def _image_paths(inputs: List[str]) -> List[Path]:
     return paths
 
 
+def _bench_server(args) -> int:
+    from . import bench
+
+    image = None
+    if args.image:
+        from .transforms import to_rgb_uint8
+
+        image = to_rgb_uint8(args.image)
+    rows = bench.run(args.url, args.model, batches=args.batches, prompts=args.prompts, repeats=args.repeats,
+                     clients=args.clients, image=image)
+    print(bench.format_table(rows))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="samtriton", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,6 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--timeout", type=float, default=60.0)
     segment.add_argument("--out", required=True, help="output directory")
     segment.set_defaults(func=_segment)
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    server_bench = bench_sub.add_parser(
+        "server", aliases=["gpu"], help="throughput of a running deployment (encoder, decoder, end to end)")
+    server_bench.add_argument("--url", default="127.0.0.1:8001")
+    server_bench.add_argument("--model", default=C.DEFAULT_MODEL_NAME)
+    server_bench.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16])
+    server_bench.add_argument("--prompts", type=int, default=64)
+    server_bench.add_argument("--repeats", type=int, default=3)
+    server_bench.add_argument("--clients", type=int, default=4)
+    server_bench.add_argument("--image", help="image to use (default: a random 1024x768 image)")
+    server_bench.set_defaults(func=_bench_server)
     return parser
 
 

@@ -52,3 +52,14 @@ def test_failed_start_prints_server_errors_and_exits_nonzero(repository, tmp_pat
 def test_empty_repository_is_an_error(tmp_path):
     with pytest.raises(ServerStartError, match="no model"):
         EmbeddedTriton(tmp_path).start()
+
+
+def test_bench_server_prints_a_table(server):
+    result = subprocess.run([sys.executable, "-m", "samtriton.cli", "bench", "server", "--url", server.grpc_url,
+                             "--model", "mobilesam", "--batches", "1", "2", "--prompts", "4", "--repeats", "1",
+                             "--clients", "2"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split("|")[0].strip() == "stage"
+    rates = [float(line.split("|")[2].split()[0]) for line in lines[2:]]
+    assert len(rates) == 4 and all(rate > 0 for rate in rates)
