@@ -161,7 +161,7 @@ def _move_weights_to_external_data(path: Path) -> None:
 
     model = onnx.load(str(path))
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=path.name + ".data", size_threshold=1024)
+                    location=path.name + ".data", size_threshold=1024, convert_attribute=True)
 
 
 def is_tinyvit(sam) -> bool:

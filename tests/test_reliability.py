@@ -171,6 +171,17 @@ def test_under_load_four_clients(server, images):
                     with lock:
                         failures.append(repr(exc))
 
+    def warm_up(index):  # a serving process is warm: let every batch shape allocate once
+        with SamPredictor(server.grpc_url, model="mobilesam", timeout=120.0) as predictor:
+            predictor.set_image(images[names[index]])
+            predictor.predict(**POINT)
+
+    warmers = [threading.Thread(target=warm_up, args=(i,)) for i in range(4)]
+    for thread in warmers:
+        thread.start()
+    for thread in warmers:
+        thread.join()
+    stop_at = time.monotonic() + duration
     threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
     for thread in threads:
         thread.start()
