@@ -9,9 +9,9 @@ exactly those names:
 
 - ``torchvision.transforms.functional.resize`` / ``to_pil_image`` for PIL images and HWC
   uint8 arrays (torchvision's PIL path: ``img.resize((w, h), BILINEAR)``);
-- ``torchvision.ops.boxes.batched_nms`` / ``box_area``: exact pure-torch versions (same keep
-  rule as torchvision: highest score first, drop boxes whose IoU with a kept box of the same
-  category exceeds the threshold);
+- ``torchvision.ops.boxes.batched_nms`` / ``box_area``: exact versions (same keep rule as
+  torchvision: highest score first, drop boxes whose IoU with a kept box of the same
+  category exceeds the threshold), computed by ``samtriton.amg.batched_nms`` in numpy;
 - ``timm.models.layers.DropPath`` / ``to_2tuple`` / ``trunc_normal_`` and
   ``timm.models.registry.register_model``.
 
@@ -100,49 +100,29 @@ def box_area(boxes):
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
-def box_iou(boxes1, boxes2):
+def batched_nms(boxes, scores, idxs, iou_threshold: float):
+    """torchvision's batched_nms: greedy by score, per category; samtriton's numpy version."""
     import torch
 
-    area1, area2 = box_area(boxes1), box_area(boxes2)
-    top_left = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
-    bottom_right = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    wh = (bottom_right - top_left).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    return inter / (area1[:, None] + area2[None, :] - inter)
+    from samtriton.amg import batched_nms as numpy_batched_nms
+
+    keep = numpy_batched_nms(boxes.detach().cpu().numpy(), scores.detach().cpu().numpy(),
+                             idxs.detach().cpu().numpy(), iou_threshold)
+    return torch.as_tensor(keep, dtype=torch.int64, device=boxes.device)
 
 
 def nms(boxes, scores, iou_threshold: float):
-    """Greedy NMS: keep the highest score, drop boxes with IoU > threshold, repeat."""
     import torch
 
-    order = torch.argsort(scores, descending=True, stable=True)
-    iou = box_iou(boxes[order], boxes[order])
-    suppressed = torch.zeros(len(order), dtype=torch.bool)
-    keep = []
-    for i in range(len(order)):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        suppressed |= iou[i] > iou_threshold
-    return order[torch.as_tensor(keep, dtype=torch.long)]
-
-
-def batched_nms(boxes, scores, idxs, iou_threshold: float):
-    """NMS within each category ``idxs``, by torchvision's coordinate-offset trick."""
-    import torch
-
-    if boxes.numel() == 0:
-        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
-    offsets = idxs.to(boxes) * (boxes.max() + 1)
-    return nms(boxes + offsets[:, None], scores, iou_threshold)
+    return batched_nms(boxes, scores, torch.zeros(len(boxes), dtype=torch.int64), iou_threshold)
 
 
 def _install_torchvision_compat() -> None:
     _register("torchvision", __version__ = "0.0+samtriton.compat")
     _register("torchvision.transforms")
     _register("torchvision.transforms.functional", resize=resize, to_pil_image=to_pil_image)
-    _register("torchvision.ops", nms=nms, batched_nms=batched_nms, box_area=box_area, box_iou=box_iou)
-    _register("torchvision.ops.boxes", nms=nms, batched_nms=batched_nms, box_area=box_area, box_iou=box_iou)
+    _register("torchvision.ops", nms=nms, batched_nms=batched_nms, box_area=box_area)
+    _register("torchvision.ops.boxes", nms=nms, batched_nms=batched_nms, box_area=box_area)
 
 
 # --- timm -------------------------------------------------------------------------------
