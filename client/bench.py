@@ -99,3 +99,45 @@ def format_table(rows: List[List[str]]) -> str:
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(3)]
     lines = [" | ".join(c.ljust(w) for c, w in zip(header, widths)), "-+-".join("-" * w for w in widths)]
     return "\n".join(lines + [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows])
+
+
+def amg_versus_reference(url, model: str, images: Dict[str, np.ndarray], checkpoint=None, model_type: str = "vit_t",
+                         **settings) -> List[Dict[str, float]]:
+    """Times, in one run on the same images, the reference SamAutomaticMaskGenerator in-process
+    (PyTorch; needs the ``export`` extra) and samtriton's through the server."""
+    from samtriton.export.checkpoints import load_sam
+
+    from .automatic_mask_generator import SamAutomaticMaskGenerator
+
+    sam = load_sam(model_type, checkpoint)  # also makes the reference packages importable
+    if model_type == "vit_t":
+        from mobile_sam import SamAutomaticMaskGenerator as Reference
+    else:
+        from segment_anything import SamAutomaticMaskGenerator as Reference
+    rows = []
+    with SamPredictor(url, model=model, timeout=600) as predictor:
+        for name, image in images.items():
+            ours = SamAutomaticMaskGenerator(predictor, **settings)
+            start = time.perf_counter()
+            our_masks = ours.generate(image)
+            our_seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            reference_masks = Reference(sam, **settings).generate(image)
+            reference_seconds = time.perf_counter() - start
+            rows.append({"image": name, "samtriton_s": our_seconds, "reference_s": reference_seconds,
+                         "ratio": our_seconds / reference_seconds, "samtriton_masks": len(our_masks),
+                         "reference_masks": len(reference_masks), "mib_sent": ours.bytes_sent / 2**20,
+                         "mib_received": ours.bytes_received / 2**20})
+    return rows
+
+
+def format_amg_table(rows: List[Dict[str, float]]) -> str:
+    lines = ["| image | samtriton s | reference s | ratio | masks (samtriton / reference) | MiB sent / received |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['image']} | {r['samtriton_s']:.1f} | {r['reference_s']:.1f} | {r['ratio']:.2f} | "
+                     f"{r['samtriton_masks']} / {r['reference_masks']} | {r['mib_sent']:.1f} / {r['mib_received']:.1f} |")
+    total = sum(r["samtriton_s"] for r in rows) / sum(r["reference_s"] for r in rows)
+    lines.append(f"| all | {sum(r['samtriton_s'] for r in rows):.1f} | {sum(r['reference_s'] for r in rows):.1f} | "
+                 f"{total:.2f} | | |")
+    return "\n".join(lines)

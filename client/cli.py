@@ -89,11 +89,13 @@ def _segment(args) -> int:
     from .transforms import to_rgb_uint8
     from .visualize import cutout, overlay
 
+    if args.auto:
+        return _segment_auto(args)
     points = _pair_list(args.point, 2, "--point") + _pair_list(args.negative_point, 2, "--negative-point")
     labels = [1] * len(args.point or []) + [0] * len(args.negative_point or [])
     boxes = _pair_list(args.box, 4, "--box")
     if not points and not boxes:
-        raise SystemExit("samtriton segment: give --point x,y and/or --box x0,y0,x1,y1")
+        raise SystemExit("samtriton segment: give --point x,y and/or --box x0,y0,x1,y1, or --auto")
     if len(boxes) > 1 and points:
         raise SystemExit("samtriton segment: several --box cannot be combined with points")
     out_dir = Path(args.out)
@@ -128,6 +130,50 @@ def _segment(args) -> int:
     return 0
 
 
+def _segment_auto(args) -> int:
+    from .automatic_mask_generator import SamAutomaticMaskGenerator
+    from .predictor import SamPredictor
+    from .transforms import to_rgb_uint8
+    from .visualize import overlay
+
+    try:
+        import pycocotools  # noqa: F401
+        output_mode = "coco_rle"
+    except ImportError:  # the client's own dependencies only: uncompressed RLE
+        output_mode = "uncompressed_rle"
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    predictor = SamPredictor(args.url, model=args.model, timeout=args.timeout)
+    generator = SamAutomaticMaskGenerator(
+        predictor, points_per_side=args.points_per_side, points_per_batch=args.points_per_batch,
+        pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,
+        crop_n_layers=args.crop_n_layers, min_mask_region_area=args.min_mask_region_area, output_mode=output_mode)
+    paths = _image_paths(args.images)
+    for number, path in enumerate(paths, 1):
+        image = to_rgb_uint8(path)
+        records = generator.generate(image)
+        stem = Path(path).stem
+        masks = [_record_mask(r["segmentation"]) for r in sorted(records, key=lambda r: -r["area"])]
+        overlay(image, masks).save(out_dir / f"{stem}_overlay.png")
+        document = {"image": {"file_name": str(path), "height": image.shape[0], "width": image.shape[1]},
+                    "annotations": records}
+        (out_dir / f"{stem}.json").write_text(json.dumps(document) + "\n")
+        print(f"[{number}/{len(paths)}] {path}: {len(records)} masks -> {out_dir / (stem + '.json')}",
+              file=sys.stderr, flush=True)
+    predictor.close()
+    return 0
+
+
+def _record_mask(segmentation):
+    from .amg import rle_to_mask
+
+    if isinstance(segmentation.get("counts"), str):
+        from pycocotools import mask as mask_utils
+
+        return mask_utils.decode(segmentation).astype(bool)
+    return rle_to_mask(segmentation)
+
+
 def _image_paths(inputs: List[str]) -> List[Path]:
     suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
     paths = []
@@ -153,6 +199,20 @@ def _bench_server(args) -> int:
     rows = bench.run(args.url, args.model, batches=args.batches, prompts=args.prompts, repeats=args.repeats,
                      clients=args.clients, image=image)
     print(bench.format_table(rows))
+    return 0
+
+
+def _bench_amg(args) -> int:
+    from . import bench
+    from .transforms import to_rgb_uint8
+
+    images = {Path(p).stem: to_rgb_uint8(p) for p in _image_paths(args.images)}
+    rows = bench.amg_versus_reference(args.url, args.model, images, checkpoint=args.checkpoint,
+                                      model_type=args.model_type, points_per_side=args.points_per_side)
+    table = bench.format_amg_table(rows)
+    print(table)
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
     return 0
 
 
@@ -204,6 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--negative-point", action="append", help="background point x,y (repeatable)")
     segment.add_argument("--box", action="append", help="box x0,y0,x1,y1 (repeatable)")
     segment.add_argument("--cutout", action="store_true", help="also write RGBA cut-outs")
+    segment.add_argument("--auto", action="store_true", help="automatic mask generation (all masks)")
+    segment.add_argument("--points-per-side", type=int, default=32)
+    segment.add_argument("--points-per-batch", type=int, default=64)
+    segment.add_argument("--pred-iou-thresh", type=float, default=0.88)
+    segment.add_argument("--stability-score-thresh", type=float, default=0.95)
+    segment.add_argument("--crop-n-layers", type=int, default=0)
+    segment.add_argument("--min-mask-region-area", type=int, default=0)
     segment.add_argument("--timeout", type=float, default=60.0)
     segment.add_argument("--out", required=True, help="output directory")
     segment.set_defaults(func=_segment)
@@ -219,6 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
     server_bench.add_argument("--clients", type=int, default=4)
     server_bench.add_argument("--image", help="image to use (default: a random 1024x768 image)")
     server_bench.set_defaults(func=_bench_server)
+    amg_bench = bench_sub.add_parser("amg", help="automatic mask generation vs the in-process reference")
+    amg_bench.add_argument("images", nargs="+")
+    amg_bench.add_argument("--url", default="127.0.0.1:8001")
+    amg_bench.add_argument("--model", default=C.DEFAULT_MODEL_NAME)
+    amg_bench.add_argument("--model-type", default="vit_t", choices=C.MODEL_TYPES)
+    amg_bench.add_argument("--checkpoint", help="reference checkpoint (default: the official one)")
+    amg_bench.add_argument("--points-per-side", type=int, default=32)
+    amg_bench.add_argument("--markdown", help="also write the table to this file")
+    amg_bench.set_defaults(func=_bench_amg)
     return parser
 
 

@@ -183,7 +183,26 @@ ENSEMBLE_STEPS = (
     ),
 )
 
-MODEL_SPECS = (ENCODER, DECODER, ENSEMBLE)
+# --- AMG stage: decoder + SamAutomaticMaskGenerator's per-batch filtering, on the server ---
+# One embedding + K single-point prompts in; only the masks that pass the IoU and stability
+# thresholds come back, as bits at the crop's size, instead of 3 float32 256x256 maps per
+# point (about 800 MB per image at points_per_side=32). Calls NAME_decoder through BLS.
+CROP_SIZE = TensorSpec("crop_size", np.int64, (2,), "(height, width) of the image (or crop) encoded")
+AMG_THRESHOLDS = TensorSpec(
+    "amg_thresholds", np.float32, (3,), "pred_iou_thresh, stability_score_thresh, stability_score_offset")
+KEPT_INDEX = TensorSpec("kept_index", np.int64, (-1,), "indices into the K x 3 multimask outputs, prompt-major")
+KEPT_IOU = TensorSpec("kept_iou_predictions", np.float32, (-1,))
+KEPT_STABILITY = TensorSpec("kept_stability_scores", np.float32, (-1,))
+KEPT_MASKS = TensorSpec("kept_masks_packed", np.uint8, (-1, -1), "np.packbits of each H x W mask (logits > 0)")
+
+AMG = ModelSpec(
+    suffix="_amg",
+    inputs=(DECODER_IMAGE_EMBEDDINGS, POINT_COORDS, POINT_LABELS, INPUT_SIZE, CROP_SIZE, AMG_THRESHOLDS),
+    outputs=(KEPT_INDEX, KEPT_IOU, KEPT_STABILITY, KEPT_MASKS),
+    batching=False,
+)
+
+MODEL_SPECS = (ENCODER, DECODER, ENSEMBLE, AMG)
 
 # Limits, in this one place. Prompt limits are applied by client and server alike; the
 # image side by the client (the server only ever sees the 1024 square).

@@ -42,6 +42,8 @@ class RepositoryOptions:
     max_queue_delay_us: int = 2000
     encoder_instances: int = 1
     decoder_instances: int = 1
+    # Two AMG instances let one filter a batch while the other waits on the decoder.
+    amg_instances: int = 2
     # ONNX Runtime threads per python-backend instance; 0 lets ONNX Runtime decide.
     ort_threads: int = 0
 
@@ -115,6 +117,15 @@ def ensemble_config(options: RepositoryOptions) -> mc.ModelConfig:
     return config
 
 
+def amg_config(options: RepositoryOptions) -> mc.ModelConfig:
+    """The AMG stage is python-backend everywhere; it reaches the decoder through BLS."""
+    spec = C.AMG
+    config = mc.ModelConfig(name=spec.served_name(options.name), max_batch_size=0, backend="python")
+    _io(config, spec)
+    _instances(config, options.amg_instances, gpu=False)
+    return config
+
+
 def config_text(config: mc.ModelConfig) -> str:
     return text_format.MessageToString(config)
 
@@ -173,6 +184,9 @@ def write_repository(repo: Path, encoder_onnx: Path, decoder_onnx: Path, options
 
     config = ensemble_config(options)
     written[config.name] = _write_model(repo, config, {}, {})
+
+    config = amg_config(options)
+    written[config.name] = _write_model(repo, config, {}, {"model.py": _python_model_source("amg")})
 
     if metadata is not None:
         (repo / f"{options.name}.export.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")

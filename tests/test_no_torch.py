@@ -28,8 +28,11 @@ def test_import_and_predict_without_torch(server, tmp_path, images):
         p.set_image(np.load({str(np_path)!r}))
         masks, scores, logits = p.predict(point_coords=np.array([[300, 180]]), point_labels=np.array([1]))
         assert masks.shape == (3, 400, 600) and masks.dtype == bool and masks.any()
+        from samtriton import SamAutomaticMaskGenerator
+        records = SamAutomaticMaskGenerator(p, points_per_side=4).generate(np.load({str(np_path)!r}))
+        assert records and records[0]["segmentation"].shape == (400, 600)
         assert "torch" not in sys.modules and "torchvision" not in sys.modules
-        print("ok", scores.round(3).tolist())
+        print("ok", scores.round(3).tolist(), len(records))
     """)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     result = subprocess.run([str(python), "-c", script], capture_output=True, text=True, timeout=300, env=env)

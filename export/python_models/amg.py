@@ -1,0 +1,67 @@
+"""Triton python-backend model: the AMG stage (decoder + SamAutomaticMaskGenerator's
+per-batch filtering), so only kept masks leave the server, as packed bits.
+
+Generated repositories copy this file to NAME_amg/1/model.py. It calls NAME_decoder through
+BLS, so it works with any decoder backend (python here, onnxruntime on GPUs).
+"""
+
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from samtriton import contract as C
+from samtriton.amg import filter_batch
+from samtriton.errors import InvalidInput
+from samtriton.export.python_models.runtime import error_response
+from samtriton.validation import check_array, check_decoder_inputs
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.name = json.loads(args["model_config"])["name"]
+        self.decoder = self.name[: -len(C.AMG.suffix)] + C.DECODER.suffix
+
+    def execute(self, requests):
+        return [self._one(request) for request in requests]
+
+    def _one(self, request):
+        get = lambda spec: pb_utils.get_input_tensor_by_name(request, spec.name).as_numpy()  # noqa: E731
+        embedding, coords, labels = get(C.DECODER_IMAGE_EMBEDDINGS), get(C.POINT_COORDS), get(C.POINT_LABELS)
+        input_size, crop_size, thresholds = get(C.INPUT_SIZE), get(C.CROP_SIZE), get(C.AMG_THRESHOLDS)
+        k = len(coords)
+        mask_input = np.zeros((k, 1, C.LOW_RES_SIZE, C.LOW_RES_SIZE), np.float32)
+        has_mask = np.zeros(k, np.float32)
+        try:
+            check_decoder_inputs(embedding, coords, labels, mask_input, has_mask)
+            _check_amg_inputs(input_size, crop_size, thresholds)
+        except InvalidInput as exc:
+            return error_response(self.name, exc)
+        feeds = [embedding, coords, labels, mask_input, has_mask]
+        decoded = pb_utils.InferenceRequest(
+            model_name=self.decoder,
+            inputs=[pb_utils.Tensor(spec.name, value) for spec, value in zip(C.DECODER.inputs, feeds)],
+            requested_output_names=[spec.name for spec in C.DECODER.outputs]).exec()
+        if decoded.has_error():
+            return error_response(self.name, decoded.error().message())
+        low_res = pb_utils.get_output_tensor_by_name(decoded, C.LOW_RES_MASKS.name).as_numpy()
+        iou = pb_utils.get_output_tensor_by_name(decoded, C.IOU_PREDICTIONS.name).as_numpy()
+        index, scores, stability, masks = filter_batch(
+            low_res, iou, tuple(int(v) for v in input_size), tuple(int(v) for v in crop_size), *map(float, thresholds))
+        packed = np.packbits(masks.reshape(len(masks), -1), axis=1)
+        outputs = (index.astype(np.int64), scores.astype(np.float32), stability.astype(np.float32), packed)
+        return pb_utils.InferenceResponse(
+            output_tensors=[pb_utils.Tensor(spec.name, value) for spec, value in zip(C.AMG.outputs, outputs)])
+
+
+def _check_amg_inputs(input_size, crop_size, thresholds):
+    check_array(C.INPUT_SIZE.name, input_size, np.int64, 1)
+    check_array(C.CROP_SIZE.name, crop_size, np.int64, 1)
+    check_array(C.AMG_THRESHOLDS.name, thresholds, np.float32, 1)
+    if input_size.shape != (2,) or not (1 <= input_size.min() and input_size.max() == C.IMAGE_SIZE):
+        raise InvalidInput(f"input_size: expected (height, width) with the long side {C.IMAGE_SIZE}, "
+                           f"got {input_size.tolist()}")
+    if crop_size.shape != (2,) or crop_size.min() < 1 or crop_size.max() > C.MAX_IMAGE_SIDE:
+        raise InvalidInput(f"crop_size: expected (height, width) in 1..{C.MAX_IMAGE_SIDE}, got {crop_size.tolist()}")
+    if thresholds.shape != (3,) or not np.all(np.isfinite(thresholds)):
+        raise InvalidInput(f"amg_thresholds: expected 3 finite numbers, got {thresholds.tolist()}")

@@ -1,0 +1,137 @@
+"""SamAutomaticMaskGenerator through the real embedded Triton vs the reference
+mobile_sam.SamAutomaticMaskGenerator, real MobileSAM weights, real images.
+
+Bounds: mask count within 10%; >= 90% of reference masks matched at IoU >= 0.9; mean IoU of
+matched pairs >= 0.97; predicted_iou and stability_score of matched pairs within 0.02.
+"""
+
+import time
+
+import numpy as np
+import pytest
+
+from helpers import as_reference_rgb, mask_iou
+from samtriton import SamAutomaticMaskGenerator
+
+CASES = {
+    "chelsea": ("chelsea", {}),
+    "coffee": ("coffee", {}),
+    "coins_gray": ("coins_gray", {}),
+    "camera_crops": ("camera_gray", dict(crop_n_layers=1, points_per_side=16, min_mask_region_area=100)),
+}
+
+
+@pytest.fixture(scope="module")
+def reference_generator_class(reference_sam):
+    from mobile_sam import SamAutomaticMaskGenerator as Reference
+
+    return Reference
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def amg_pair(request, predictor, reference_sam, reference_generator_class, images):
+    image_name, settings = CASES[request.param]
+    image = images[image_name]
+    ours_generator = SamAutomaticMaskGenerator(predictor, **settings)
+    start = time.perf_counter()
+    ours = ours_generator.generate(image)
+    ours_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    reference = reference_generator_class(reference_sam, **settings).generate(as_reference_rgb(image))
+    reference_seconds = time.perf_counter() - start
+    print(f"\n{request.param}: samtriton {len(ours)} masks in {ours_seconds:.1f} s, reference {len(reference)} masks "
+          f"in {reference_seconds:.1f} s (ratio {ours_seconds / reference_seconds:.2f}); bytes sent "
+          f"{ours_generator.bytes_sent / 2**20:.1f} MiB, received {ours_generator.bytes_received / 2**20:.1f} MiB")
+    return ours, reference
+
+
+def _match(ours, reference):
+    pairs = []
+    for ref in reference:
+        scored = [(mask_iou(ref["segmentation"], o["segmentation"]), o) for o in ours]
+        pairs.append(max(scored, key=lambda x: x[0]) if scored else (0.0, None))
+    return pairs
+
+
+def test_mask_count_within_ten_percent(amg_pair):
+    ours, reference = amg_pair
+    assert reference, "the reference found masks"
+    assert abs(len(ours) - len(reference)) <= 0.1 * len(reference)
+
+
+def test_reference_masks_matched(amg_pair):
+    ours, reference = amg_pair
+    pairs = _match(ours, reference)
+    ious = np.array([iou for iou, _ in pairs])
+    assert (ious >= 0.9).mean() >= 0.9
+    assert ious[ious >= 0.9].mean() >= 0.97
+    for ref, (iou, match) in zip(reference, pairs):
+        if iou >= 0.9:
+            assert abs(ref["predicted_iou"] - match["predicted_iou"]) <= 0.02
+            assert abs(ref["stability_score"] - match["stability_score"]) <= 0.02
+
+
+def test_records_have_reference_fields(amg_pair):
+    ours, reference = amg_pair
+    for record in ours:
+        assert set(record) == set(reference[0])
+        assert record["segmentation"].dtype == np.bool_
+        assert record["area"] == int(record["segmentation"].sum())
+        x, y, w, h = record["bbox"]
+        ys, xs = np.nonzero(record["segmentation"])
+        assert (x, y, x + w, y + h) == (xs.min(), ys.min(), xs.max(), ys.max())
+
+
+def test_coco_rle_decodes_to_binary_masks(predictor, images):
+    from pycocotools import mask as mask_utils
+
+    settings = dict(points_per_side=8)
+    binary = SamAutomaticMaskGenerator(predictor, **settings).generate(images["astronaut"])
+    coco = SamAutomaticMaskGenerator(predictor, output_mode="coco_rle", **settings).generate(images["astronaut"])
+    assert len(binary) == len(coco) > 0
+    for b, c in zip(binary, coco):
+        assert isinstance(c["segmentation"]["counts"], str)
+        np.testing.assert_array_equal(mask_utils.decode(c["segmentation"]).astype(bool), b["segmentation"])
+        assert c["area"] == b["area"] and c["bbox"] == b["bbox"]
+
+
+def test_server_returns_only_kept_masks(predictor, images):
+    generator = SamAutomaticMaskGenerator(predictor, points_per_side=8)
+    generator.generate(images["chelsea"])
+    naive = 64 * 3 * 256 * 256 * 4  # float32 low-res logits for every point's 3 masks
+    assert generator.bytes_received < naive / 4
+
+
+def test_bad_parameters(predictor):
+    from samtriton import InvalidInput
+
+    with pytest.raises(InvalidInput, match="output_mode"):
+        SamAutomaticMaskGenerator(predictor, output_mode="png")
+    with pytest.raises(InvalidInput, match="points_per_side"):
+        SamAutomaticMaskGenerator(predictor, points_per_side=None)
+    with pytest.raises(InvalidInput, match="points_per_batch"):
+        SamAutomaticMaskGenerator(predictor, points_per_batch=0)
+
+
+def test_segment_auto_cli(server, images, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("coins_gray", "chelsea"):
+        Image.fromarray(images[name]).save(folder / f"{name}.png")
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "samtriton.cli", "segment", str(folder), "--auto", "--url",
+                             server.grpc_url, "--model", "mobilesam", "--points-per-side", "8", "--out", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    for name in ("coins_gray", "chelsea"):
+        document = json.loads((out / f"{name}.json").read_text())
+        assert document["annotations"] and document["image"]["height"] == images[name].shape[0]
+        assert isinstance(document["annotations"][0]["segmentation"]["counts"], str)
+        assert Image.open(out / f"{name}_overlay.png").size == images[name].shape[1::-1]
+    assert "[2/2]" in result.stderr
