@@ -235,15 +235,8 @@ class SamPredictor:
         from a previous call. Returns masks (CxHxW bool, or float logits with
         ``return_logits``), scores (C,) and low-res logits (Cx256x256), C = 3 or 1.
         """
-        points = labels = boxes = masks = None
-        if point_coords is not None or point_labels is not None:
-            points = _as_points(point_coords, "point_coords", batched=False)[None]
-            labels = _as_labels(point_labels, points.shape[1], "point_labels", batched=False)[None]
-        if box is not None:
-            boxes = _as_boxes(box, "box", batched=False)[None]
-        if mask_input is not None:
-            masks = _as_mask_input(mask_input, 1, "mask_input", batched=False)[None]
-        out = self._predict(points, labels, boxes, masks, multimask_output, return_logits)
+        prompt = _single_prompt(point_coords, point_labels, box, mask_input)
+        out = self._predict(*prompt, multimask_output, return_logits)
         return tuple(x[0] for x in out)
 
     def predict_batch(self, point_coords: Optional[np.ndarray] = None, point_labels: Optional[np.ndarray] = None,
@@ -272,16 +265,8 @@ class SamPredictor:
         """``set_image`` + ``predict`` in one call through the ensemble; keeps no state."""
         rgb = to_rgb_uint8(image, image_format)
         padded, input_size = preprocess(rgb, self.transform)
-        points = labels = boxes = masks = None
-        if point_coords is not None or point_labels is not None:
-            points = _as_points(point_coords, "point_coords", batched=False)[None]
-            labels = _as_labels(point_labels, points.shape[1], "point_labels", batched=False)[None]
-        if box is not None:
-            boxes = _as_boxes(box, "box", batched=False)[None]
-        if mask_input is not None:
-            masks = _as_mask_input(mask_input, 1, "mask_input", batched=False)[None]
         original_size = tuple(rgb.shape[:2])
-        prompts = self._prompt_tensors(points, labels, boxes, masks, original_size)
+        prompts = self._prompt_tensors(*_single_prompt(point_coords, point_labels, box, mask_input), original_size)
         low_res, iou = self.backend.segment(padded, input_size, prompts)
         out = self._postprocess(low_res, iou, multimask_output, return_logits, input_size, original_size)
         return tuple(x[0] for x in out)
@@ -354,6 +339,19 @@ class SamPredictor:
 
 
 # --- input checks: each names the field and its expected form ----------------------------
+
+def _single_prompt(point_coords, point_labels, box, mask_input):
+    """``predict``'s arguments checked and given a leading prompt axis of 1."""
+    points = labels = boxes = masks = None
+    if point_coords is not None or point_labels is not None:
+        points = _as_points(point_coords, "point_coords", batched=False)[None]
+        labels = _as_labels(point_labels, points.shape[1], "point_labels", batched=False)[None]
+    if box is not None:
+        boxes = _as_boxes(box, "box", batched=False)[None]
+    if mask_input is not None:
+        masks = _as_mask_input(mask_input, 1, "mask_input", batched=False)[None]
+    return points, labels, boxes, masks
+
 
 def _numeric(value, field: str, expected: str) -> np.ndarray:
     if value is None:
