@@ -210,6 +210,9 @@ MAX_ENCODER_BATCH = 8
 MAX_PROMPTS_PER_REQUEST = 256
 MAX_POINTS_PER_PROMPT = 64
 MAX_IMAGE_SIDE = 16384
+# One request's tensors, in bytes: the largest request the shape limits allow (256 prompts
+# with mask inputs, 68 MiB) fits. tritonserver has no message-size flag; the server's shape limits bound it.
+MAX_REQUEST_BYTES = 80 * 1024 * 1024
 
 MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "vit_t")
 DEFAULT_MODEL_NAME = "sam"

@@ -102,6 +102,10 @@ class TritonSam:
 
     def infer(self, spec: C.ModelSpec, tensors: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         model_name = spec.served_name(self.model)
+        size = sum(np.asarray(tensors[s.name]).size * np.dtype(s.dtype).itemsize for s in spec.inputs)
+        if size > C.MAX_REQUEST_BYTES:
+            raise InvalidInput(f"request to {model_name}: {size / 2**20:.1f} MiB of tensors; the limit is "
+                               f"{C.MAX_REQUEST_BYTES / 2**20:.0f} MiB (send fewer prompts or images per call)")
         inputs = []
         for input_spec in spec.inputs:
             array = np.ascontiguousarray(tensors[input_spec.name], dtype=input_spec.dtype)

@@ -257,3 +257,18 @@ def test_bad_request_in_a_dynamic_batch_fails_alone(server):
     after = stats()
     assert after[1] - before[1] < len(sizes), "requests were batched together"
     client.close()
+
+
+def test_request_size_limit(predictor, server):
+    from samtriton.contract import DECODER, MAX_PROMPTS_PER_REQUEST, MAX_REQUEST_BYTES
+
+    k = MAX_PROMPTS_PER_REQUEST
+    largest_allowed = {"image_embeddings": np.zeros((1, 256, 64, 64), np.float32),
+                       "point_coords": np.zeros((k, 64, 2), np.float32), "point_labels": np.ones((k, 64), np.float32),
+                       "mask_input": np.zeros((k, 1, 256, 256), np.float32), "has_mask_input": np.zeros(k, np.float32)}
+    assert sum(v.nbytes for v in largest_allowed.values()) <= MAX_REQUEST_BYTES
+    too_big = dict(largest_allowed, mask_input=np.zeros((2 * k, 1, 256, 256), np.float32))
+    before = _request_counts(server)
+    with pytest.raises(InvalidInput, match="limit is 80 MiB"):
+        predictor.backend.infer(DECODER, too_big)
+    assert _request_counts(server) == before
