@@ -1,6 +1,8 @@
 """Bad input: a clear InvalidInput naming the field, raised before any request is sent;
 raw requests that bypass the client are rejected by the server, which stays up."""
 
+import time
+
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -11,11 +13,23 @@ from samtriton import contract as C
 
 
 def _request_counts(server):
+    """Per-model request counts, once settled: Triton updates its statistics just after it
+    answers, so a read right after a response can miss that response."""
     client = grpcclient.InferenceServerClient(server.grpc_url)
-    stats = client.get_inference_statistics(as_json=True)["model_stats"]
-    client.close()
-    return {s["name"]: int(s.get("inference_stats", {}).get("success", {}).get("count", 0)) +
-            int(s.get("inference_stats", {}).get("fail", {}).get("count", 0)) for s in stats}
+
+    def read():
+        stats = client.get_inference_statistics(as_json=True)["model_stats"]
+        return {s["name"]: int(s.get("inference_stats", {}).get("success", {}).get("count", 0)) +
+                int(s.get("inference_stats", {}).get("fail", {}).get("count", 0)) for s in stats}
+
+    previous = read()
+    while True:
+        time.sleep(0.1)
+        current = read()
+        if current == previous:
+            client.close()
+            return current
+        previous = current
 
 
 POINT = np.array([[100.0, 120.0]])
