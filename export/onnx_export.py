@@ -177,9 +177,6 @@ def export_encoder(sam, path: os.PathLike) -> Path:
     input_size = torch.tensor([[C.IMAGE_SIZE, C.IMAGE_SIZE]], dtype=torch.int64)
     n_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     large = n_bytes > PROTOBUF_LIMIT * 0.9
-    if large:
-        # torch writes external data itself for >2 GB models into the export directory.
-        path.parent.mkdir(parents=True, exist_ok=True)
     return _export(module, (image, input_size), path, C.ENCODER, large)
 
 
