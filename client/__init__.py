@@ -8,12 +8,12 @@
 ``import samtriton`` never imports torch.
 """
 
-from .errors import InvalidInput, ModelNotReady, RequestTimeout, SamTritonError, ServerError, ServerUnavailable
+from .errors import ImageNotCached, InvalidInput, ModelNotReady, RequestTimeout, SamTritonError, ServerError, ServerUnavailable
 from .automatic_mask_generator import SamAutomaticMaskGenerator
 from .predictor import SamPredictor, TritonSam
 
 __version__ = "0.1.0"
 __all__ = [
-    "SamPredictor", "SamAutomaticMaskGenerator", "TritonSam", "InvalidInput", "ModelNotReady", "RequestTimeout", "SamTritonError",
+    "SamPredictor", "SamAutomaticMaskGenerator", "TritonSam", "ImageNotCached", "InvalidInput", "ModelNotReady", "RequestTimeout", "SamTritonError",
     "ServerError", "ServerUnavailable", "__version__",
 ]

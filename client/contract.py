@@ -11,7 +11,8 @@ batching model (``max_batch_size > 0``) Triton prepends the batch dimension.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, replace
 from typing import Tuple
 
 import numpy as np
@@ -41,17 +42,21 @@ VALID_LABELS = (LABEL_PAD, LABEL_BACKGROUND, LABEL_FOREGROUND, LABEL_BOX_TOP_LEF
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
-_TRITON_DTYPES = {
+TRITON_DTYPES = {
     np.dtype(np.uint8): "TYPE_UINT8",
     np.dtype(np.int64): "TYPE_INT64",
     np.dtype(np.float32): "TYPE_FP32",
     np.dtype(np.float16): "TYPE_FP16",
+    np.dtype(np.bool_): "TYPE_BOOL",
+    np.dtype(np.object_): "TYPE_STRING",
 }
-_WIRE_DTYPES = {  # tritonclient's datatype strings
+WIRE_DTYPES = {  # tritonclient's datatype strings
     np.dtype(np.uint8): "UINT8",
     np.dtype(np.int64): "INT64",
     np.dtype(np.float32): "FP32",
     np.dtype(np.float16): "FP16",
+    np.dtype(np.bool_): "BOOL",
+    np.dtype(np.object_): "BYTES",
 }
 
 
@@ -61,16 +66,17 @@ class TensorSpec:
     dtype: np.dtype
     dims: Tuple[int, ...]
     doc: str = ""
+    optional: bool = False  # a request may leave it out (config.pbtxt ``optional: true``)
 
     @property
     def config_dtype(self) -> str:
         """The ``data_type`` enum name used in config.pbtxt."""
-        return _TRITON_DTYPES[np.dtype(self.dtype)]
+        return TRITON_DTYPES[np.dtype(self.dtype)]
 
     @property
     def wire_dtype(self) -> str:
         """The datatype string tritonclient's InferInput takes."""
-        return _WIRE_DTYPES[np.dtype(self.dtype)]
+        return WIRE_DTYPES[np.dtype(self.dtype)]
 
 
 @dataclass(frozen=True)
@@ -202,7 +208,73 @@ AMG = ModelSpec(
     batching=False,
 )
 
-MODEL_SPECS = (ENCODER, DECODER, ENSEMBLE, AMG)
+# --- Session: the embedding stays on the server ------------------------------------------
+# One python-backend model holds embeddings in an LRU cache (bounded in bytes) under an image
+# id. A request that carries an image (raw, or JPEG/PNG bytes) encodes it (through BLS to
+# NAME_encoder) and stores it; a request that carries prompts decodes them (through BLS to
+# NAME_decoder) against the stored embedding; one request may do both. A predict on an id
+# the server does not hold fails with UNKNOWN_IMAGE_ID_MESSAGE; the client then re-sends
+# the image and retries. What comes back is chosen by the requested outputs: float16 logits
+# by default, float32 when the caller asks for logits, only the 1 or 3 masks wanted.
+def _optional(spec: TensorSpec, dims=None) -> TensorSpec:
+    return replace(spec, optional=True, dims=spec.dims if dims is None else dims)
+
+
+IMAGE_ID = TensorSpec("image_id", np.object_, (1,), "the client's id for the image: a content hash")
+ENCODED_IMAGE = TensorSpec(
+    "encoded_image", np.object_, (1,),
+    "the image file's bytes (JPEG, PNG, ...); the server decodes and preprocesses it as the client would",
+    optional=True)
+MULTIMASK_OUTPUT = TensorSpec(
+    "multimask_output", np.bool_, (1,), "True: masks 1..3 (SamPredictor's multimask), False: mask 0", optional=True)
+ORIGINAL_SIZE = TensorSpec("original_size", np.int64, (2,), "(height, width) of the image before resizing")
+SESSION_LOW_RES_MASKS = TensorSpec(LOW_RES_MASKS.name, np.float32, (-1, -1, LOW_RES_SIZE, LOW_RES_SIZE))
+LOW_RES_MASKS_FP16 = TensorSpec("low_res_masks_fp16", np.float16, (-1, -1, LOW_RES_SIZE, LOW_RES_SIZE),
+                                "the same logits as float16: half the bytes, for callers that threshold them")
+SESSION_IOU = TensorSpec(IOU_PREDICTIONS.name, np.float32, (-1, -1))
+
+SESSION = ModelSpec(
+    suffix="_session",
+    inputs=(
+        IMAGE_ID,
+        _optional(IMAGE, (1,) + IMAGE.dims),
+        _optional(INPUT_SIZE, (1,) + INPUT_SIZE.dims),
+        _optional(ORIGINAL_SIZE),
+        ENCODED_IMAGE,
+        _optional(POINT_COORDS),
+        _optional(POINT_LABELS),
+        _optional(MASK_INPUT),
+        _optional(HAS_MASK_INPUT),
+        MULTIMASK_OUTPUT,
+    ),
+    outputs=(SESSION_LOW_RES_MASKS, LOW_RES_MASKS_FP16, SESSION_IOU, INPUT_SIZE, ORIGINAL_SIZE,
+             DECODER_IMAGE_EMBEDDINGS),
+    batching=False,  # one instance owns the cache
+)
+SESSION_SET_OUTPUTS = (INPUT_SIZE.name, ORIGINAL_SIZE.name)
+
+
+def image_id_for(padded_image: np.ndarray = None, input_size=None, original_size=None, encoded_image: bytes = None) -> str:
+    """The session image id: a hash of what is encoded (the padded image and its sizes, or
+    the file's bytes). The server recomputes it and refuses a mismatch, so an id cannot be
+    bound to another image, and the same image set by any client finds its embedding there."""
+    digest = hashlib.blake2b(digest_size=16)
+    if encoded_image is not None:
+        digest.update(b"file:")
+        digest.update(encoded_image)
+    else:
+        digest.update(b"raw:")
+        digest.update(np.ascontiguousarray(padded_image, np.uint8).data)
+        digest.update(np.asarray(tuple(input_size) + tuple(original_size), np.int64).data)
+    return digest.hexdigest()
+
+
+UNKNOWN_IMAGE_ID_MESSAGE = "unknown image_id"
+MAX_IMAGE_ID_BYTES = 128
+MAX_ENCODED_IMAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_SESSION_CACHE_MIB = 1024
+
+MODEL_SPECS = (ENCODER, DECODER, ENSEMBLE, AMG, SESSION)
 
 # Limits, in this one place. Prompt limits are applied by client and server alike; the
 # image side by the client (the server only ever sees the 1024 square).

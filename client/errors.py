@@ -23,3 +23,8 @@ class RequestTimeout(SamTritonError, TimeoutError):
 
 class ServerError(SamTritonError):
     """The server answered with an error that is not about the request's input."""
+
+
+class ImageNotCached(SamTritonError):
+    """The session model holds no embedding for the image id (never set there, or evicted);
+    ``SamPredictor`` handles it by sending the image again."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import random
 import threading
 import time
@@ -20,8 +21,10 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from . import contract as C
-from .errors import InvalidInput, ModelNotReady, RequestTimeout, ServerError, ServerUnavailable
-from .transforms import ImageLike, ResizeLongestSide, postprocess_masks, preprocess, to_rgb_uint8
+from .errors import ImageNotCached, InvalidInput, ModelNotReady, RequestTimeout, ServerError, ServerUnavailable
+from .shared_memory import MIN_SHARED_BYTES, SharedMemoryPool, is_local
+from .transforms import (ImageLike, ResizeLongestSide, decode_image, encoded_image_size, postprocess_masks,
+                         preprocess, to_rgb_uint8)
 from .validation import check_decoder_inputs
 
 logger = logging.getLogger("samtriton")
@@ -46,7 +49,8 @@ class TritonSam:
 
     def __init__(self, url: Union[str, Sequence[str]] = DEFAULT_URL, model: str = C.DEFAULT_MODEL_NAME,
                  timeout: float = DEFAULT_TIMEOUT_S, headers: Optional[Dict[str, str]] = None,
-                 retries: int = DEFAULT_RETRIES, backoff: float = 0.2, down_seconds: float = 5.0, **client_kwargs):
+                 retries: int = DEFAULT_RETRIES, backoff: float = 0.2, down_seconds: float = 5.0,
+                 shared_memory: bool = False, **client_kwargs):
         if timeout <= 0:
             raise InvalidInput(f"timeout: expected a positive number of seconds, got {timeout!r}")
         urls = [u.strip() for u in (url.split(",") if isinstance(url, str) else url) if u.strip()]
@@ -60,6 +64,12 @@ class TritonSam:
         self._down_until = {u: 0.0 for u in urls}
         self._turn = itertools.count()
         self._lock = threading.Lock()
+        # Tensors exchanged through system shared memory where the server is on this machine.
+        self.shared_memory = shared_memory
+        self._pools: Dict[str, Optional[SharedMemoryPool]] = {}
+        # Bytes of tensors that crossed the wire (shared-memory tensors are not counted).
+        self.bytes_sent = 0
+        self.bytes_received = 0
 
     @property
     def url(self) -> str:
@@ -70,6 +80,11 @@ class TritonSam:
         reconnect backoff (up to minutes); a new one connects as soon as the server is back."""
         for u in [url] if url else self.urls:
             old, self.clients[u] = self.clients[u], grpcclient.InferenceServerClient(u, **self._client_kwargs)
+            with self._lock:
+                pool = self._pools.pop(u, None)  # a restarted server has forgotten our regions
+            if pool is not None:
+                pool.client = old
+                pool.close()
             old.close()
 
     def endpoint_ready(self, url: str) -> bool:
@@ -100,28 +115,28 @@ class TritonSam:
         if len(self.urls) > 1:
             logger.warning("samtriton: endpoint %s failed (%s); retrying on another endpoint", url, error)
 
-    def infer(self, spec: C.ModelSpec, tensors: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def infer(self, spec: C.ModelSpec, tensors: Dict[str, np.ndarray], outputs: Optional[Sequence[str]] = None,
+              output_bytes: Optional[Dict[str, int]] = None) -> Dict[str, np.ndarray]:
+        """One request to ``spec``'s model: ``tensors`` by input name (optional inputs may be
+        left out), ``outputs`` the names wanted (default all). ``output_bytes`` bounds the size
+        of outputs that may come back through shared memory."""
         model_name = spec.served_name(self.model)
-        size = sum(np.asarray(tensors[s.name]).size * np.dtype(s.dtype).itemsize for s in spec.inputs)
+        missing = [s.name for s in spec.inputs if not s.optional and tensors.get(s.name) is None]
+        if missing:
+            raise InvalidInput(f"request to {model_name}: missing input(s) {missing}")
+        arrays = {s.name: _wire_array(tensors[s.name], s) for s in spec.inputs if tensors.get(s.name) is not None}
+        size = sum(_nbytes(a) for a in arrays.values())
         if size > C.MAX_REQUEST_BYTES:
             raise InvalidInput(f"request to {model_name}: {size / 2**20:.1f} MiB of tensors; the limit is "
                                f"{C.MAX_REQUEST_BYTES / 2**20:.0f} MiB (send fewer prompts or images per call)")
-        inputs = []
-        for input_spec in spec.inputs:
-            array = np.ascontiguousarray(tensors[input_spec.name], dtype=input_spec.dtype)
-            tensor = grpcclient.InferInput(input_spec.name, list(array.shape), input_spec.wire_dtype)
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
-        outputs = [grpcclient.InferRequestedOutput(s.name) for s in spec.outputs]
+        wanted = list(outputs) if outputs else [s.name for s in spec.outputs]
         deadline = time.monotonic() + self.timeout
         attempt = 0
         while True:
             for url in self._endpoint_order():
                 remaining = deadline - time.monotonic()
                 try:
-                    result = self.clients[url].infer(model_name, inputs, outputs=outputs, headers=self.headers,
-                                                     client_timeout=max(remaining, 0.001))
-                    return {s.name: result.as_numpy(s.name) for s in spec.outputs}
+                    return self._infer_once(url, model_name, arrays, wanted, output_bytes or {}, max(remaining, 0.001))
                 except InferenceServerException as exc:
                     error = _translate(exc, model_name, url, self.timeout)
                 if not isinstance(error, ServerUnavailable):
@@ -133,15 +148,83 @@ class TritonSam:
             time.sleep(pause)
             attempt += 1
 
+    def _infer_once(self, url, model_name, arrays, wanted, output_bytes, timeout) -> Dict[str, np.ndarray]:
+        pool = self._pool(url)
+        held, shared_out = [], {}
+        inputs, wire_sent = [], 0
+        try:
+            for name, array in arrays.items():
+                tensor = grpcclient.InferInput(name, list(array.shape), C.WIRE_DTYPES[array.dtype])
+                if pool is not None and array.dtype != object and array.nbytes >= MIN_SHARED_BYTES:
+                    region = pool.checkout(array.nbytes)
+                    held.append(region)
+                    pool.write(region, array)
+                    tensor.set_shared_memory(region.name, array.nbytes)
+                else:
+                    tensor.set_data_from_numpy(array)
+                    wire_sent += _nbytes(array)
+                inputs.append(tensor)
+            requested = []
+            for name in wanted:
+                output = grpcclient.InferRequestedOutput(name)
+                if pool is not None and output_bytes.get(name, 0) >= MIN_SHARED_BYTES:
+                    region = pool.checkout(output_bytes[name])
+                    held.append(region)
+                    output.set_shared_memory(region.name, region.byte_size)
+                    shared_out[name] = region
+                requested.append(output)
+            result = self.clients[url].infer(model_name, inputs, outputs=requested, headers=self.headers,
+                                             client_timeout=timeout)
+            values = {}
+            for name in wanted:
+                if name in shared_out:
+                    meta = result.get_output(name)
+                    values[name] = pool.read(shared_out[name], _NUMPY_DTYPE[meta.datatype], meta.shape)
+                else:
+                    values[name] = result.as_numpy(name)
+        finally:
+            if held:
+                pool.release(held)
+        received = sum(_nbytes(v) for k, v in values.items() if k not in shared_out)
+        with self._lock:
+            self.bytes_sent += wire_sent
+            self.bytes_received += received
+        return values
+
+    def _pool(self, url: str) -> Optional[SharedMemoryPool]:
+        """The url's shared-memory pool, created on first use; None means the wire."""
+        if not self.shared_memory:
+            return None
+        with self._lock:
+            if url in self._pools:
+                return self._pools[url]
+            pool = self._pools[url] = None
+        if not is_local(url):
+            logger.warning("samtriton: %s is not on this machine; shared memory is off for it, using the wire", url)
+            return None
+        candidate = SharedMemoryPool(self.clients[url], self.headers, self.timeout)
+        try:
+            candidate.release([candidate.checkout(MIN_SHARED_BYTES)])  # proves the server can map our regions
+            pool = candidate
+        except Exception as exc:  # noqa: BLE001 - any failure means: use the wire
+            logger.warning("samtriton: %s refused system shared memory (%s); using the wire", url, exc)
+            candidate.close()
+        with self._lock:
+            self._pools[url] = pool
+        return pool
+
     def encode(self, padded_images: np.ndarray, input_sizes: np.ndarray) -> np.ndarray:
         """[B, 1024, 1024, 3] uint8 + [B, 2] -> [B, 256, 64, 64] embeddings."""
-        out = self.infer(C.ENCODER, {C.IMAGE.name: padded_images, C.INPUT_SIZE.name: input_sizes})
+        size = len(padded_images) * int(np.prod(C.IMAGE_EMBEDDINGS.dims)) * 4
+        out = self.infer(C.ENCODER, {C.IMAGE.name: padded_images, C.INPUT_SIZE.name: input_sizes},
+                         output_bytes={C.IMAGE_EMBEDDINGS.name: size})
         return out[C.IMAGE_EMBEDDINGS.name]
 
     def decode(self, prompts: Dict[str, np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
         """One embedding + K prompts -> ([K, 4, 256, 256] logits, [K, 4] IoU predictions)."""
         check_decoder_inputs(*(prompts[s.name] for s in C.DECODER.inputs))
-        out = self.infer(C.DECODER, prompts)
+        size = len(prompts[C.POINT_COORDS.name]) * C.NUM_MASK_OUTPUTS * C.LOW_RES_SIZE ** 2 * 4
+        out = self.infer(C.DECODER, prompts, output_bytes={C.LOW_RES_MASKS.name: size})
         return out[C.LOW_RES_MASKS.name], out[C.IOU_PREDICTIONS.name]
 
     def segment(self, padded_image: np.ndarray, input_size: Tuple[int, int],
@@ -155,9 +238,71 @@ class TritonSam:
         out = self.infer(C.ENSEMBLE, tensors)
         return out[C.LOW_RES_MASKS.name], out[C.IOU_PREDICTIONS.name]
 
+    # --- session model: embeddings kept on the server under an image id ------------------
+    def session_set(self, image_id: str, padded_image: Optional[np.ndarray] = None,
+                    input_size: Optional[Tuple[int, int]] = None, original_size: Optional[Tuple[int, int]] = None,
+                    encoded_image: Optional[bytes] = None) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+        """Encode an image on the server and keep its embedding there under ``image_id``.
+
+        Either the padded image (+ its input and original sizes) or the image file's bytes
+        (decoded and preprocessed by the server). Returns (input_size, original_size)."""
+        tensors = {C.IMAGE_ID.name: np.array([image_id], dtype=object)}
+        if encoded_image is not None:
+            tensors[C.ENCODED_IMAGE.name] = np.array([bytes(encoded_image)], dtype=object)
+        else:
+            tensors[C.IMAGE.name] = padded_image[None]
+            tensors[C.INPUT_SIZE.name] = np.asarray([input_size], np.int64)
+            tensors[C.ORIGINAL_SIZE.name] = np.asarray(original_size, np.int64)
+        out = self.infer(C.SESSION, tensors, outputs=C.SESSION_SET_OUTPUTS)
+        return (tuple(int(v) for v in out[C.INPUT_SIZE.name]), tuple(int(v) for v in out[C.ORIGINAL_SIZE.name]))
+
+    def session_decode(self, image_id: str, prompts: Dict[str, np.ndarray], multimask_output: bool,
+                       float16: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+        """K prompts against the stored embedding -> ([K, C, 256, 256] logits, [K, C] IoU),
+        C = 3 with ``multimask_output`` else 1; logits as float16 unless ``float16=False``.
+        ``mask_input`` / ``has_mask_input`` may be left out of ``prompts`` (no mask prompt)."""
+        tensors = dict(prompts)
+        tensors[C.IMAGE_ID.name] = np.array([image_id], dtype=object)
+        tensors[C.MULTIMASK_OUTPUT.name] = np.array([multimask_output])
+        logits = C.LOW_RES_MASKS_FP16 if float16 else C.SESSION_LOW_RES_MASKS
+        k = len(prompts[C.POINT_COORDS.name])
+        count = (C.MULTIMASK_SLICE if multimask_output else C.SINGLE_MASK_SLICE)
+        size = k * (count.stop - count.start) * C.LOW_RES_SIZE ** 2 * np.dtype(logits.dtype).itemsize
+        out = self.infer(C.SESSION, tensors, outputs=(logits.name, C.SESSION_IOU.name), output_bytes={logits.name: size})
+        return out[logits.name], out[C.SESSION_IOU.name]
+
+    def session_embedding(self, image_id: str) -> np.ndarray:
+        """The stored [1, 256, 64, 64] float32 embedding of ``image_id``."""
+        spec = C.DECODER_IMAGE_EMBEDDINGS
+        size = int(np.prod(spec.dims)) * 4
+        out = self.infer(C.SESSION, {C.IMAGE_ID.name: np.array([image_id], dtype=object)}, outputs=(spec.name,),
+                         output_bytes={spec.name: size})
+        return out[spec.name]
+
     def close(self) -> None:
+        for pool in list(self._pools.values()):
+            if pool is not None:
+                pool.close()
+        self._pools.clear()
         for client in self.clients.values():
             client.close()
+
+
+_NUMPY_DTYPE = {w: d for d, w in C.WIRE_DTYPES.items()}
+
+
+def _wire_array(value, spec: C.TensorSpec) -> np.ndarray:
+    if np.dtype(spec.dtype) == np.object_:
+        array = np.asarray(value, dtype=object)
+        return np.array([v if isinstance(v, bytes) else str(v).encode() for v in array.ravel()],
+                        dtype=object).reshape(array.shape)
+    return np.ascontiguousarray(value, dtype=spec.dtype)
+
+
+def _nbytes(array: np.ndarray) -> int:
+    if array.dtype == object:
+        return sum(len(v) + 4 for v in array.ravel())  # BYTES elements carry a 4-byte length
+    return array.nbytes
 
 
 def _translate(exc: InferenceServerException, model_name: str, url: str, timeout: float) -> Exception:
@@ -172,6 +317,8 @@ def _translate(exc: InferenceServerException, model_name: str, url: str, timeout
     if "DEADLINE_EXCEEDED" in status or "deadline exceeded" in lowered:
         return RequestTimeout(f"{model_name} at {url} did not answer within {timeout:g} s; raise timeout= or "
                               "check the server's load")
+    if C.UNKNOWN_IMAGE_ID_MESSAGE in message:
+        return ImageNotCached(f"{model_name} at {url}: {message.strip()}")
     if "not ready" in lowered or "unknown model" in lowered or "not found" in lowered or "unavailable model" in lowered:
         return ModelNotReady(f"{model_name} at {url} is not ready ({message.strip()}); load it (explicit model "
                              "control) or check the deployment name")
@@ -196,37 +343,77 @@ class SamPredictor:
 
     def __init__(self, url: Union[str, Sequence[str]] = DEFAULT_URL, model: str = C.DEFAULT_MODEL_NAME,
                  timeout: float = DEFAULT_TIMEOUT_S, headers: Optional[Dict[str, str]] = None,
-                 retries: int = DEFAULT_RETRIES, **client_kwargs):
-        self.backend = TritonSam(url, model, timeout=timeout, headers=headers, retries=retries, **client_kwargs)
+                 retries: int = DEFAULT_RETRIES, session: bool = True, shared_memory: bool = False,
+                 **client_kwargs):
+        self.backend = TritonSam(url, model, timeout=timeout, headers=headers, retries=retries,
+                                 shared_memory=shared_memory, **client_kwargs)
+        self.session = session
         self.transform = ResizeLongestSide(C.IMAGE_SIZE)
         self.reset_image()
 
     # --- image ---------------------------------------------------------------------------
     def set_image(self, image: ImageLike, image_format: str = "RGB") -> None:
-        """Encode ``image`` on the server and keep its embedding for ``predict``.
+        """Encode ``image`` on the server for the following ``predict`` calls.
 
         ``image``: HWC uint8 array in ``image_format`` ("RGB" or "BGR"), a PIL image or a path.
         Grayscale (HxW) is replicated to 3 channels, RGBA drops alpha, uint16 is scaled to
-        uint8 by 255/65535 (see ``transforms.to_rgb_uint8``).
+        uint8 by 255/65535 (see ``transforms.to_rgb_uint8``). In session mode the embedding
+        stays on the server; otherwise it is returned and kept here.
         """
         rgb = to_rgb_uint8(image, image_format)
         padded, input_size = preprocess(rgb, self.transform)
+        original_size = tuple(rgb.shape[:2])
         self.reset_image()
-        self.features = self.backend.encode(padded[None], np.asarray([input_size], dtype=np.int64))
-        self.original_size = tuple(rgb.shape[:2])
+        if self.session:
+            self._image_source = dict(padded_image=padded, input_size=input_size, original_size=original_size)
+            image_id = C.image_id_for(**self._image_source)
+            self.backend.session_set(image_id, **self._image_source)
+            self.image_id = image_id
+        else:
+            self.features = self.backend.encode(padded[None], np.asarray([input_size], dtype=np.int64))
+        self.original_size = original_size
         self.input_size = input_size
+        self.is_image_set = True
+
+    def set_image_file(self, image_file: Union[bytes, str, "os.PathLike"]) -> None:
+        """Like ``set_image``, for an image file (path or bytes: JPEG, PNG, ...). In session mode
+        the file's bytes are sent as they are and the server decodes and preprocesses them
+        exactly as ``set_image`` would here: a JPEG is ~10x fewer bytes than the padded image."""
+        data = image_file if isinstance(image_file, (bytes, bytearray)) else _read_file(image_file)
+        if not self.session:
+            return self.set_image(decode_image(data))
+        encoded_image_size(data)  # a clear error here for a file the server could not read either
+        self.reset_image()
+        self._image_source = dict(encoded_image=bytes(data))
+        image_id = C.image_id_for(**self._image_source)
+        self.input_size, self.original_size = self.backend.session_set(image_id, **self._image_source)
+        self.image_id = image_id
         self.is_image_set = True
 
     def get_image_embedding(self) -> np.ndarray:
         """The [1, 256, 64, 64] float32 embedding of the current image."""
         self._require_image()
+        if self.session:
+            return self._with_session(lambda: self.backend.session_embedding(self.image_id))
         return self.features
 
     def reset_image(self) -> None:
         self.is_image_set = False
         self.features = None
+        self.image_id = None
+        self._image_source = None
         self.original_size = None
         self.input_size = None
+
+    def _with_session(self, call):
+        """Runs a call on the stored embedding; when the server no longer holds it (evicted,
+        restarted, another endpoint), sends the image again and retries once."""
+        try:
+            return call()
+        except ImageNotCached:
+            logger.info("samtriton: %s not cached on the server; sending the image again", self.image_id)
+            self.backend.session_set(self.image_id, **self._image_source)
+            return call()
 
     # --- prompts -------------------------------------------------------------------------
     def predict(self, point_coords: Optional[np.ndarray] = None, point_labels: Optional[np.ndarray] = None,
@@ -272,15 +459,25 @@ class SamPredictor:
         original_size = tuple(rgb.shape[:2])
         prompts = self._prompt_tensors(*_single_prompt(point_coords, point_labels, box, mask_input), original_size)
         low_res, iou = self.backend.segment(padded, input_size, prompts)
-        out = self._postprocess(low_res, iou, multimask_output, return_logits, input_size, original_size)
+        selected = C.MULTIMASK_SLICE if multimask_output else C.SINGLE_MASK_SLICE
+        out = self._postprocess(low_res, iou, selected, return_logits, input_size, original_size)
         return tuple(x[0] for x in out)
 
     def _predict(self, points, labels, boxes, masks, multimask_output, return_logits):
         self._require_image()
         prompts = self._prompt_tensors(points, labels, boxes, masks, self.original_size)
+        if self.session:
+            if masks is None:  # the server fills in "no mask prompt": 256 KiB per prompt not sent
+                del prompts[C.MASK_INPUT.name], prompts[C.HAS_MASK_INPUT.name]
+            # float16 logits unless the caller wants logits: the masks (logits > 0) are the same.
+            low_res, iou = self._with_session(lambda: self.backend.session_decode(
+                self.image_id, prompts, multimask_output, float16=not return_logits))
+            return self._postprocess(low_res.astype(np.float32), iou, None, return_logits, self.input_size,
+                                     self.original_size)
         prompts[C.DECODER_IMAGE_EMBEDDINGS.name] = self.features
         low_res, iou = self.backend.decode(prompts)
-        return self._postprocess(low_res, iou, multimask_output, return_logits, self.input_size, self.original_size)
+        selected = C.MULTIMASK_SLICE if multimask_output else C.SINGLE_MASK_SLICE
+        return self._postprocess(low_res, iou, selected, return_logits, self.input_size, self.original_size)
 
     def _prompt_tensors(self, points, labels, boxes, masks, original_size) -> Dict[str, np.ndarray]:
         """Original-pixel prompts -> the decoder's tensors (SAM's ONNX prompt form)."""
@@ -311,10 +508,11 @@ class SamPredictor:
         }
 
     @staticmethod
-    def _postprocess(low_res, iou, multimask_output, return_logits, input_size, original_size):
-        selected = C.MULTIMASK_SLICE if multimask_output else C.SINGLE_MASK_SLICE
-        low_res = np.ascontiguousarray(low_res[:, selected])
-        scores = np.ascontiguousarray(iou[:, selected])
+    def _postprocess(low_res, iou, selected, return_logits, input_size, original_size):
+        """``selected``: the mask slice to keep, or None when the server already sliced."""
+        if selected is not None:
+            low_res, iou = low_res[:, selected], iou[:, selected]
+        low_res, scores = np.ascontiguousarray(low_res), np.ascontiguousarray(iou)
         masks = postprocess_masks(low_res, input_size, original_size)
         if not return_logits:
             masks = masks > 0.0
@@ -340,6 +538,14 @@ class SamPredictor:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _read_file(path) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise InvalidInput(f"image_file: cannot read {os.fspath(path)!r} ({exc})") from None
 
 
 # --- input checks: each names the field and its expected form ----------------------------

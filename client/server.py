@@ -65,6 +65,10 @@ def repository_models(repository: Path) -> List[str]:
     return sorted(p.name for p in Path(repository).iterdir() if (p / "config.pbtxt").exists())
 
 
+PYTHON_SHM_DEFAULT_BYTES = 32 * 2**20
+PYTHON_SHM_GROWTH_BYTES = 16 * 2**20
+
+
 class EmbeddedTriton:
     """A tritonserver process serving ``repository`` on loopback (or ``host``).
 
@@ -120,6 +124,11 @@ class EmbeddedTriton:
             "--exit-timeout-secs=5",
             # A unique shared-memory prefix lets several servers share one machine.
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            # Each python-backend stub exchanges tensors through its own region, 1 MiB by
+            # default and grown 1 MiB at a time: a 4 MiB embedding then costs a regrowth
+            # on every request. Start at 32 MiB and grow by 16 MiB.
+            f"--backend-config=python,shm-default-byte-size={PYTHON_SHM_DEFAULT_BYTES}",
+            f"--backend-config=python,shm-growth-byte-size={PYTHON_SHM_GROWTH_BYTES}",
             f"--log-verbose={self.log_verbose}",
             *self._tls_args(),
             *self.extra_args,

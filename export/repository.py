@@ -1,4 +1,5 @@
-"""Write a Triton model repository: NAME_encoder, NAME_decoder and the ensemble NAME.
+"""Write a Triton model repository: NAME_encoder, NAME_decoder, the ensemble NAME, and the
+python-backend stages NAME_amg and NAME_session that call them through BLS.
 
 Every ``config.pbtxt`` is built as tritonclient's ``ModelConfig`` protobuf from the contract
 and printed in protobuf text format, so names, shapes and dtypes cannot drift from it.
@@ -46,6 +47,8 @@ class RepositoryOptions:
     amg_instances: int = 2
     # ONNX Runtime threads per python-backend instance; 0 lets ONNX Runtime decide.
     ort_threads: int = 0
+    # Embeddings the session model keeps (float32, 4 MiB each: 1024 MiB holds 256 images).
+    session_cache_mib: int = C.DEFAULT_SESSION_CACHE_MIB
 
     def __post_init__(self):
         if self.encoder_backend not in ENCODER_BACKENDS:
@@ -54,6 +57,8 @@ class RepositoryOptions:
             raise ValueError(f"decoder_backend must be one of {DECODER_BACKENDS}, got {self.decoder_backend!r}")
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"name must be letters, digits, '_' or '-', got {self.name!r}")
+        if self.session_cache_mib < 4:
+            raise ValueError(f"session_cache_mib must hold at least one embedding (>= 4), got {self.session_cache_mib}")
         if not 1 <= self.max_encoder_batch <= 64:
             raise ValueError(f"max_encoder_batch must be in 1..64, got {self.max_encoder_batch}")
 
@@ -62,8 +67,14 @@ def _tensor(spec: C.TensorSpec, cls):
     return cls(name=spec.name, data_type=mc.DataType.Value(spec.config_dtype), dims=list(spec.dims))
 
 
+def _input(spec: C.TensorSpec) -> mc.ModelInput:
+    tensor = _tensor(spec, mc.ModelInput)
+    tensor.optional = spec.optional
+    return tensor
+
+
 def _io(config: mc.ModelConfig, model_spec: C.ModelSpec) -> None:
-    config.input.extend(_tensor(s, mc.ModelInput) for s in model_spec.inputs)
+    config.input.extend(_input(s) for s in model_spec.inputs)
     config.output.extend(_tensor(s, mc.ModelOutput) for s in model_spec.outputs)
 
 
@@ -123,6 +134,19 @@ def amg_config(options: RepositoryOptions) -> mc.ModelConfig:
     config = mc.ModelConfig(name=spec.served_name(options.name), max_batch_size=0, backend="python")
     _io(config, spec)
     _instances(config, options.amg_instances, gpu=False)
+    return config
+
+
+def session_config(options: RepositoryOptions) -> mc.ModelConfig:
+    """The session model is python-backend everywhere, ONE instance: it owns the cache."""
+    spec = C.SESSION
+    config = mc.ModelConfig(name=spec.served_name(options.name), max_batch_size=0, backend="python")
+    _io(config, spec)
+    _instances(config, 1, gpu=False)
+    config.parameters["session_cache_mib"].string_value = str(options.session_cache_mib)
+    if options.decoder_backend == "python":  # CPU: run the decoder graph inside the session stub
+        config.parameters["decoder_in_process"].string_value = "true"
+        config.parameters["ort_intra_op_threads"].string_value = str(options.ort_threads)
     return config
 
 
@@ -187,6 +211,9 @@ def write_repository(repo: Path, encoder_onnx: Path, decoder_onnx: Path, options
 
     config = amg_config(options)
     written[config.name] = _write_model(repo, config, {}, {"model.py": _python_model_source("amg")})
+
+    config = session_config(options)
+    written[config.name] = _write_model(repo, config, {}, {"model.py": _python_model_source("session")})
 
     if metadata is not None:
         (repo / f"{options.name}.export.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,100 @@
+"""System shared memory for clients on the server's machine, through tritonclient's own
+utilities (``tritonclient.utils.shared_memory``).
+
+Large tensors (the 3 MiB image, the 4 MiB embedding, mask logits) are written into a
+POSIX shared-memory region registered with the server instead of being serialized into the
+gRPC message. Regions are created once, registered once and reused: a request checks out
+regions big enough for its tensors and returns them when the response has been read.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import List
+
+import numpy as np
+import tritonclient.utils.shared_memory as shm
+
+# Tensors smaller than this go on the wire: a region round trip costs more than it saves.
+MIN_SHARED_BYTES = 64 * 1024
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]", "0.0.0.0"}
+
+
+def is_local(url: str) -> bool:
+    """True when ``host:port`` names this machine (only then can the server map our regions)."""
+    host = url.rsplit(":", 1)[0].strip("[]") if ":" in url else url
+    if host in _LOCAL_HOSTS or host == socket.gethostname():
+        return True
+    try:
+        return socket.gethostbyname(host).startswith("127.")
+    except OSError:
+        return False
+
+
+@dataclass
+class Region:
+    name: str  # the name the server knows it by
+    key: str  # the POSIX shm key
+    byte_size: int
+    handle: object
+
+
+class SharedMemoryPool:
+    """Registered system shared-memory regions of one client on one server, reused by size."""
+
+    def __init__(self, client, headers=None, timeout=None):
+        self.client, self.headers, self.timeout = client, headers, timeout
+        self.prefix = f"samtriton_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        self._free: List[Region] = []
+        self._all: List[Region] = []
+        self._lock = threading.Lock()
+
+    def checkout(self, byte_size: int) -> Region:
+        with self._lock:
+            fitting = [r for r in self._free if r.byte_size >= byte_size]
+            if fitting:
+                region = min(fitting, key=lambda r: r.byte_size)
+                self._free.remove(region)
+                return region
+            index = len(self._all)
+        size = 1 << max(byte_size - 1, 1).bit_length()  # power of two: regions get reused
+        name = f"{self.prefix}_{index}_{uuid.uuid4().hex[:6]}"
+        key = "/" + name
+        handle = shm.create_shared_memory_region(name, key, size)
+        try:
+            self.client.register_system_shared_memory(name, key, size, headers=self.headers,
+                                                      client_timeout=self.timeout)
+        except Exception:
+            shm.destroy_shared_memory_region(handle)
+            raise
+        region = Region(name, key, size, handle)
+        with self._lock:
+            self._all.append(region)
+        return region
+
+    def release(self, regions: List[Region]) -> None:
+        with self._lock:
+            self._free.extend(regions)
+
+    @staticmethod
+    def write(region: Region, array: np.ndarray) -> None:
+        shm.set_shared_memory_region(region.handle, [np.ascontiguousarray(array)])
+
+    @staticmethod
+    def read(region: Region, dtype, shape) -> np.ndarray:
+        return np.array(shm.get_contents_as_numpy(region.handle, np.dtype(dtype), list(shape)), copy=True)
+
+    def close(self) -> None:
+        with self._lock:
+            regions, self._all, self._free = self._all, [], []
+        for region in regions:
+            try:
+                self.client.unregister_system_shared_memory(region.name, headers=self.headers,
+                                                            client_timeout=self.timeout)
+            except Exception:  # the server may be gone; the local region is still ours to free
+                pass
+            shm.destroy_shared_memory_region(region.handle)

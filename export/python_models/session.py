@@ -1,0 +1,199 @@
+"""Triton python-backend model: the session stage. Image embeddings stay on the server.
+
+Generated repositories copy this file to NAME_session/1/model.py. ONE instance owns an LRU
+cache of embeddings, bounded in bytes (parameter ``session_cache_mib``), keyed by the
+client's image id. A request carrying an image (raw ``image`` + ``input_size``, or
+``encoded_image`` bytes decoded and preprocessed here) encodes it through BLS to
+NAME_encoder and stores it; a request carrying prompts decodes them through BLS to
+NAME_decoder against the stored embedding. So an interactive click sends a few hundred
+bytes instead of the 4 MiB embedding. The outputs computed are the ones requested.
+"""
+
+import json
+import os
+from collections import OrderedDict
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from samtriton import contract as C
+from samtriton.errors import InvalidInput
+from samtriton.export.python_models.runtime import error_response
+from samtriton.transforms import decode_image, preprocess
+from samtriton.validation import check_array, check_decoder_inputs, check_encoder_inputs
+
+
+class EmbeddingCache:
+    """image id -> (embedding, input_size, original_size), least recently used evicted first."""
+
+    def __init__(self, budget_bytes):
+        self.budget_bytes = budget_bytes
+        self.entries = OrderedDict()
+        self.used_bytes = 0
+
+    def get(self, image_id):
+        entry = self.entries.get(image_id)
+        if entry is not None:
+            self.entries.move_to_end(image_id)
+        return entry
+
+    def put(self, image_id, embedding, input_size, original_size):
+        self.pop(image_id)
+        self.entries[image_id] = (embedding, input_size, original_size)
+        self.used_bytes += embedding.nbytes
+        while self.used_bytes > self.budget_bytes and len(self.entries) > 1:
+            self.pop(next(iter(self.entries)))
+
+    def pop(self, image_id):
+        entry = self.entries.pop(image_id, None)
+        if entry is not None:
+            self.used_bytes -= entry[0].nbytes
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.name = config["name"]
+        base = self.name[: -len(C.SESSION.suffix)]
+        self.encoder, self.decoder = C.ENCODER.served_name(base), C.DECODER.served_name(base)
+        mib = int(config.get("parameters", {}).get("session_cache_mib", {}).get(
+            "string_value", C.DEFAULT_SESSION_CACHE_MIB))
+        self.cache = EmbeddingCache(mib * 2**20)
+        # With the python decoder, run its ONNX graph here: a BLS hop to another stub costs
+        # as much as the decoder itself on CPU. Other decoder backends are called via BLS.
+        self.local_decoder = None
+        if config.get("parameters", {}).get("decoder_in_process", {}).get("string_value") == "true":
+            from samtriton.export.python_models.runtime import session
+
+            path = os.path.join(args["model_repository"], os.pardir, self.decoder, "1", "model.onnx")
+            self.local_decoder = session(os.path.normpath(path), config)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self._one(request))
+            except InvalidInput as exc:
+                responses.append(error_response(self.name, exc))
+        return responses
+
+    def _one(self, request):
+        def get(spec):
+            tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
+            return None if tensor is None else tensor.as_numpy()
+
+        image_id = _image_id(get(C.IMAGE_ID))
+        wanted = set(request.requested_output_names())
+        image, input_size, encoded = get(C.IMAGE), get(C.INPUT_SIZE), get(C.ENCODED_IMAGE)
+        original_size, coords = get(C.ORIGINAL_SIZE), get(C.POINT_COORDS)
+        if image is not None or input_size is not None or encoded is not None or original_size is not None:
+            self._set(image_id, image, input_size, original_size, encoded)
+        entry = self.cache.get(image_id)
+        if entry is None:
+            raise InvalidInput(f"{C.UNKNOWN_IMAGE_ID_MESSAGE} {image_id!r}: this server holds no embedding for it "
+                               "(never set here, or evicted); send the image again")
+        embedding, input_size, original_size = entry
+        outputs = {C.INPUT_SIZE.name: input_size, C.ORIGINAL_SIZE.name: original_size}
+        if C.DECODER_IMAGE_EMBEDDINGS.name in wanted:
+            outputs[C.DECODER_IMAGE_EMBEDDINGS.name] = embedding
+        if coords is not None:
+            low_res, iou = self._decode(embedding, coords, get(C.POINT_LABELS), get(C.MASK_INPUT),
+                                        get(C.HAS_MASK_INPUT), get(C.MULTIMASK_OUTPUT))
+            outputs[C.SESSION_IOU.name] = iou
+            if C.LOW_RES_MASKS_FP16.name in wanted:
+                outputs[C.LOW_RES_MASKS_FP16.name] = low_res.astype(np.float16)
+            if C.SESSION_LOW_RES_MASKS.name in wanted:
+                outputs[C.SESSION_LOW_RES_MASKS.name] = low_res
+        elif wanted & {C.SESSION_IOU.name, C.LOW_RES_MASKS_FP16.name, C.SESSION_LOW_RES_MASKS.name}:
+            raise InvalidInput("point_coords: masks were requested but the request carries no prompts")
+        return pb_utils.InferenceResponse(
+            output_tensors=[pb_utils.Tensor(name, value) for name, value in outputs.items() if name in wanted])
+
+    def _set(self, image_id, image, input_size, original_size, encoded):
+        if encoded is not None:
+            if image is not None or input_size is not None or original_size is not None:
+                raise InvalidInput("encoded_image: send either encoded_image or image + input_size + original_size, "
+                                   "not both")
+            check_array(C.ENCODED_IMAGE.name, encoded, np.object_, 1)
+            if encoded.shape != (1,):
+                raise InvalidInput(f"encoded_image: expected shape [1] (one file), got {list(encoded.shape)}")
+            expected = C.image_id_for(encoded_image=encoded[0])
+            _check_id(image_id, expected)
+            if self.cache.get(image_id) is not None:
+                return  # the same file was encoded already
+            rgb = decode_image(encoded[0])
+            padded, size = preprocess(rgb)
+            image, input_size = padded[None], np.asarray([size], np.int64)
+            original_size = np.asarray(rgb.shape[:2], np.int64)
+        else:
+            if image is None or input_size is None or original_size is None:
+                raise InvalidInput("image / input_size / original_size: send all three (or encoded_image alone)")
+            check_encoder_inputs(image, input_size)
+            if len(image) != 1:
+                raise InvalidInput(f"image: expected shape [1, 1024, 1024, 3] (one image), got {list(image.shape)}")
+            check_array(C.ORIGINAL_SIZE.name, original_size, np.int64, 1)
+            if original_size.shape != (2,) or original_size.min() < 1 or original_size.max() > C.MAX_IMAGE_SIDE:
+                raise InvalidInput(f"original_size: expected (height, width) in 1..{C.MAX_IMAGE_SIDE}, "
+                                   f"got {original_size.tolist()}")
+            original_size = original_size.copy()
+            _check_id(image_id, C.image_id_for(image[0], input_size[0], original_size))
+            if self.cache.get(image_id) is not None:
+                return  # the same image was encoded already (by this client or another)
+        encoded_out = pb_utils.InferenceRequest(
+            model_name=self.encoder,
+            inputs=[pb_utils.Tensor(C.IMAGE.name, image), pb_utils.Tensor(C.INPUT_SIZE.name, input_size)],
+            requested_output_names=[C.IMAGE_EMBEDDINGS.name]).exec()
+        if encoded_out.has_error():
+            raise InvalidInput(encoded_out.error().message())
+        embedding = pb_utils.get_output_tensor_by_name(encoded_out, C.IMAGE_EMBEDDINGS.name).as_numpy()
+        self.cache.put(image_id, np.ascontiguousarray(embedding), input_size[0].copy(), original_size)
+
+    def _decode(self, embedding, coords, labels, mask_input, has_mask, multimask):
+        if labels is None:
+            raise InvalidInput("point_labels: required with point_coords")
+        k = coords.shape[0] if coords.ndim == 3 else 0
+        if mask_input is None:
+            mask_input = np.zeros((k, 1, C.LOW_RES_SIZE, C.LOW_RES_SIZE), np.float32)
+            if has_mask is None:
+                has_mask = np.zeros(k, np.float32)
+        if has_mask is None:
+            has_mask = np.ones(k, np.float32)
+        feeds = (embedding, coords, labels, mask_input, has_mask)
+        check_decoder_inputs(*feeds)
+        output_names = [spec.name for spec in C.DECODER.outputs]
+        if self.local_decoder is not None:
+            low_res, iou = self.local_decoder.run(output_names, {
+                spec.name: value for spec, value in zip(C.DECODER.inputs, feeds)})
+        else:
+            decoded = pb_utils.InferenceRequest(
+                model_name=self.decoder,
+                inputs=[pb_utils.Tensor(spec.name, value) for spec, value in zip(C.DECODER.inputs, feeds)],
+                requested_output_names=output_names).exec()
+            if decoded.has_error():
+                raise InvalidInput(decoded.error().message())
+            low_res = pb_utils.get_output_tensor_by_name(decoded, C.LOW_RES_MASKS.name).as_numpy()
+            iou = pb_utils.get_output_tensor_by_name(decoded, C.IOU_PREDICTIONS.name).as_numpy()
+        if multimask is not None:
+            check_array(C.MULTIMASK_OUTPUT.name, multimask, np.bool_, 1)
+            selected = C.MULTIMASK_SLICE if bool(multimask[0]) else C.SINGLE_MASK_SLICE
+            low_res, iou = low_res[:, selected], iou[:, selected]
+        return np.ascontiguousarray(low_res), np.ascontiguousarray(iou)
+
+
+def _check_id(image_id, expected):
+    if image_id != expected:
+        raise InvalidInput(f"image_id: expected {expected!r} (samtriton.contract.image_id_for of the image sent), "
+                           f"got {image_id!r}")
+
+
+def _image_id(value):
+    if value is None:
+        raise InvalidInput("image_id: required, expected one string")
+    check_array(C.IMAGE_ID.name, value, np.object_, 1)
+    if value.shape != (1,):
+        raise InvalidInput(f"image_id: expected shape [1], got {list(value.shape)}")
+    raw = value[0]
+    raw = raw if isinstance(raw, bytes) else str(raw).encode()
+    if not 1 <= len(raw) <= C.MAX_IMAGE_ID_BYTES:
+        raise InvalidInput(f"image_id: expected 1..{C.MAX_IMAGE_ID_BYTES} bytes, got {len(raw)}")
+    return raw.decode("utf-8", "replace")
