@@ -202,6 +202,40 @@ def _bench_server(args) -> int:
     return 0
 
 
+def _bench_compare(args) -> int:
+    import contextlib
+
+    from . import bench_compare
+    from .transforms import to_rgb_uint8
+
+    if args.images:
+        images = {Path(p).stem: to_rgb_uint8(p) for p in _image_paths(args.images)}
+    else:
+        try:
+            from skimage import data
+        except ImportError:
+            raise SystemExit("samtriton bench compare: give image paths (scikit-image, for its sample images, "
+                             "is not installed)") from None
+        images = {name: to_rgb_uint8(getattr(data, name)()) for name in ("astronaut", "chelsea", "coffee")}
+    with contextlib.ExitStack() as stack:
+        url = args.url
+        if args.repository:  # serve it here, on the embedded tritonserver
+            from .server import EmbeddedTriton, free_port
+
+            server = stack.enter_context(EmbeddedTriton(args.repository, grpc_port=free_port(),
+                                                        http_port=free_port(), metrics_port=free_port()))
+            url = server.grpc_url
+            print(f"serving {args.repository} at {url}", file=sys.stderr)
+        document = bench_compare.run(url, args.model, images, checkpoint=args.checkpoint, model_type=args.model_type,
+                                     repeats=args.repeats, clients=args.clients, rounds=args.rounds,
+                                     batch_prompts=args.batch_prompts, amg_points_per_side=args.amg_points_per_side)
+    paths = bench_compare.write(document, Path(args.out))
+    print(paths["markdown"].read_text())
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
 def _bench_amg(args) -> int:
     from . import bench
     from .transforms import to_rgb_uint8
@@ -286,6 +320,22 @@ def build_parser() -> argparse.ArgumentParser:
     server_bench.add_argument("--clients", type=int, default=4)
     server_bench.add_argument("--image", help="image to use (default: a random 1024x768 image)")
     server_bench.set_defaults(func=_bench_server)
+    compare = bench_sub.add_parser(
+        "compare", help="samtriton vs the in-process reference SamPredictor: latency, bytes, concurrency sweep")
+    compare.add_argument("images", nargs="*", help="images or folders (default: 3 scikit-image photographs)")
+    where = compare.add_mutually_exclusive_group()
+    where.add_argument("--url", default="127.0.0.1:8001", help="a running samtriton server")
+    where.add_argument("--repository", help="serve this model repository on the embedded tritonserver instead")
+    compare.add_argument("--model", default=C.DEFAULT_MODEL_NAME)
+    compare.add_argument("--model-type", default="vit_t", choices=C.MODEL_TYPES)
+    compare.add_argument("--checkpoint", help="reference checkpoint (default: the official one)")
+    compare.add_argument("--repeats", type=int, default=5, help="timed calls per operation and image (median)")
+    compare.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
+    compare.add_argument("--rounds", type=int, default=3, help="images (and batched predicts) per client")
+    compare.add_argument("--batch-prompts", type=int, default=64)
+    compare.add_argument("--amg-points-per-side", type=int, help="also time automatic mask generation")
+    compare.add_argument("--out", default="out/bench", help="writes bench.json, bench.md, bench.png here")
+    compare.set_defaults(func=_bench_compare)
     amg_bench = bench_sub.add_parser("amg", help="automatic mask generation vs the in-process reference")
     amg_bench.add_argument("images", nargs="+")
     amg_bench.add_argument("--url", default="127.0.0.1:8001")

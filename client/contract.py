@@ -12,6 +12,7 @@ batching model (``max_batch_size > 0``) Triton prepends the batch dimension.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, replace
 from typing import Tuple
 
@@ -209,7 +210,7 @@ AMG = ModelSpec(
 )
 
 # --- Session: the embedding stays on the server ------------------------------------------
-# One python-backend model holds embeddings in an LRU cache (bounded in bytes) under an image
+# A python-backend model holds embeddings in an LRU cache (bounded in bytes) under an image
 # id. A request that carries an image (raw, or JPEG/PNG bytes) encodes it (through BLS to
 # NAME_encoder) and stores it; a request that carries prompts decodes them (through BLS to
 # NAME_decoder) against the stored embedding; one request may do both. A predict on an id
@@ -249,7 +250,7 @@ SESSION = ModelSpec(
     ),
     outputs=(SESSION_LOW_RES_MASKS, LOW_RES_MASKS_FP16, SESSION_IOU, INPUT_SIZE, ORIGINAL_SIZE,
              DECODER_IMAGE_EMBEDDINGS),
-    batching=False,  # one instance owns the cache
+    batching=False,
 )
 SESSION_SET_OUTPUTS = (INPUT_SIZE.name, ORIGINAL_SIZE.name)
 
@@ -258,7 +259,7 @@ def image_id_for(padded_image: np.ndarray = None, input_size=None, original_size
     """The session image id: a hash of what is encoded (the padded image and its sizes, or
     the file's bytes). The server recomputes it and refuses a mismatch, so an id cannot be
     bound to another image, and the same image set by any client finds its embedding there."""
-    digest = hashlib.blake2b(digest_size=16)
+    digest = hashlib.blake2b(digest_size=IMAGE_ID_LENGTH // 2)
     if encoded_image is not None:
         digest.update(b"file:")
         digest.update(encoded_image)
@@ -270,7 +271,8 @@ def image_id_for(padded_image: np.ndarray = None, input_size=None, original_size
 
 
 UNKNOWN_IMAGE_ID_MESSAGE = "unknown image_id"
-MAX_IMAGE_ID_BYTES = 128
+IMAGE_ID_LENGTH = 32
+IMAGE_ID_PATTERN = re.compile(f"[0-9a-f]{{{IMAGE_ID_LENGTH}}}")
 MAX_ENCODED_IMAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_SESSION_CACHE_MIB = 1024
 

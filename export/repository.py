@@ -47,6 +47,8 @@ class RepositoryOptions:
     amg_instances: int = 2
     # ONNX Runtime threads per python-backend instance; 0 lets ONNX Runtime decide.
     ort_threads: int = 0
+    # Two session instances: a click is served while the other instance waits on an encode.
+    session_instances: int = 2
     # Embeddings the session model keeps (float32, 4 MiB each: 1024 MiB holds 256 images).
     session_cache_mib: int = C.DEFAULT_SESSION_CACHE_MIB
 
@@ -138,11 +140,11 @@ def amg_config(options: RepositoryOptions) -> mc.ModelConfig:
 
 
 def session_config(options: RepositoryOptions) -> mc.ModelConfig:
-    """The session model is python-backend everywhere, ONE instance: it owns the cache."""
+    """The session model is python-backend everywhere; its instances share one cache."""
     spec = C.SESSION
     config = mc.ModelConfig(name=spec.served_name(options.name), max_batch_size=0, backend="python")
     _io(config, spec)
-    _instances(config, 1, gpu=False)
+    _instances(config, options.session_instances, gpu=False)
     config.parameters["session_cache_mib"].string_value = str(options.session_cache_mib)
     if options.decoder_backend == "python":  # CPU: run the decoder graph inside the session stub
         config.parameters["decoder_in_process"].string_value = "true"

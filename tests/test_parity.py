@@ -4,32 +4,70 @@ Real MobileSAM weights, real scikit-image photographs. Acceptance bounds: mean m
 0.99, every mask >= 0.95, |score difference| <= 0.01.
 """
 
+import io
+
 import numpy as np
 import pytest
 
 from helpers import as_reference_rgb, mask_iou, prompts_for
 
 
+# Every client mode must meet the same bounds: session (the default: embedding kept on the
+# server, float16 logits), the embedding sent back and forth, shared memory, and the image
+# sent as a PNG file decoded and preprocessed by the server.
+MODES = {
+    "session": dict(),
+    "embedding": dict(session=False),
+    "session_shared_memory": dict(shared_memory=True),
+    "session_png_file": dict(),
+}
+
+
 @pytest.fixture(scope="module")
-def parity(predictor, reference_predictor, images):
-    """{(image, case): (ious, score_diffs, shapes_equal)} for every image and prompt case."""
+def reference_results(reference_predictor, images):
+    """{(image, case): reference output}, computed once for every mode."""
     results = {}
     for name, image in images.items():
-        predictor.set_image(image)
         reference_predictor.set_image(as_reference_rgb(image))
-        assert predictor.original_size == reference_predictor.original_size
-        assert predictor.input_size == reference_predictor.input_size
+        results[name, "sizes"] = (reference_predictor.original_size, reference_predictor.input_size)
         for case, prompt in prompts_for(image.shape).items():
             multimask = case == "point"
-            ours = predictor.predict(**prompt, multimask_output=multimask)
             ref = reference_predictor.predict(**prompt, multimask_output=multimask)
-            results[(name, case)] = _compare(ours, ref)
+            results[name, case] = ref
             if case == "point":
-                # Mask refinement: feed each side its own best low-res logits back in.
-                refine = dict(prompt, multimask_output=False)
-                ours_refined = predictor.predict(**refine, mask_input=ours[2][np.argmax(ours[1])][None])
-                ref_refined = reference_predictor.predict(**refine, mask_input=ref[2][np.argmax(ref[1])][None])
-                results[(name, "mask_refinement")] = _compare(ours_refined, ref_refined)
+                refine = dict(prompt, multimask_output=False, mask_input=ref[2][np.argmax(ref[1])][None])
+                results[name, "mask_refinement"] = reference_predictor.predict(**refine)
+    return results
+
+
+@pytest.fixture(scope="module", params=list(MODES))
+def parity(request, server, reference_results, images):
+    """{(image, case): (ious, score_diffs)} for every image and prompt case, in one mode."""
+    from PIL import Image
+
+    from samtriton import SamPredictor
+
+    results = {}
+    with SamPredictor(server.grpc_url, model="mobilesam", **MODES[request.param]) as predictor:
+        for name, image in images.items():
+            if request.param == "session_png_file":
+                buffer = io.BytesIO()
+                Image.fromarray(image).save(buffer, format="PNG")
+                predictor.set_image_file(buffer.getvalue())
+            else:
+                predictor.set_image(image)
+            assert (predictor.original_size, predictor.input_size) == reference_results[name, "sizes"]
+            for case, prompt in prompts_for(image.shape).items():
+                multimask = case == "point"
+                ours = predictor.predict(**prompt, multimask_output=multimask)
+                results[(name, case)] = _compare(ours, reference_results[name, case])
+                if case == "point":
+                    # Mask refinement: each side gets its own best low-res logits back.
+                    refine = dict(prompt, multimask_output=False, mask_input=ours[2][np.argmax(ours[1])][None])
+                    results[(name, "mask_refinement")] = _compare(predictor.predict(**refine),
+                                                                  reference_results[name, "mask_refinement"])
+        if request.param == "session_shared_memory":
+            assert predictor.backend.bytes_sent < 2**20, "the images went through shared memory"
     return results
 
 
@@ -51,9 +89,9 @@ def test_covers_required_cases(parity, images):
     assert any(max(i.shape[:2]) > 1024 and i.shape[0] != i.shape[1] for i in images.values()), "large non-square"
 
 
-def test_mean_mask_iou(parity):
+def test_mean_mask_iou(parity, request):
     ious = [iou for result in parity.values() for iou in result[0]]
-    print(f"\n{len(ious)} masks, mean IoU {np.mean(ious):.5f}, min {np.min(ious):.5f}")
+    print(f"\n{request.node.callspec.id}: {len(ious)} masks, mean IoU {np.mean(ious):.5f}, min {np.min(ious):.5f}")
     assert np.mean(ious) >= 0.99
 
 
@@ -63,9 +101,9 @@ def test_every_mask_iou(parity):
     assert not bad, f"masks under IoU 0.95: {bad}"
 
 
-def test_scores(parity):
+def test_scores(parity, request):
     worst = max(d for result in parity.values() for d in result[1])
-    print(f"\nmax |score difference| {worst:.2e}")
+    print(f"\n{request.node.callspec.id}: max |score difference| {worst:.2e}")
     assert worst <= 0.01
 
 
@@ -113,15 +151,38 @@ def test_return_logits_matches_reference(predictor, reference_predictor, images)
     assert np.abs(logits - ref_logits).max() < 1e-2
 
 
-def test_ensemble_equals_encoder_then_decoder(predictor, images):
+def test_ensemble_equals_encoder_then_decoder(server, images):
+    from samtriton import SamPredictor
+
     image = images["rocket"]
-    for prompt in prompts_for(image.shape).values():
-        predictor.set_image(image)
-        separate = predictor.predict(**prompt)
-        one_call = predictor.segment_image(image, **prompt)
-        np.testing.assert_array_equal(one_call[0], separate[0])
-        np.testing.assert_allclose(one_call[1], separate[1], atol=1e-6)
-        np.testing.assert_allclose(one_call[2], separate[2], atol=1e-5)
+    with SamPredictor(server.grpc_url, model="mobilesam", session=False) as predictor:
+        for prompt in prompts_for(image.shape).values():
+            predictor.set_image(image)
+            separate = predictor.predict(**prompt)
+            one_call = predictor.segment_image(image, **prompt)
+            np.testing.assert_array_equal(one_call[0], separate[0])
+            np.testing.assert_allclose(one_call[1], separate[1], atol=1e-6)
+            np.testing.assert_allclose(one_call[2], separate[2], atol=1e-5)
+
+
+def test_session_float16_logits_are_the_float32_logits_rounded(predictor, server, images):
+    """Session predict returns float16 logits unless return_logits; return_logits is float32."""
+    from samtriton import SamPredictor
+
+    image = images["coffee"]
+    prompt = prompts_for(image.shape)["box_and_point"]
+    predictor.set_image(image)
+    with SamPredictor(server.grpc_url, model="mobilesam", session=False) as exact:
+        exact.set_image(image)
+        masks32, scores32, logits32 = exact.predict(**prompt)
+        logits_full32, _, _ = exact.predict(**prompt, return_logits=True)
+    masks, scores, logits = predictor.predict(**prompt)
+    assert logits.dtype == np.float32
+    np.testing.assert_allclose(logits, logits32, rtol=2**-10, atol=1e-4)  # float16: 11 significant bits
+    np.testing.assert_allclose(scores, scores32, atol=1e-6)
+    assert min(mask_iou(a, b) for a, b in zip(masks, masks32)) >= 0.999
+    logits_full, _, _ = predictor.predict(**prompt, return_logits=True)
+    np.testing.assert_allclose(logits_full, logits_full32, atol=1e-4)
 
 
 def test_embedding_matches_reference(predictor, reference_predictor, images):

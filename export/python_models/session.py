@@ -1,8 +1,8 @@
 """Triton python-backend model: the session stage. Image embeddings stay on the server.
 
-Generated repositories copy this file to NAME_session/1/model.py. ONE instance owns an LRU
+Generated repositories copy this file to NAME_session/1/model.py. Its instances share an LRU
 cache of embeddings, bounded in bytes (parameter ``session_cache_mib``), keyed by the
-client's image id. A request carrying an image (raw ``image`` + ``input_size``, or
+image's content hash. A request carrying an image (raw ``image`` + ``input_size``, or
 ``encoded_image`` bytes decoded and preprocessed here) encodes it through BLS to
 NAME_encoder and stores it; a request carrying prompts decodes them through BLS to
 NAME_decoder against the stored embedding. So an interactive click sends a few hundred
@@ -11,6 +11,8 @@ bytes instead of the 4 MiB embedding. The outputs computed are the ones requeste
 
 import json
 import os
+import shutil
+import tempfile
 from collections import OrderedDict
 
 import numpy as np
@@ -24,30 +26,55 @@ from samtriton.validation import check_array, check_decoder_inputs, check_encode
 
 
 class EmbeddingCache:
-    """image id -> (embedding, input_size, original_size), least recently used evicted first."""
+    """image id -> (embedding, input_size, original_size), shared by every instance of the
+    model: one file per image in a directory on /dev/shm (memory), so any instance can
+    answer any client and an encode in one instance does not hold up clicks in another.
+    Least recently used files are removed while the directory holds more than the budget;
+    a file removed under a reader is simply an unknown id, and the client re-sends."""
 
-    def __init__(self, budget_bytes):
-        self.budget_bytes = budget_bytes
-        self.entries = OrderedDict()
-        self.used_bytes = 0
+    def __init__(self, directory, budget_bytes):
+        self.directory, self.budget_bytes = directory, budget_bytes
+        os.makedirs(directory, exist_ok=True)
+
+    def _path(self, image_id):
+        return os.path.join(self.directory, image_id + ".npz")
 
     def get(self, image_id):
-        entry = self.entries.get(image_id)
-        if entry is not None:
-            self.entries.move_to_end(image_id)
-        return entry
+        path = self._path(image_id)
+        try:
+            with np.load(path) as stored:
+                entry = stored["embedding"], stored["input_size"], stored["original_size"]
+            os.utime(path)  # recently used
+            return entry
+        except (FileNotFoundError, ValueError, OSError, KeyError):
+            return None
 
     def put(self, image_id, embedding, input_size, original_size):
-        self.pop(image_id)
-        self.entries[image_id] = (embedding, input_size, original_size)
-        self.used_bytes += embedding.nbytes
-        while self.used_bytes > self.budget_bytes and len(self.entries) > 1:
-            self.pop(next(iter(self.entries)))
+        os.makedirs(self.directory, exist_ok=True)  # a reload's finalize may have removed it
+        temporary = os.path.join(self.directory, f".{image_id}.{os.getpid()}.tmp")
+        with open(temporary, "wb") as handle:
+            np.savez(handle, embedding=embedding, input_size=input_size, original_size=original_size)
+        os.replace(temporary, self._path(image_id))  # readers never see a partial file
+        self._evict()
 
-    def pop(self, image_id):
-        entry = self.entries.pop(image_id, None)
-        if entry is not None:
-            self.used_bytes -= entry[0].nbytes
+    def _evict(self):
+        entries = []
+        for entry in os.scandir(self.directory):
+            if entry.name.endswith(".npz"):
+                try:
+                    info = entry.stat()
+                except FileNotFoundError:
+                    continue
+                entries.append((info.st_mtime_ns, info.st_size, entry.path))
+        used = sum(size for _, size, _ in entries)
+        for _, size, path in sorted(entries)[:-1]:  # oldest first; the newest always stays
+            if used <= self.budget_bytes:
+                break
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+            used -= size
 
 
 class TritonPythonModel:
@@ -58,7 +85,7 @@ class TritonPythonModel:
         self.encoder, self.decoder = C.ENCODER.served_name(base), C.DECODER.served_name(base)
         mib = int(config.get("parameters", {}).get("session_cache_mib", {}).get(
             "string_value", C.DEFAULT_SESSION_CACHE_MIB))
-        self.cache = EmbeddingCache(mib * 2**20)
+        self.cache = EmbeddingCache(_cache_directory(args, base), mib * 2**20)
         # With the python decoder, run its ONNX graph here: a BLS hop to another stub costs
         # as much as the decoder itself on CPU. Other decoder backends are called via BLS.
         self.local_decoder = None
@@ -67,6 +94,9 @@ class TritonPythonModel:
 
             path = os.path.join(args["model_repository"], os.pardir, self.decoder, "1", "model.onnx")
             self.local_decoder = session(os.path.normpath(path), config)
+
+    def finalize(self):
+        shutil.rmtree(self.cache.directory, ignore_errors=True)  # the cache lives in memory (/dev/shm)
 
     def execute(self, requests):
         responses = []
@@ -180,6 +210,20 @@ class TritonPythonModel:
         return np.ascontiguousarray(low_res), np.ascontiguousarray(iou)
 
 
+def _cache_directory(args, base):
+    """One directory per served deployment and export: the repository path, model name and
+    the encoder's files' times tell two exports (or two repositories) apart."""
+    import hashlib
+
+    encoder_dir = os.path.join(args["model_repository"], os.pardir, C.ENCODER.served_name(base))
+    stamp = [os.path.abspath(args["model_repository"])]
+    for root, _, files in os.walk(encoder_dir):
+        stamp += [f"{name}:{os.stat(os.path.join(root, name)).st_mtime_ns}" for name in sorted(files)]
+    digest = hashlib.blake2b("|".join(stamp).encode(), digest_size=8).hexdigest()
+    return os.path.join("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir(),
+                        f"samtriton_session_{base}_{digest}")
+
+
 def _check_id(image_id, expected):
     if image_id != expected:
         raise InvalidInput(f"image_id: expected {expected!r} (samtriton.contract.image_id_for of the image sent), "
@@ -194,6 +238,8 @@ def _image_id(value):
         raise InvalidInput(f"image_id: expected shape [1], got {list(value.shape)}")
     raw = value[0]
     raw = raw if isinstance(raw, bytes) else str(raw).encode()
-    if not 1 <= len(raw) <= C.MAX_IMAGE_ID_BYTES:
-        raise InvalidInput(f"image_id: expected 1..{C.MAX_IMAGE_ID_BYTES} bytes, got {len(raw)}")
-    return raw.decode("utf-8", "replace")
+    text = raw.decode("ascii", "replace")
+    if not C.IMAGE_ID_PATTERN.fullmatch(text):
+        raise InvalidInput(f"image_id: expected {C.IMAGE_ID_LENGTH} lowercase hex digits "
+                           f"(samtriton.contract.image_id_for), got {text[:80]!r}")
+    return text

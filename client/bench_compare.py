@@ -1,0 +1,319 @@
+"""``samtriton bench compare``: samtriton through Triton against the in-process reference
+``SamPredictor`` (PyTorch), measured in one run on the same real images and prompts.
+
+Measures set_image, one-prompt predict and a 64-prompt batched predict (latency, median of
+the repeats), optionally automatic mask generation; the bytes each call puts on the wire
+in each client mode; and a concurrency sweep (images/s, prompts/s, p50 / p99 latency).
+Writes a JSON document, a Markdown table of samtriton / reference ratios and a PNG plot.
+
+The reference needs the ``export`` extra (torch + segment-anything / mobile_sam); the plot
+needs matplotlib. Timings are figures to read, not assertions: nothing here passes or fails.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from . import contract as C
+from .predictor import SamPredictor
+
+# Client modes compared: how set_image / predict reach the server.
+MODES = {
+    "session": dict(session=True),  # the default: the embedding stays on the server
+    "session+shm": dict(session=True, shared_memory=True),  # co-located client
+    "embedding": dict(session=False),  # the embedding travels to the client and back
+}
+
+
+def _median_seconds(call: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _prompts(image: np.ndarray, count: int, seed: int = 0):
+    h, w = image.shape[:2]
+    points = np.random.default_rng(seed).uniform([0.1 * w, 0.1 * h], [0.9 * w, 0.9 * h], (count, 1, 2))
+    return points, np.ones((count, 1))
+
+
+def _encoded(image: np.ndarray, fmt: str) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def reference_predictor(model_type: str, checkpoint):
+    from samtriton.export.checkpoints import load_sam
+
+    sam = load_sam(model_type, checkpoint)  # also makes the reference packages importable
+    if model_type == "vit_t":
+        from mobile_sam import SamPredictor as Reference
+    else:
+        from segment_anything import SamPredictor as Reference
+    return sam, Reference(sam)
+
+
+def latency_and_bytes(url, model: str, reference, images: Dict[str, np.ndarray], repeats: int,
+                      batch_prompts: int) -> Dict[str, dict]:
+    """Per operation: reference seconds, samtriton seconds per mode, bytes per mode."""
+    import torch
+
+    results: Dict[str, dict] = {}
+
+    def record(op, who, seconds=None, sent=None, received=None):
+        entry = results.setdefault(op, {"reference_s": [], "samtriton_s": {}, "bytes": {}})
+        if who == "reference":
+            entry["reference_s"].append(seconds)
+        else:
+            entry["samtriton_s"].setdefault(who, []).append(seconds)
+            if sent is not None:
+                entry["bytes"][who] = {"sent": sent, "received": received}
+
+    predictors = {mode: SamPredictor(url, model=model, timeout=600, **kwargs) for mode, kwargs in MODES.items()}
+    try:
+        for index, image in enumerate(images.values()):
+            image = image.copy()  # set_image timings below alter a pixel per call
+            point = np.array([[image.shape[1] * 0.5, image.shape[0] * 0.45]])
+            many_points, many_labels = _prompts(image, batch_prompts, seed=index)
+            reference.set_image(image)  # warm-up
+            record("set_image", "reference", _median_seconds(lambda: reference.set_image(image), repeats))
+            one = dict(point_coords=point, point_labels=np.array([1]))
+            reference.predict(**one)
+            record("predict (1 prompt)", "reference", _median_seconds(lambda: reference.predict(**one), repeats))
+            coords = torch.as_tensor(reference.transform.apply_coords(many_points, reference.original_size),
+                                     dtype=torch.float32)
+            labels = torch.as_tensor(many_labels, dtype=torch.float32)
+            record(f"predict ({batch_prompts} prompts)", "reference",
+                   _median_seconds(lambda: reference.predict_torch(coords, labels), repeats))
+            for mode, predictor in predictors.items():
+                backend = predictor.backend
+
+                def measured(call):
+                    call()  # warm-up (and, in session mode, a cache fill the timed calls re-use)
+                    sent, received = backend.bytes_sent, backend.bytes_received
+                    seconds = _median_seconds(call, repeats)
+                    return seconds, (backend.bytes_sent - sent) / repeats, (backend.bytes_received - received) / repeats
+
+                def fresh_set_image():  # a session hit would skip the encoder: time the encode
+                    if predictor.session:
+                        predictor.reset_image()
+                        image[0, 0, 0] ^= 1  # a new image each time, one pixel apart
+                    predictor.set_image(image)
+
+                record("set_image", mode, *measured(fresh_set_image))
+                record("predict (1 prompt)", mode, *measured(lambda: predictor.predict(**one)))
+                record(f"predict ({batch_prompts} prompts)", mode, *measured(
+                    lambda: predictor.predict_batch(point_coords=many_points, point_labels=many_labels)))
+            # The encoded-file path (session mode): the server decodes and preprocesses. Bytes
+            # appended after the JPEG's end marker make each file new (no cache hit).
+            predictor, jpeg = predictors["session"], _encoded(image, "JPEG")
+            suffix = iter(range(1, 10**6))
+            sent, received = predictor.backend.bytes_sent, predictor.backend.bytes_received
+            seconds = _median_seconds(lambda: predictor.set_image_file(jpeg + next(suffix).to_bytes(4, "big")), repeats)
+            record("set_image_file (JPEG)", "session", seconds, (predictor.backend.bytes_sent - sent) / repeats,
+                   (predictor.backend.bytes_received - received) / repeats)
+    finally:
+        for predictor in predictors.values():
+            predictor.close()
+    summary = {}
+    for op, entry in results.items():
+        ref = statistics.median(entry["reference_s"]) if entry["reference_s"] else None
+        ours = {mode: statistics.median(v) for mode, v in entry["samtriton_s"].items()}
+        summary[op] = {"reference_s": ref, "samtriton_s": ours,
+                       "ratio": {m: (s / ref if ref else None) for m, s in ours.items()},
+                       "bytes": entry["bytes"]}
+    return summary
+
+
+def concurrency_sweep(url, model: str, image: np.ndarray, clients: Sequence[int], rounds: int,
+                      batch_prompts: int) -> List[dict]:
+    """For each client count: every client sets ``rounds`` images (a new image each time) and
+    predicts one prompt on each, then runs ``rounds`` batched predicts of ``batch_prompts``."""
+    rows = []
+    for count in clients:
+        def work(worker):
+            set_latencies, batch_latencies = [], []
+            local = image.copy()
+            points, labels = _prompts(image, batch_prompts, seed=worker)
+            with SamPredictor(url, model=model, timeout=600) as predictor:
+                for r in range(rounds):
+                    local[0, 0] = (worker, r, count)  # distinct images: no cache hits across clients
+                    start = time.perf_counter()
+                    predictor.set_image(local)
+                    predictor.predict(point_coords=points[0], point_labels=labels[0])
+                    set_latencies.append(time.perf_counter() - start)
+                start_batches = time.perf_counter()
+                for _ in range(rounds):
+                    start = time.perf_counter()
+                    predictor.predict_batch(point_coords=points, point_labels=labels)
+                    batch_latencies.append(time.perf_counter() - start)
+            return set_latencies, batch_latencies, start_batches
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(count) as pool:
+            results = list(pool.map(work, range(count)))
+        image_latencies = [x for r in results for x in r[0]]
+        batch_latencies = [x for r in results for x in r[1]]
+        image_seconds = max(r[2] for r in results) - start  # until the last client finished its images
+        batch_seconds = time.perf_counter() - min(r[2] for r in results)
+        rows.append({
+            "clients": count,
+            "images_per_s": len(image_latencies) / image_seconds,
+            "image_p50_ms": 1000 * float(np.percentile(image_latencies, 50)),
+            "image_p99_ms": 1000 * float(np.percentile(image_latencies, 99)),
+            "prompts_per_s": len(batch_latencies) * batch_prompts / batch_seconds,
+            "batch_p50_ms": 1000 * float(np.percentile(batch_latencies, 50)),
+            "batch_p99_ms": 1000 * float(np.percentile(batch_latencies, 99)),
+        })
+    return rows
+
+
+def reference_rate(reference, image: np.ndarray, rounds: int, batch_prompts: int) -> dict:
+    """The reference's sequential rates, the baseline of the sweep (one process, all cores)."""
+    import torch
+
+    points, labels = _prompts(image, batch_prompts)
+    start = time.perf_counter()
+    for _ in range(rounds):
+        reference.set_image(image)
+        reference.predict(point_coords=points[0], point_labels=labels[0])
+    images_per_s = rounds / (time.perf_counter() - start)
+    coords = torch.as_tensor(reference.transform.apply_coords(points, reference.original_size), dtype=torch.float32)
+    start = time.perf_counter()
+    for _ in range(rounds):
+        reference.predict_torch(coords, torch.as_tensor(labels, dtype=torch.float32))
+    return {"images_per_s": images_per_s, "prompts_per_s": rounds * batch_prompts / (time.perf_counter() - start)}
+
+
+def amg_times(url, model: str, sam, model_type: str, images: Dict[str, np.ndarray], points_per_side: int) -> dict:
+    from .automatic_mask_generator import SamAutomaticMaskGenerator
+
+    if model_type == "vit_t":
+        from mobile_sam import SamAutomaticMaskGenerator as Reference
+    else:
+        from segment_anything import SamAutomaticMaskGenerator as Reference
+    ours_s, reference_s = [], []
+    with SamPredictor(url, model=model, timeout=600) as predictor:
+        for image in images.values():
+            start = time.perf_counter()
+            SamAutomaticMaskGenerator(predictor, points_per_side=points_per_side).generate(image)
+            ours_s.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            Reference(sam, points_per_side=points_per_side).generate(image)
+            reference_s.append(time.perf_counter() - start)
+    ref, ours = statistics.median(reference_s), statistics.median(ours_s)
+    return {"reference_s": ref, "samtriton_s": {"session": ours}, "ratio": {"session": ours / ref}, "bytes": {}}
+
+
+def run(url, model: str, images: Dict[str, np.ndarray], checkpoint=None, model_type: str = "vit_t",
+        repeats: int = 5, clients: Sequence[int] = (1, 2, 4, 8), rounds: int = 3, batch_prompts: int = 64,
+        amg_points_per_side: Optional[int] = None) -> dict:
+    sam, reference = reference_predictor(model_type, checkpoint)
+    document = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpus": _cpu_count(), "python": platform.python_version()},
+        "settings": {"url": url, "model": model, "model_type": model_type, "images": list(images),
+                     "repeats": repeats, "clients": list(clients), "rounds": rounds, "batch_prompts": batch_prompts},
+        "operations": latency_and_bytes(url, model, reference, images, repeats, batch_prompts),
+    }
+    first = next(iter(images.values()))
+    document["reference_rates"] = reference_rate(reference, first, rounds, batch_prompts)
+    document["concurrency"] = concurrency_sweep(url, model, first, clients, rounds, batch_prompts)
+    if amg_points_per_side:
+        document["operations"][f"automatic masks (points_per_side {amg_points_per_side})"] = amg_times(
+            url, model, sam, model_type, images, amg_points_per_side)
+    return document
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def markdown(document: dict) -> str:
+    modes = list(MODES)
+    lines = ["| operation | reference ms | " + " | ".join(f"{m} ms (ratio)" for m in modes) + " |",
+             "|---|---|" + "---|" * len(modes)]
+    for op, entry in document["operations"].items():
+        ref = entry["reference_s"]
+        cells = []
+        for mode in modes:
+            seconds = entry["samtriton_s"].get(mode)
+            cells.append("" if seconds is None else
+                         f"{1000 * seconds:.1f} ({entry['ratio'][mode]:.2f})" if ref else f"{1000 * seconds:.1f}")
+        lines.append(f"| {op} | {'' if ref is None else f'{1000 * ref:.1f}'} | " + " | ".join(cells) + " |")
+    lines += ["", "| operation | mode | bytes sent | bytes received |", "|---|---|---|---|"]
+    for op, entry in document["operations"].items():
+        for mode, b in entry["bytes"].items():
+            lines.append(f"| {op} | {mode} | {_size(b['sent'])} | {_size(b['received'])} |")
+    rates = document["reference_rates"]
+    lines += ["", f"Concurrency (session mode; reference in-process, sequential: {rates['images_per_s']:.2f} images/s, "
+              f"{rates['prompts_per_s']:.0f} prompts/s):", "",
+              "| clients | images/s | ratio to 1 client | p50 / p99 ms (set_image + predict) | prompts/s | "
+              "p50 / p99 ms (64-prompt predict) |", "|---|---|---|---|---|---|"]
+    base = document["concurrency"][0]["images_per_s"] if document["concurrency"] else None
+    for row in document["concurrency"]:
+        lines.append(f"| {row['clients']} | {row['images_per_s']:.2f} | {row['images_per_s'] / base:.2f} | "
+                     f"{row['image_p50_ms']:.0f} / {row['image_p99_ms']:.0f} | {row['prompts_per_s']:.0f} | "
+                     f"{row['batch_p50_ms']:.0f} / {row['batch_p99_ms']:.0f} |")
+    return "\n".join(lines)
+
+
+def _size(count: float) -> str:
+    for unit, scale in (("MiB", 2**20), ("KiB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:.2f} {unit}"
+    return f"{count:.0f} B"
+
+
+def plot(document: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = document["concurrency"]
+    clients = [r["clients"] for r in rows]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(clients, [r["images_per_s"] for r in rows], "o-", label="samtriton images/s")
+    left.axhline(document["reference_rates"]["images_per_s"], color="gray", ls="--", label="reference images/s")
+    left.set_xlabel("concurrent clients")
+    left.set_ylabel("images/s (set_image + 1 predict)")
+    left.set_xticks(clients)
+    left.legend()
+    right.plot(clients, [r["image_p99_ms"] for r in rows], "o-", label="set_image + predict p99")
+    right.plot(clients, [r["batch_p99_ms"] for r in rows], "s-", label=f"{document['settings']['batch_prompts']}-prompt predict p99")
+    right.set_xlabel("concurrent clients")
+    right.set_ylabel("p99 latency (ms)")
+    right.set_xticks(clients)
+    right.legend()
+    figure.suptitle(f"samtriton vs in-process reference ({document['settings']['model_type']}, "
+                    f"{document['machine']['cpus']} CPUs)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write(document: dict, out: Path) -> Dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "bench.json", "markdown": out / "bench.md", "plot": out / "bench.png"}
+    paths["json"].write_text(json.dumps(document, indent=2) + "\n")
+    paths["markdown"].write_text(markdown(document) + "\n")
+    plot(document, paths["plot"])
+    return paths
