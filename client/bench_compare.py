@@ -23,7 +23,6 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import contract as C
 from .predictor import SamPredictor
 
 # Client modes compared: how set_image / predict reach the server.

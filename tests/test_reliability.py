@@ -58,13 +58,14 @@ def test_kill_restart_and_model_reload(repository, images):
         masks, scores, _ = predictor.predict(**POINT)
         np.testing.assert_allclose(scores, served[0], atol=1e-5)
 
-        # Explicit model control: unload -> ModelNotReady; load -> works again.
+        # Explicit model control: unload the model predict uses (session mode) -> ModelNotReady;
+        # load -> works again (the embedding is re-sent if the reload dropped it).
         admin = grpcclient.InferenceServerClient(server.grpc_url)
-        admin.unload_model("mobilesam_decoder")
-        with pytest.raises(ModelNotReady, match="mobilesam_decoder"):
+        admin.unload_model("mobilesam_session")
+        with pytest.raises(ModelNotReady, match="mobilesam_session"):
             predictor.predict(**POINT)
         assert not predictor.is_ready()
-        admin.load_model("mobilesam_decoder")
+        admin.load_model("mobilesam_session")
         assert predictor.predict(**POINT)[0].shape[0] == 3
         assert predictor.is_ready()
         admin.close()
@@ -251,8 +252,8 @@ def test_two_endpoints_spread_and_fail_over(repository, images):
         results, errors = [], []
         for i in range(40):
             if i == 10:
-                assert _success_count(first.grpc_url, "mobilesam_decoder") > 0
-                assert _success_count(second.grpc_url, "mobilesam_decoder") > 0, "requests are spread"
+                assert _success_count(first.grpc_url, "mobilesam_session") > 0
+                assert _success_count(second.grpc_url, "mobilesam_session") > 0, "requests are spread"
                 first.kill()
             try:
                 results.append(predictor.predict(**POINT)[1])

@@ -4,8 +4,9 @@ Generated repositories copy this file to NAME_session/1/model.py. Its instances 
 cache of embeddings, bounded in bytes (parameter ``session_cache_mib``), keyed by the
 image's content hash. A request carrying an image (raw ``image`` + ``input_size``, or
 ``encoded_image`` bytes decoded and preprocessed here) encodes it through BLS to
-NAME_encoder and stores it; a request carrying prompts decodes them through BLS to
-NAME_decoder against the stored embedding. So an interactive click sends a few hundred
+NAME_encoder and stores it; a request carrying prompts decodes them against the stored
+embedding (the decoder's ONNX graph run here for the python decoder, else BLS to
+NAME_decoder). So an interactive click sends a few hundred
 bytes instead of the 4 MiB embedding. The outputs computed are the ones requested.
 """
 
@@ -13,68 +14,16 @@ import json
 import os
 import shutil
 import tempfile
-from collections import OrderedDict
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from samtriton import contract as C
 from samtriton.errors import InvalidInput
+from samtriton.export.python_models.embedding_cache import EmbeddingCache
 from samtriton.export.python_models.runtime import error_response
 from samtriton.transforms import decode_image, preprocess
 from samtriton.validation import check_array, check_decoder_inputs, check_encoder_inputs
-
-
-class EmbeddingCache:
-    """image id -> (embedding, input_size, original_size), shared by every instance of the
-    model: one file per image in a directory on /dev/shm (memory), so any instance can
-    answer any client and an encode in one instance does not hold up clicks in another.
-    Least recently used files are removed while the directory holds more than the budget;
-    a file removed under a reader is simply an unknown id, and the client re-sends."""
-
-    def __init__(self, directory, budget_bytes):
-        self.directory, self.budget_bytes = directory, budget_bytes
-        os.makedirs(directory, exist_ok=True)
-
-    def _path(self, image_id):
-        return os.path.join(self.directory, image_id + ".npz")
-
-    def get(self, image_id):
-        path = self._path(image_id)
-        try:
-            with np.load(path) as stored:
-                entry = stored["embedding"], stored["input_size"], stored["original_size"]
-            os.utime(path)  # recently used
-            return entry
-        except (FileNotFoundError, ValueError, OSError, KeyError):
-            return None
-
-    def put(self, image_id, embedding, input_size, original_size):
-        os.makedirs(self.directory, exist_ok=True)  # a reload's finalize may have removed it
-        temporary = os.path.join(self.directory, f".{image_id}.{os.getpid()}.tmp")
-        with open(temporary, "wb") as handle:
-            np.savez(handle, embedding=embedding, input_size=input_size, original_size=original_size)
-        os.replace(temporary, self._path(image_id))  # readers never see a partial file
-        self._evict()
-
-    def _evict(self):
-        entries = []
-        for entry in os.scandir(self.directory):
-            if entry.name.endswith(".npz"):
-                try:
-                    info = entry.stat()
-                except FileNotFoundError:
-                    continue
-                entries.append((info.st_mtime_ns, info.st_size, entry.path))
-        used = sum(size for _, size, _ in entries)
-        for _, size, path in sorted(entries)[:-1]:  # oldest first; the newest always stays
-            if used <= self.budget_bytes:
-                break
-            try:
-                os.remove(path)
-            except FileNotFoundError:
-                pass
-            used -= size
 
 
 class TritonPythonModel:

@@ -1,0 +1,58 @@
+"""The session model's embedding cache: files on /dev/shm, shared by the model's instances,
+least recently used removed first. No Triton import, so it is tested on its own."""
+
+import os
+
+import numpy as np
+
+
+class EmbeddingCache:
+    """image id -> (embedding, input_size, original_size), shared by every instance of the
+    model: one file per image in a directory on /dev/shm (memory), so any instance can
+    answer any client and an encode in one instance does not hold up clicks in another.
+    Least recently used files are removed while the directory holds more than the budget;
+    a file removed under a reader is simply an unknown id, and the client re-sends."""
+
+    def __init__(self, directory, budget_bytes):
+        self.directory, self.budget_bytes = directory, budget_bytes
+        os.makedirs(directory, exist_ok=True)
+
+    def _path(self, image_id):
+        return os.path.join(self.directory, image_id + ".npz")
+
+    def get(self, image_id):
+        path = self._path(image_id)
+        try:
+            with np.load(path) as stored:
+                entry = stored["embedding"], stored["input_size"], stored["original_size"]
+            os.utime(path)  # recently used
+            return entry
+        except (FileNotFoundError, ValueError, OSError, KeyError):
+            return None
+
+    def put(self, image_id, embedding, input_size, original_size):
+        os.makedirs(self.directory, exist_ok=True)  # a reload's finalize may have removed it
+        temporary = os.path.join(self.directory, f".{image_id}.{os.getpid()}.tmp")
+        with open(temporary, "wb") as handle:
+            np.savez(handle, embedding=embedding, input_size=input_size, original_size=original_size)
+        os.replace(temporary, self._path(image_id))  # readers never see a partial file
+        self._evict()
+
+    def _evict(self):
+        entries = []
+        for entry in os.scandir(self.directory):
+            if entry.name.endswith(".npz"):
+                try:
+                    info = entry.stat()
+                except FileNotFoundError:
+                    continue
+                entries.append((info.st_mtime_ns, info.st_size, entry.path))
+        used = sum(size for _, size, _ in entries)
+        for _, size, path in sorted(entries)[:-1]:  # oldest first; the newest always stays
+            if used <= self.budget_bytes:
+                break
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+            used -= size
