@@ -65,6 +65,8 @@ class TritonPythonModel:
         wanted = set(request.requested_output_names())
         image, input_size, encoded = get(C.IMAGE), get(C.INPUT_SIZE), get(C.ENCODED_IMAGE)
         original_size, coords = get(C.ORIGINAL_SIZE), get(C.POINT_COORDS)
+        if (coords is None) != (get(C.POINT_LABELS) is None):
+            raise InvalidInput("point_coords / point_labels: send both, or neither (no prompt)")
         if image is not None or input_size is not None or encoded is not None or original_size is not None:
             self._set(image_id, image, input_size, original_size, encoded)
         entry = self.cache.get(image_id)
@@ -128,8 +130,6 @@ class TritonPythonModel:
         self.cache.put(image_id, np.ascontiguousarray(embedding), input_size[0].copy(), original_size)
 
     def _decode(self, embedding, coords, labels, mask_input, has_mask, multimask):
-        if labels is None:
-            raise InvalidInput("point_labels: required with point_coords")
         k = coords.shape[0] if coords.ndim == 3 else 0
         if mask_input is None:
             mask_input = np.zeros((k, 1, C.LOW_RES_SIZE, C.LOW_RES_SIZE), np.float32)

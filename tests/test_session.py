@@ -1,0 +1,212 @@
+"""Session mode (the embedding stays on the server), the encoded-image path and shared
+memory, against the real embedded Triton and real MobileSAM weights.
+
+Parity of every mode with the reference is in test_parity.py; here: bytes on the wire,
+the cache (LRU by bytes, shared by instances, unknown ids re-sent transparently), the
+server's checks on raw session requests, and the shared-memory fallback.
+"""
+
+import glob
+import io
+import os
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from helpers import mask_iou, prompts_for
+from samtriton import ImageNotCached, SamPredictor
+from samtriton import contract as C
+from samtriton.export.python_models.embedding_cache import EmbeddingCache
+from samtriton.shared_memory import is_local
+
+EMBEDDING_BYTES = int(np.prod(C.DECODER_IMAGE_EMBEDDINGS.dims)) * 4  # 4 MiB, what predict used to send
+
+
+def _success(server, model):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]["inference_stats"]
+    client.close()
+    return int(stats.get("success", {}).get("count", 0))
+
+
+def _cache_files(image_id):
+    return glob.glob(f"/dev/shm/samtriton_session_mobilesam_*/{image_id}.npz")
+
+
+def test_a_click_sends_under_one_percent_of_the_embedding(server, images):
+    with SamPredictor(server.grpc_url, model="mobilesam") as predictor:
+        predictor.set_image(images["chelsea"])
+        sent, received = predictor.backend.bytes_sent, predictor.backend.bytes_received
+        masks, scores, logits = predictor.predict(**prompts_for(images["chelsea"].shape)["point"])
+        click_sent = predictor.backend.bytes_sent - sent
+        click_received = predictor.backend.bytes_received - received
+    print(f"\nbytes per click: sent {click_sent}, received {click_received}")
+    assert click_sent <= 0.01 * EMBEDDING_BYTES
+    # 3 float16 low-res masks and 3 float32 scores: half of the float32 logits, a quarter of the 4 masks.
+    assert click_received == 3 * C.LOW_RES_SIZE ** 2 * 2 + 3 * 4
+    assert masks.shape == (3,) + images["chelsea"].shape[:2] and logits.dtype == np.float32
+
+
+def test_same_image_from_another_client_is_not_encoded_again(server, images):
+    image = images["astronaut"]
+    with SamPredictor(server.grpc_url, model="mobilesam") as first, \
+            SamPredictor(server.grpc_url, model="mobilesam") as second:
+        first.set_image(image)
+        encodes = _success(server, "mobilesam_encoder")
+        second.set_image(image)
+        assert second.image_id == first.image_id
+        assert _success(server, "mobilesam_encoder") == encodes, "served from the cache"
+        prompt = prompts_for(image.shape)["box"]
+        np.testing.assert_array_equal(first.predict(**prompt)[0], second.predict(**prompt)[0])
+
+
+def test_evicted_image_is_sent_again_transparently(server, images):
+    image = images["coffee"]
+    prompt = prompts_for(image.shape)["point"]
+    with SamPredictor(server.grpc_url, model="mobilesam") as predictor:
+        predictor.set_image(image)
+        before = predictor.predict(**prompt)
+        files = _cache_files(predictor.image_id)
+        assert len(files) == 1, files
+        os.remove(files[0])  # what LRU eviction (or a restart) does
+        with pytest.raises(ImageNotCached, match="unknown image_id"):
+            predictor.backend.session_decode(predictor.image_id, predictor._prompt_tensors(
+                prompt["point_coords"][None], prompt["point_labels"][None], None, None, predictor.original_size),
+                multimask_output=True)
+        encodes = _success(server, "mobilesam_encoder")
+        after = predictor.predict(**prompt)
+        assert _success(server, "mobilesam_encoder") == encodes + 1, "the image was encoded again"
+        assert _cache_files(predictor.image_id)
+        np.testing.assert_array_equal(after[0], before[0])
+        np.testing.assert_allclose(after[1], before[1], atol=1e-6)
+
+
+def test_get_image_embedding_in_session_mode_equals_embedding_mode(server, images):
+    with SamPredictor(server.grpc_url, model="mobilesam") as session, \
+            SamPredictor(server.grpc_url, model="mobilesam", session=False) as plain:
+        session.set_image(images["rocket"])
+        plain.set_image(images["rocket"])
+        np.testing.assert_array_equal(session.get_image_embedding(), plain.get_image_embedding())
+
+
+def test_cache_evicts_least_recently_used_by_bytes(tmp_path):
+    embedding = np.zeros(C.DECODER_IMAGE_EMBEDDINGS.dims, np.float32)
+    sizes = np.array([1024, 683]), np.array([600, 900])
+    cache = EmbeddingCache(str(tmp_path / "cache"), budget_bytes=int(2.5 * embedding.nbytes))
+    for image_id in ("a", "b"):
+        cache.put(image_id, embedding + ord(image_id), *sizes)
+    os.utime(cache._path("a"), ns=(1, 1))  # make the clock order explicit: a older than b
+    os.utime(cache._path("b"), ns=(2, 2))
+    assert cache.get("a")[0][0, 0, 0, 0] == ord("a")  # a is now the most recently used
+    cache.put("c", embedding, *sizes)
+    assert cache.get("b") is None, "b was least recently used"
+    assert cache.get("a") is not None and cache.get("c") is not None
+    stored = cache.get("c")
+    np.testing.assert_array_equal(stored[1], sizes[0])
+    np.testing.assert_array_equal(stored[2], sizes[1])
+    assert len(os.listdir(tmp_path / "cache")) == 2
+
+
+def test_cache_always_keeps_the_newest(tmp_path):
+    embedding = np.zeros(C.DECODER_IMAGE_EMBEDDINGS.dims, np.float32)
+    cache = EmbeddingCache(str(tmp_path / "tiny"), budget_bytes=1)
+    cache.put("x", embedding, np.array([1024, 1024]), np.array([5, 5]))
+    assert cache.get("x") is not None
+
+
+def test_set_image_file_jpeg_matches_reference_on_the_decoded_file(server, reference_predictor, images):
+    """The server decodes and preprocesses the file; the reference gets the same file decoded."""
+    from PIL import Image
+
+    image = images["chelsea"]
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=90)
+    data = buffer.getvalue()
+    decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    with SamPredictor(server.grpc_url, model="mobilesam") as predictor:
+        sent = predictor.backend.bytes_sent
+        predictor.set_image_file(data)
+        file_sent = predictor.backend.bytes_sent - sent
+        reference_predictor.set_image(decoded)
+        assert predictor.original_size == reference_predictor.original_size
+        assert predictor.input_size == reference_predictor.input_size
+        for prompt in prompts_for(image.shape).values():
+            ours, ref = predictor.predict(**prompt), reference_predictor.predict(**prompt)
+            assert min(mask_iou(a, b) for a, b in zip(ours[0], ref[0])) >= 0.99
+            assert np.abs(ours[1] - ref[1]).max() <= 0.01
+    padded_bytes = int(np.prod(C.IMAGE.dims))
+    print(f"\nJPEG set_image_file sent {file_sent} bytes; the padded image is {padded_bytes}")
+    assert file_sent <= padded_bytes / 10
+
+
+def _session_inputs(**tensors):
+    inputs = []
+    for name, array in tensors.items():
+        spec = C.SESSION.input(name)
+        tensor = grpcclient.InferInput(name, list(array.shape), spec.wire_dtype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
+def _id(text):
+    return np.array([text.encode()], dtype=object)
+
+
+PROMPT = dict(point_coords=np.array([[[10.0, 10.0], [0.0, 0.0]]], np.float32),
+              point_labels=np.array([[1.0, -1.0]], np.float32))
+RAW_SESSION_BAD = {
+    "id not hex": (dict(image_id=_id("../../etc/passwd"), **PROMPT), "image_id"),
+    "id too short": (dict(image_id=_id("abc"), **PROMPT), "image_id"),
+    "unknown id": (dict(image_id=_id("0" * 32), **PROMPT), "unknown image_id"),
+    "encoded garbage": (dict(image_id=_id(C.image_id_for(encoded_image=b"not an image")),
+                             encoded_image=np.array([b"not an image"], dtype=object)),
+                        "encoded_image"),
+    "raw image without sizes": (dict(image_id=_id("0" * 32), image=np.zeros((1, 1024, 1024, 3), np.uint8)),
+                                "original_size"),
+    "id not the image's hash": (dict(image_id=_id("f" * 32), image=np.zeros((1, 1024, 1024, 3), np.uint8),
+                                     input_size=np.array([[1024, 1024]], np.int64),
+                                     original_size=np.array([1024, 1024], np.int64)), "image_id: expected"),
+    "labels missing": (dict(image_id=_id("0" * 32), point_coords=PROMPT["point_coords"]), "point_labels"),
+    "coords missing": (dict(image_id=_id("0" * 32), point_labels=PROMPT["point_labels"]), "point_coords"),
+}
+
+
+@pytest.mark.parametrize("case", list(RAW_SESSION_BAD))
+def test_server_rejects_raw_bad_session_requests_and_stays_up(server, predictor, images, case):
+    tensors, message = RAW_SESSION_BAD[case]
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    with pytest.raises(InferenceServerException, match=message):
+        client.infer("mobilesam_session", _session_inputs(**tensors))
+    client.close()
+    predictor.set_image(images["coins_gray"])
+    assert predictor.predict(**prompts_for(images["coins_gray"].shape)["point"])[0].shape[0] == 3
+
+
+def test_bad_image_file_is_rejected_before_sending(server):
+    with SamPredictor(server.grpc_url, model="mobilesam") as predictor:
+        with pytest.raises(ValueError, match="encoded_image"):
+            predictor.set_image_file(b"\x89PNG not really")
+        assert predictor.backend.bytes_sent == 0
+
+
+def test_shared_memory_falls_back_to_the_wire_for_a_remote_server():
+    assert is_local("127.0.0.1:8001") and is_local("localhost:8001")
+    assert not is_local("192.0.2.10:8001")  # TEST-NET-1: never this machine
+
+
+def test_shared_memory_regions_are_released_on_close(server, images):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    with SamPredictor(server.grpc_url, model="mobilesam", shared_memory=True) as predictor:
+        predictor.set_image(images["astronaut"])
+        predictor.predict(**prompts_for(images["astronaut"].shape)["point"])
+        prefix = predictor.backend._pools[server.grpc_url].prefix
+        registered = client.get_system_shared_memory_status(as_json=True).get("regions", {})
+        assert any(name.startswith(prefix) for name in registered)
+        assert predictor.backend.bytes_sent < 1024, "the image went through shared memory"
+    registered = client.get_system_shared_memory_status(as_json=True).get("regions", {})
+    assert not any(name.startswith(prefix) for name in registered)
+    assert not glob.glob(f"/dev/shm/{prefix}*")
+    client.close()
