@@ -83,10 +83,11 @@ def latency_and_bytes(url, model: str, reference, images: Dict[str, np.ndarray],
             if sent is not None:
                 entry["bytes"][who] = {"sent": sent, "received": received}
 
+    fresh = iter(range(1, 2**24))
     predictors = {mode: SamPredictor(url, model=model, timeout=600, **kwargs) for mode, kwargs in MODES.items()}
     try:
         for index, image in enumerate(images.values()):
-            image = image.copy()  # set_image timings below alter a pixel per call
+            image = image.copy()  # set_image timings below change a pixel per call
             point = np.array([[image.shape[1] * 0.5, image.shape[0] * 0.45]])
             many_points, many_labels = _prompts(image, batch_prompts, seed=index)
             reference.set_image(image)  # warm-up
@@ -110,8 +111,7 @@ def latency_and_bytes(url, model: str, reference, images: Dict[str, np.ndarray],
 
                 def fresh_set_image():  # a session hit would skip the encoder: time the encode
                     if predictor.session:
-                        predictor.reset_image()
-                        image[0, 0, 0] ^= 1  # a new image each time, one pixel apart
+                        image[0, 0] = list(next(fresh).to_bytes(3, "big"))  # a new image each time: one pixel differs
                     predictor.set_image(image)
 
                 record("set_image", mode, *measured(fresh_set_image))
@@ -148,10 +148,11 @@ def concurrency_sweep(url, model: str, image: np.ndarray, clients: Sequence[int]
         def work(worker):
             set_latencies, batch_latencies = [], []
             local = image.copy()
+            rng = np.random.default_rng()  # unseeded: images no earlier run or client has set
             points, labels = _prompts(image, batch_prompts, seed=worker)
             with SamPredictor(url, model=model, timeout=600) as predictor:
                 for r in range(rounds):
-                    local[0, 0] = (worker, r, count)  # distinct images: no cache hits across clients
+                    local[:2, :8] = rng.integers(0, 256, local[:2, :8].shape)  # a new image: no cache hits
                     start = time.perf_counter()
                     predictor.set_image(local)
                     predictor.predict(point_coords=points[0], point_labels=labels[0])
@@ -265,7 +266,7 @@ def markdown(document: dict) -> str:
     lines += ["", f"Concurrency (session mode; reference in-process, sequential: {rates['images_per_s']:.2f} images/s, "
               f"{rates['prompts_per_s']:.0f} prompts/s):", "",
               "| clients | images/s | ratio to 1 client | p50 / p99 ms (set_image + predict) | prompts/s | "
-              "p50 / p99 ms (64-prompt predict) |", "|---|---|---|---|---|---|"]
+              f"p50 / p99 ms ({document['settings']['batch_prompts']}-prompt predict) |", "|---|---|---|---|---|---|"]
     base = document["concurrency"][0]["images_per_s"] if document["concurrency"] else None
     for row in document["concurrency"]:
         lines.append(f"| {row['clients']} | {row['images_per_s']:.2f} | {row['images_per_s'] / base:.2f} | "

@@ -164,6 +164,9 @@ def _bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
     return weights
 
 
+SMALL_POSTPROCESS_MASKS = 16
+
+
 @functools.lru_cache(maxsize=64)
 def _upscale_matrix(original: int, resized: int) -> np.ndarray:
     """256 -> 1024, crop to ``resized``, -> ``original``, composed into one [original, 256] map.
@@ -179,8 +182,9 @@ def postprocess_masks(low_res_masks: np.ndarray, input_size: Tuple[int, int],
     """Low-res logits [..., 256, 256] -> logits [..., H, W] at the original image size."""
     rows = _upscale_matrix(original_size[0], input_size[0])
     cols = _upscale_matrix(original_size[1], input_size[1])
-    # One BLAS thread: these products take milliseconds, and idle OpenBLAS threads keep
-    # spinning afterwards, taking the cores a co-located server needs (measured: a click
-    # took 110 ms instead of 58 ms on 2 cores).
-    with threadpool_limits(1, user_api="blas"):
+    # One BLAS thread for a click's few masks: these products take milliseconds, and idle
+    # OpenBLAS threads keep spinning afterwards, taking the cores a co-located server needs
+    # (measured: a click took 110 ms instead of 58 ms on 2 cores). Batches use them all.
+    small = int(np.prod(low_res_masks.shape[:-2])) <= SMALL_POSTPROCESS_MASKS
+    with threadpool_limits(1 if small else None, user_api="blas"):
         return np.matmul(np.matmul(rows, low_res_masks.astype(np.float32, copy=False)), cols.T)
