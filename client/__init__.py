@@ -11,9 +11,10 @@
 from .errors import ImageNotCached, InvalidInput, ModelNotReady, RequestTimeout, SamTritonError, ServerError, ServerUnavailable
 from .automatic_mask_generator import SamAutomaticMaskGenerator
 from .predictor import SamPredictor, TritonSam
+from .aio import AsyncSamPredictor, ImageHandle, segment_many
 
 __version__ = "0.1.0"
 __all__ = [
-    "SamPredictor", "SamAutomaticMaskGenerator", "TritonSam", "ImageNotCached", "InvalidInput", "ModelNotReady", "RequestTimeout", "SamTritonError",
+    "SamPredictor", "SamAutomaticMaskGenerator", "AsyncSamPredictor", "ImageHandle", "segment_many", "TritonSam", "ImageNotCached", "InvalidInput", "ModelNotReady", "RequestTimeout", "SamTritonError",
     "ServerError", "ServerUnavailable", "__version__",
 ]

@@ -121,14 +121,7 @@ class TritonSam:
         left out), ``outputs`` the names wanted (default all). ``output_bytes`` bounds the size
         of outputs that may come back through shared memory."""
         model_name = spec.served_name(self.model)
-        missing = [s.name for s in spec.inputs if not s.optional and tensors.get(s.name) is None]
-        if missing:
-            raise InvalidInput(f"request to {model_name}: missing input(s) {missing}")
-        arrays = {s.name: _wire_array(tensors[s.name], s) for s in spec.inputs if tensors.get(s.name) is not None}
-        size = sum(_nbytes(a) for a in arrays.values())
-        if size > C.MAX_REQUEST_BYTES:
-            raise InvalidInput(f"request to {model_name}: {size / 2**20:.1f} MiB of tensors; the limit is "
-                               f"{C.MAX_REQUEST_BYTES / 2**20:.0f} MiB (send fewer prompts or images per call)")
+        arrays = request_arrays(spec, model_name, tensors)
         wanted = list(outputs) if outputs else [s.name for s in spec.outputs]
         deadline = time.monotonic() + self.timeout
         attempt = 0
@@ -289,6 +282,19 @@ class TritonSam:
 
 
 _NUMPY_DTYPE = {w: d for d, w in C.WIRE_DTYPES.items()}
+
+
+def request_arrays(spec: C.ModelSpec, model_name: str, tensors: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """The request's tensors in their contract dtypes, checked for presence and total size."""
+    missing = [s.name for s in spec.inputs if not s.optional and tensors.get(s.name) is None]
+    if missing:
+        raise InvalidInput(f"request to {model_name}: missing input(s) {missing}")
+    arrays = {s.name: _wire_array(tensors[s.name], s) for s in spec.inputs if tensors.get(s.name) is not None}
+    size = sum(_nbytes(a) for a in arrays.values())
+    if size > C.MAX_REQUEST_BYTES:
+        raise InvalidInput(f"request to {model_name}: {size / 2**20:.1f} MiB of tensors; the limit is "
+                           f"{C.MAX_REQUEST_BYTES / 2**20:.0f} MiB (send fewer prompts or images per call)")
+    return arrays
 
 
 def _wire_array(value, spec: C.TensorSpec) -> np.ndarray:
@@ -480,32 +486,7 @@ class SamPredictor:
         return self._postprocess(low_res, iou, selected, return_logits, self.input_size, self.original_size)
 
     def _prompt_tensors(self, points, labels, boxes, masks, original_size) -> Dict[str, np.ndarray]:
-        """Original-pixel prompts -> the decoder's tensors (SAM's ONNX prompt form)."""
-        if points is None and boxes is None:
-            raise InvalidInput("point_coords / box: give at least one point or a box")
-        coords, label_parts = [], []
-        count = len(points) if points is not None else len(boxes)
-        if points is not None:
-            coords.append(self.transform.apply_coords(points, original_size))
-            label_parts.append(labels.astype(np.float64))
-        if boxes is not None:
-            coords.append(self.transform.apply_boxes(boxes, original_size).reshape(-1, 2, 2))
-            label_parts.append(np.tile([[C.LABEL_BOX_TOP_LEFT, C.LABEL_BOX_BOTTOM_RIGHT]], (count, 1)))
-        else:
-            # Without a box SAM appends one padding point (label -1).
-            coords.append(np.zeros((count, 1, 2)))
-            label_parts.append(np.full((count, 1), C.LABEL_PAD))
-        if masks is None:
-            mask_tensor = np.zeros((count, 1, C.LOW_RES_SIZE, C.LOW_RES_SIZE), np.float32)
-            has_mask = np.zeros(count, np.float32)
-        else:
-            mask_tensor, has_mask = masks.astype(np.float32), np.ones(count, np.float32)
-        return {
-            C.POINT_COORDS.name: np.concatenate(coords, axis=1).astype(np.float32),
-            C.POINT_LABELS.name: np.concatenate(label_parts, axis=1).astype(np.float32),
-            C.MASK_INPUT.name: mask_tensor,
-            C.HAS_MASK_INPUT.name: has_mask,
-        }
+        return prompt_tensors(self.transform, points, labels, boxes, masks, original_size)
 
     @staticmethod
     def _postprocess(low_res, iou, selected, return_logits, input_size, original_size):
@@ -538,6 +519,35 @@ class SamPredictor:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def prompt_tensors(transform: ResizeLongestSide, points, labels, boxes, masks, original_size) -> Dict[str, np.ndarray]:
+    """Original-pixel prompts -> the decoder's tensors (SAM's ONNX prompt form)."""
+    if points is None and boxes is None:
+        raise InvalidInput("point_coords / box: give at least one point or a box")
+    coords, label_parts = [], []
+    count = len(points) if points is not None else len(boxes)
+    if points is not None:
+        coords.append(transform.apply_coords(points, original_size))
+        label_parts.append(labels.astype(np.float64))
+    if boxes is not None:
+        coords.append(transform.apply_boxes(boxes, original_size).reshape(-1, 2, 2))
+        label_parts.append(np.tile([[C.LABEL_BOX_TOP_LEFT, C.LABEL_BOX_BOTTOM_RIGHT]], (count, 1)))
+    else:
+        # Without a box SAM appends one padding point (label -1).
+        coords.append(np.zeros((count, 1, 2)))
+        label_parts.append(np.full((count, 1), C.LABEL_PAD))
+    if masks is None:
+        mask_tensor = np.zeros((count, 1, C.LOW_RES_SIZE, C.LOW_RES_SIZE), np.float32)
+        has_mask = np.zeros(count, np.float32)
+    else:
+        mask_tensor, has_mask = masks.astype(np.float32), np.ones(count, np.float32)
+    return {
+        C.POINT_COORDS.name: np.concatenate(coords, axis=1).astype(np.float32),
+        C.POINT_LABELS.name: np.concatenate(label_parts, axis=1).astype(np.float32),
+        C.MASK_INPUT.name: mask_tensor,
+        C.HAS_MASK_INPUT.name: has_mask,
+    }
 
 
 def _read_file(path) -> bytes:
