@@ -33,15 +33,6 @@ MODES = {
 }
 
 
-def _median_seconds(call: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _prompts(image: np.ndarray, count: int, seed: int = 0):
     h, w = image.shape[:2]
     points = np.random.default_rng(seed).uniform([0.1 * w, 0.1 * h], [0.9 * w, 0.9 * h], (count, 1, 2))
@@ -69,73 +60,71 @@ def reference_predictor(model_type: str, checkpoint):
 
 def latency_and_bytes(url, model: str, reference, images: Dict[str, np.ndarray], repeats: int,
                       batch_prompts: int) -> Dict[str, dict]:
-    """Per operation: reference seconds, samtriton seconds per mode, bytes per mode."""
+    """Per operation: reference and samtriton (per client mode) latency, median over images
+    and repeats, and samtriton's bytes on the wire per call. Calls alternate (reference,
+    then each mode, ``repeats`` times), so a machine whose speed drifts affects all alike."""
     import torch
 
-    results: Dict[str, dict] = {}
-
-    def record(op, who, seconds=None, sent=None, received=None):
-        entry = results.setdefault(op, {"reference_s": [], "samtriton_s": {}, "bytes": {}})
-        if who == "reference":
-            entry["reference_s"].append(seconds)
-        else:
-            entry["samtriton_s"].setdefault(who, []).append(seconds)
-            if sent is not None:
-                entry["bytes"][who] = {"sent": sent, "received": received}
-
+    times: Dict[str, Dict[str, List[float]]] = {}
+    wire: Dict[str, Dict[str, Dict[str, float]]] = {}
     fresh = iter(range(1, 2**24))
     predictors = {mode: SamPredictor(url, model=model, timeout=600, **kwargs) for mode, kwargs in MODES.items()}
+
+    def compare(op: str, calls: Dict[str, Callable[[], object]]) -> None:
+        for call in calls.values():
+            call()  # warm-up
+        for _ in range(repeats):
+            for who, call in calls.items():
+                backend = predictors[who].backend if who in predictors else None
+                sent, received = (backend.bytes_sent, backend.bytes_received) if backend else (0, 0)
+                start = time.perf_counter()
+                call()
+                times.setdefault(op, {}).setdefault(who, []).append(time.perf_counter() - start)
+                if backend is not None:
+                    total = wire.setdefault(op, {}).setdefault(who, {"sent": 0.0, "received": 0.0, "calls": 0})
+                    total["sent"] += backend.bytes_sent - sent
+                    total["received"] += backend.bytes_received - received
+                    total["calls"] += 1
+
+    def fresh_set_image(predictor, image):
+        def call():  # a session cache hit would skip the encoder: a new image each call
+            image[0, 0] = list(next(fresh).to_bytes(3, "big"))  # one pixel differs
+            predictor.set_image(image)
+        return call
+
     try:
-        for index, image in enumerate(images.values()):
-            image = image.copy()  # set_image timings below change a pixel per call
-            point = np.array([[image.shape[1] * 0.5, image.shape[0] * 0.45]])
+        for index, original in enumerate(images.values()):
+            image = original.copy()  # set_image calls below change a pixel
+            one = dict(point_coords=np.array([[image.shape[1] * 0.5, image.shape[0] * 0.45]]),
+                       point_labels=np.array([1]))
             many_points, many_labels = _prompts(image, batch_prompts, seed=index)
-            reference.set_image(image)  # warm-up
-            record("set_image", "reference", _median_seconds(lambda: reference.set_image(image), repeats))
-            one = dict(point_coords=point, point_labels=np.array([1]))
-            reference.predict(**one)
-            record("predict (1 prompt)", "reference", _median_seconds(lambda: reference.predict(**one), repeats))
+            compare("set_image", dict(reference=lambda: reference.set_image(image),
+                                      **{m: fresh_set_image(p, image) for m, p in predictors.items()}))
+            compare("predict (1 prompt)", dict(reference=lambda: reference.predict(**one),
+                                               **{m: (lambda p=p: p.predict(**one)) for m, p in predictors.items()}))
             coords = torch.as_tensor(reference.transform.apply_coords(many_points, reference.original_size),
                                      dtype=torch.float32)
             labels = torch.as_tensor(many_labels, dtype=torch.float32)
-            record(f"predict ({batch_prompts} prompts)", "reference",
-                   _median_seconds(lambda: reference.predict_torch(coords, labels), repeats))
-            for mode, predictor in predictors.items():
-                backend = predictor.backend
-
-                def measured(call):
-                    call()  # warm-up (and, in session mode, a cache fill the timed calls re-use)
-                    sent, received = backend.bytes_sent, backend.bytes_received
-                    seconds = _median_seconds(call, repeats)
-                    return seconds, (backend.bytes_sent - sent) / repeats, (backend.bytes_received - received) / repeats
-
-                def fresh_set_image():  # a session hit would skip the encoder: time the encode
-                    if predictor.session:
-                        image[0, 0] = list(next(fresh).to_bytes(3, "big"))  # a new image each time: one pixel differs
-                    predictor.set_image(image)
-
-                record("set_image", mode, *measured(fresh_set_image))
-                record("predict (1 prompt)", mode, *measured(lambda: predictor.predict(**one)))
-                record(f"predict ({batch_prompts} prompts)", mode, *measured(
-                    lambda: predictor.predict_batch(point_coords=many_points, point_labels=many_labels)))
+            compare(f"predict ({batch_prompts} prompts)", dict(
+                reference=lambda: reference.predict_torch(coords, labels),
+                **{m: (lambda p=p: p.predict_batch(point_coords=many_points, point_labels=many_labels))
+                   for m, p in predictors.items()}))
             # The encoded-file path (session mode): the server decodes and preprocesses. Bytes
-            # appended after the JPEG's end marker make each file new (no cache hit).
-            predictor, jpeg = predictors["session"], _encoded(image, "JPEG")
-            suffix = iter(range(1, 10**6))
-            sent, received = predictor.backend.bytes_sent, predictor.backend.bytes_received
-            seconds = _median_seconds(lambda: predictor.set_image_file(jpeg + next(suffix).to_bytes(4, "big")), repeats)
-            record("set_image_file (JPEG)", "session", seconds, (predictor.backend.bytes_sent - sent) / repeats,
-                   (predictor.backend.bytes_received - received) / repeats)
+            # after the JPEG's end marker make each file new (no cache hit); decoders ignore them.
+            jpeg = _encoded(original, "JPEG")
+            compare("set_image_file (JPEG)", dict(session=lambda: predictors["session"].set_image_file(
+                jpeg + next(fresh).to_bytes(4, "big"))))
     finally:
         for predictor in predictors.values():
             predictor.close()
     summary = {}
-    for op, entry in results.items():
-        ref = statistics.median(entry["reference_s"]) if entry["reference_s"] else None
-        ours = {mode: statistics.median(v) for mode, v in entry["samtriton_s"].items()}
+    for op, by_who in times.items():
+        ref = statistics.median(by_who["reference"]) if "reference" in by_who else None
+        ours = {who: statistics.median(v) for who, v in by_who.items() if who != "reference"}
         summary[op] = {"reference_s": ref, "samtriton_s": ours,
                        "ratio": {m: (s / ref if ref else None) for m, s in ours.items()},
-                       "bytes": entry["bytes"]}
+                       "bytes": {m: {"sent": b["sent"] / b["calls"], "received": b["received"] / b["calls"]}
+                                 for m, b in wire.get(op, {}).items()}}
     return summary
 
 

@@ -9,7 +9,7 @@ import triton_python_backend_utils as pb_utils
 
 from samtriton import contract as C
 from samtriton.errors import InvalidInput
-from samtriton.export.python_models.runtime import error_response, load
+from samtriton.export.python_models.runtime import error_response, load, run_decoder
 from samtriton.validation import check_decoder_inputs
 
 
@@ -28,7 +28,7 @@ class TritonPythonModel:
             except InvalidInput as exc:
                 responses.append(error_response(self.name, exc))
                 continue
-            outputs = self.session.run(self.output_names, feeds)
+            outputs = run_decoder(self.session, self.output_names, feeds)
             responses.append(pb_utils.InferenceResponse(
                 output_tensors=[pb_utils.Tensor(n, v) for n, v in zip(self.output_names, outputs)]))
         return responses

@@ -6,15 +6,17 @@ import os
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
+from samtriton import contract as C
+
 
 def load(args):
     """(served model name, ONNX Runtime session on NAME/VERSION/model.onnx) from Triton's args."""
     config = json.loads(args["model_config"])
     path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
-    return config["name"], session(path, config)
+    return config["name"], onnx_session(path, config)
 
 
-def session(path, config):
+def onnx_session(path, config):
     """An ONNX Runtime CPU session with the model's ``ort_intra_op_threads`` (0: one per CPU
     this process may run on; ONNX Runtime's own default, physical cores, measured 1.6x
     slower for the decoder inside the stub on a 2-core machine)."""
@@ -30,3 +32,15 @@ def session(path, config):
 
 def error_response(model_name, exc):
     return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(f"{model_name}: {exc}"))
+
+
+# Prompts above which a decoder run returns its arena memory afterwards: a click keeps the
+# arena's speed, while one 256-prompt request does not leave GBs held by every instance.
+LARGE_DECODER_RUN = 8
+_SHRINK = ort.RunOptions()
+_SHRINK.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+
+def run_decoder(session, output_names, feeds):
+    prompts = len(feeds[C.POINT_COORDS.name])
+    return session.run(output_names, feeds, _SHRINK if prompts > LARGE_DECODER_RUN else None)

@@ -21,7 +21,7 @@ import triton_python_backend_utils as pb_utils
 from samtriton import contract as C
 from samtriton.errors import InvalidInput
 from samtriton.export.python_models.embedding_cache import EmbeddingCache
-from samtriton.export.python_models.runtime import error_response
+from samtriton.export.python_models.runtime import error_response, onnx_session, run_decoder
 from samtriton.transforms import decode_image, preprocess
 from samtriton.validation import check_array, check_decoder_inputs, check_encoder_inputs
 
@@ -39,10 +39,9 @@ class TritonPythonModel:
         # as much as the decoder itself on CPU. Other decoder backends are called via BLS.
         self.local_decoder = None
         if config.get("parameters", {}).get("decoder_in_process", {}).get("string_value") == "true":
-            from samtriton.export.python_models.runtime import session
 
             path = os.path.join(args["model_repository"], os.pardir, self.decoder, "1", "model.onnx")
-            self.local_decoder = session(os.path.normpath(path), config)
+            self.local_decoder = onnx_session(os.path.normpath(path), config)
 
     def finalize(self):
         shutil.rmtree(self.cache.directory, ignore_errors=True)  # the cache lives in memory (/dev/shm)
@@ -141,7 +140,7 @@ class TritonPythonModel:
         check_decoder_inputs(*feeds)
         output_names = [spec.name for spec in C.DECODER.outputs]
         if self.local_decoder is not None:
-            low_res, iou = self.local_decoder.run(output_names, {
+            low_res, iou = run_decoder(self.local_decoder, output_names, {
                 spec.name: value for spec, value in zip(C.DECODER.inputs, feeds)})
         else:
             decoded = pb_utils.InferenceRequest(
