@@ -24,7 +24,8 @@ def _export(args) -> int:
     options = RepositoryOptions(
         name=args.name, encoder_backend=args.encoder_backend, decoder_backend=args.decoder_backend,
         max_encoder_batch=args.max_batch_size, encoder_instances=args.encoder_instances,
-        decoder_instances=args.decoder_instances, ort_threads=args.ort_threads)
+        decoder_instances=args.decoder_instances, ort_threads=args.ort_threads,
+        session_instances=args.session_instances, session_cache_mib=args.session_cache_mib)
     engine = None
     if args.encoder_backend == "tensorrt":
         engine = EngineOptions(precision=args.precision, min_batch=args.min_batch, opt_batch=args.opt_batch,
@@ -265,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--encoder-instances", type=int, default=1)
     export.add_argument("--decoder-instances", type=int, default=1)
     export.add_argument("--ort-threads", type=int, default=0, help="ONNX Runtime threads per python model (0: all)")
+    export.add_argument("--session-instances", type=int, default=2, help="session model instances (share one cache)")
+    export.add_argument("--session-cache-mib", type=int, default=C.DEFAULT_SESSION_CACHE_MIB,
+                        help="embeddings the session model keeps on /dev/shm, in MiB (4 MiB per image)")
     trt = export.add_argument_group("TensorRT engine (--encoder-backend tensorrt)")
     trt.add_argument("--precision", default="fp16", choices=("fp16", "fp32"),
                      help="fp16 keeps normalization/softmax layers in fp32 (default: %(default)s)")

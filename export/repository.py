@@ -59,6 +59,8 @@ class RepositoryOptions:
             raise ValueError(f"decoder_backend must be one of {DECODER_BACKENDS}, got {self.decoder_backend!r}")
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"name must be letters, digits, '_' or '-', got {self.name!r}")
+        if self.session_instances < 1:
+            raise ValueError(f"session_instances must be at least 1, got {self.session_instances}")
         if self.session_cache_mib < 4:
             raise ValueError(f"session_cache_mib must hold at least one embedding (>= 4), got {self.session_cache_mib}")
         if not 1 <= self.max_encoder_batch <= 64:

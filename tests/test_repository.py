@@ -88,3 +88,21 @@ def test_invalid_options_are_rejected():
         RepositoryOptions(encoder_backend="torch")
     with pytest.raises(ValueError, match="name"):
         RepositoryOptions(name="a b")
+
+
+def test_session_model(written):
+    repo, options = written
+    session = parse_config((repo / "seg_session" / "config.pbtxt").read_text())
+    assert session.backend == "python" and (repo / "seg_session" / "1" / "model.py").exists()
+    assert session.instance_group[0].count == options.session_instances >= 2, "a click is not queued behind an encode"
+    optional = {t.name for t in session.input if t.optional}
+    assert optional == {s.name for s in C.SESSION.inputs if s.optional} and "image_id" not in optional
+    assert session.parameters["session_cache_mib"].string_value == str(options.session_cache_mib)
+    # The python decoder runs inside the session stub; any other decoder backend is reached through BLS.
+    in_process = session.parameters["decoder_in_process"].string_value == "true"
+    assert in_process == (options.decoder_backend == "python")
+
+
+def test_session_cache_must_hold_an_embedding():
+    with pytest.raises(ValueError, match="session_cache_mib"):
+        RepositoryOptions(session_cache_mib=1)
