@@ -1,8 +1,11 @@
 """``SamAutomaticMaskGenerator`` over Triton, with segment-anything's parameters and records.
 
-The image and all its crops are encoded in batched encoder requests; point batches go to
-the server's AMG stage (``NAME_amg``), several in flight at once, and only the masks that
-pass the IoU and stability thresholds come back, as bits. Everything else (edge filtering,
+In session mode (the predictor's default) the image and each crop are set once on the
+session model and point batches go to it with the image id: no embedding crosses the wire.
+Stateless (``SamPredictor(..., session=False)``), crops are encoded in batched encoder
+requests and each point batch carries its crop's embedding to the AMG stage (``NAME_amg``).
+Either way several batches are in flight at once, and only the masks that pass the IoU and
+stability thresholds come back, as bits. Everything else (edge filtering,
 NMS, RLE, small-region removal) runs here in numpy, as the reference does it.
 """
 
@@ -15,7 +18,7 @@ import numpy as np
 
 from . import amg
 from . import contract as C
-from .errors import InvalidInput
+from .errors import ImageNotCached, InvalidInput
 from .predictor import SamPredictor
 from .transforms import ImageLike, ResizeLongestSide, preprocess, to_rgb_uint8
 
@@ -70,7 +73,12 @@ class SamAutomaticMaskGenerator:
     def generate(self, image: ImageLike) -> List[Dict[str, Any]]:
         """All masks of ``image`` (HWC uint8 RGB, a PIL image or a path), as the reference's records."""
         image = to_rgb_uint8(image)
+        backend = self.predictor.backend
+        sent, received = backend.bytes_sent, backend.bytes_received
         data = self._generate_masks(image)
+        # What went over the wire for this image (the predictor's counters; shared memory is not the wire).
+        self.bytes_sent += backend.bytes_sent - sent
+        self.bytes_received += backend.bytes_received - received
         if self.min_mask_region_area > 0:
             data = self.postprocess_small_regions(data, self.min_mask_region_area,
                                                   max(self.box_nms_thresh, self.crop_nms_thresh))
@@ -95,10 +103,9 @@ class SamAutomaticMaskGenerator:
         orig_size = image.shape[:2]
         crop_boxes, layer_idxs = amg.generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
         crops = [image[y0:y1, x0:x1] for x0, y0, x1, y1 in crop_boxes]
-        embeddings, input_sizes = self._encode(crops)
-        parts = [self._process_crop(crop, embedding, input_size, box, layer, orig_size)
-                 for crop, embedding, input_size, box, layer in zip(crops, embeddings, input_sizes, crop_boxes,
-                                                                     layer_idxs)]
+        encoded, input_sizes = self._encode(crops)
+        parts = [self._process_crop(crop, handle, input_size, box, layer, orig_size)
+                 for crop, handle, input_size, box, layer in zip(crops, encoded, input_sizes, crop_boxes, layer_idxs)]
         data = _cat(parts)
         if len(crop_boxes) > 1 and len(data["boxes"]):
             scores = 1 / amg.box_area(np.asarray(data["crop_boxes"], dtype=np.float64))
@@ -106,22 +113,46 @@ class SamAutomaticMaskGenerator:
             data = _filter(data, keep)
         return data
 
-    def _encode(self, crops: List[np.ndarray]) -> Tuple[np.ndarray, List[Tuple[int, int]]]:
+    def _encode(self, crops: List[np.ndarray]) -> Tuple[list, List[Tuple[int, int]]]:
+        """Each crop encoded on the server. In session mode the embeddings stay there (one
+        session entry per crop, under its content hash) and a handle comes back; otherwise
+        the embeddings come back, in batched encoder requests."""
         prepared = [preprocess(crop, self.transform) for crop in crops]
+        sizes = [tuple(int(v) for v in size) for _, size in prepared]
+        backend = self.predictor.backend
+        if self.predictor.session:
+            sources = [dict(padded_image=padded, input_size=size, original_size=tuple(crop.shape[:2]))
+                       for (padded, size), crop in zip(prepared, crops)]
+            handles = [(C.image_id_for(**source), source) for source in sources]
+            with ThreadPoolExecutor(min(len(handles), self.requests_in_flight)) as pool:
+                list(pool.map(lambda handle: backend.session_set(handle[0], **handle[1]), handles))
+            return handles, sizes
         padded = np.stack([p[0] for p in prepared])
-        sizes = np.asarray([p[1] for p in prepared], dtype=np.int64)
+        input_sizes = np.asarray(sizes, dtype=np.int64)
         chunks = [slice(i, i + C.MAX_ENCODER_BATCH) for i in range(0, len(crops), C.MAX_ENCODER_BATCH)]
-        self.bytes_sent += padded.nbytes + sizes.nbytes
-        embeddings = np.concatenate([self.predictor.backend.encode(padded[c], sizes[c]) for c in chunks])
-        self.bytes_received += embeddings.nbytes
-        return embeddings, [tuple(int(v) for v in s) for s in sizes]
+        embeddings = np.concatenate([backend.encode(padded[c], input_sizes[c]) for c in chunks])
+        return list(embeddings), sizes
 
-    def _process_crop(self, crop, embedding, input_size, crop_box, layer_idx, orig_size) -> Dict[str, Any]:
+    def _filter_on_server(self, encoded, tensors: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """One point batch through the AMG stage: the session model on the stored embedding
+        (re-sending the crop if the server no longer holds it), or NAME_amg with the embedding."""
+        backend = self.predictor.backend
+        if not self.predictor.session:
+            return backend.infer(C.AMG, dict(tensors, **{C.DECODER_IMAGE_EMBEDDINGS.name: encoded[None]}))
+        image_id, source = encoded
+        tensors = {name: value for name, value in tensors.items() if name != C.INPUT_SIZE.name}  # stored with it
+        try:
+            return backend.session_amg(image_id, tensors)
+        except ImageNotCached:
+            backend.session_set(image_id, **source)
+            return backend.session_amg(image_id, tensors)
+
+    def _process_crop(self, crop, encoded, input_size, crop_box, layer_idx, orig_size) -> Dict[str, Any]:
         crop_size = crop.shape[:2]
         points_for_image = self.point_grids[layer_idx] * np.array(crop_size)[None, ::-1]
         batches = [points for (points,) in amg.batch_iterator(self.points_per_batch, points_for_image)]
         with ThreadPoolExecutor(self.requests_in_flight) as pool:
-            parts = list(pool.map(lambda p: self._process_batch(p, embedding, input_size, crop_size, crop_box,
+            parts = list(pool.map(lambda p: self._process_batch(p, encoded, input_size, crop_size, crop_box,
                                                                 orig_size), batches))
         data = _cat(parts)
         keep = amg.batched_nms(data["boxes"].astype(np.float32), data["iou_preds"], np.zeros(len(data["boxes"])),
@@ -132,14 +163,13 @@ class SamAutomaticMaskGenerator:
         data["crop_boxes"] = [list(crop_box)] * len(data["rles"])
         return data
 
-    def _process_batch(self, points, embedding, input_size, crop_size, crop_box, orig_size) -> Dict[str, Any]:
+    def _process_batch(self, points, encoded, input_size, crop_size, crop_box, orig_size) -> Dict[str, Any]:
         orig_h, orig_w = orig_size
         k = len(points)
         coords = np.concatenate([self.transform.apply_coords(points, crop_size)[:, None, :], np.zeros((k, 1, 2))],
                                 axis=1).astype(np.float32)
         labels = np.tile(np.array([[C.LABEL_FOREGROUND, C.LABEL_PAD]], np.float32), (k, 1))
         tensors = {
-            C.DECODER_IMAGE_EMBEDDINGS.name: embedding[None],
             C.POINT_COORDS.name: coords,
             C.POINT_LABELS.name: labels,
             C.INPUT_SIZE.name: np.asarray(input_size, np.int64),
@@ -147,9 +177,7 @@ class SamAutomaticMaskGenerator:
             C.AMG_THRESHOLDS.name: np.array([self.pred_iou_thresh, self.stability_score_thresh,
                                              self.stability_score_offset], np.float32),
         }
-        out = self.predictor.backend.infer(C.AMG, tensors)
-        self.bytes_sent += sum(v.nbytes for v in tensors.values())
-        self.bytes_received += sum(v.nbytes for v in out.values())
+        out = self._filter_on_server(encoded, tensors)
         index = out[C.KEPT_INDEX.name]
         h, w = crop_size
         masks = np.unpackbits(out[C.KEPT_MASKS.name], axis=1, count=h * w).reshape(-1, h, w).astype(bool)

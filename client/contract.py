@@ -217,6 +217,8 @@ AMG = ModelSpec(
 # the server does not hold fails with UNKNOWN_IMAGE_ID_MESSAGE; the client then re-sends
 # the image and retries. What comes back is chosen by the requested outputs: float16 logits
 # by default, float32 when the caller asks for logits, only the 1 or 3 masks wanted.
+# With crop_size + amg_thresholds, point prompts get the AMG stage's filtering and outputs
+# (kept masks as bits), so automatic mask generation sends no embeddings either.
 def _optional(spec: TensorSpec, dims=None) -> TensorSpec:
     return replace(spec, optional=True, dims=spec.dims if dims is None else dims)
 
@@ -247,9 +249,11 @@ SESSION = ModelSpec(
         _optional(MASK_INPUT),
         _optional(HAS_MASK_INPUT),
         MULTIMASK_OUTPUT,
+        _optional(CROP_SIZE),
+        _optional(AMG_THRESHOLDS),
     ),
     outputs=(SESSION_LOW_RES_MASKS, LOW_RES_MASKS_FP16, SESSION_IOU, INPUT_SIZE, ORIGINAL_SIZE,
-             DECODER_IMAGE_EMBEDDINGS),
+             DECODER_IMAGE_EMBEDDINGS, KEPT_INDEX, KEPT_IOU, KEPT_STABILITY, KEPT_MASKS),
     batching=False,
 )
 SESSION_SET_OUTPUTS = (INPUT_SIZE.name, ORIGINAL_SIZE.name)

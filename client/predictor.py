@@ -264,6 +264,12 @@ class TritonSam:
         out = self.infer(C.SESSION, tensors, outputs=(logits.name, C.SESSION_IOU.name), output_bytes={logits.name: size})
         return out[logits.name], out[C.SESSION_IOU.name]
 
+    def session_amg(self, image_id: str, tensors: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """The AMG stage's request (``C.AMG``'s inputs but the embedding) against the stored
+        embedding of ``image_id``: the kept masks' outputs, as ``C.AMG.outputs``."""
+        tensors = dict(tensors, **{C.IMAGE_ID.name: np.array([image_id], dtype=object)})
+        return self.infer(C.SESSION, tensors, outputs=[spec.name for spec in C.AMG.outputs])
+
     def session_embedding(self, image_id: str) -> np.ndarray:
         """The stored [1, 256, 64, 64] float32 embedding of ``image_id``."""
         spec = C.DECODER_IMAGE_EMBEDDINGS

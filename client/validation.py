@@ -77,3 +77,16 @@ def check_encoder_inputs(image: np.ndarray, input_size: np.ndarray) -> None:
     if np.any(input_size < 1) or np.any(input_size > C.IMAGE_SIZE) or np.all(input_size < C.IMAGE_SIZE, axis=1).any():
         raise InvalidInput(f"input_size: each (height, width) must lie in 1..{C.IMAGE_SIZE} with the long side "
                            f"equal to {C.IMAGE_SIZE}, got {input_size.tolist()}")
+
+
+def check_amg_inputs(input_size, crop_size, thresholds):
+    check_array(C.INPUT_SIZE.name, input_size, np.int64, 1)
+    check_array(C.CROP_SIZE.name, crop_size, np.int64, 1)
+    check_array(C.AMG_THRESHOLDS.name, thresholds, np.float32, 1)
+    if input_size.shape != (2,) or not (1 <= input_size.min() and input_size.max() == C.IMAGE_SIZE):
+        raise InvalidInput(f"input_size: expected (height, width) with the long side {C.IMAGE_SIZE}, "
+                           f"got {input_size.tolist()}")
+    if crop_size.shape != (2,) or crop_size.min() < 1 or crop_size.max() > C.MAX_IMAGE_SIDE:
+        raise InvalidInput(f"crop_size: expected (height, width) in 1..{C.MAX_IMAGE_SIDE}, got {crop_size.tolist()}")
+    if thresholds.shape != (3,) or not np.all(np.isfinite(thresholds)):
+        raise InvalidInput(f"amg_thresholds: expected 3 finite numbers, got {thresholds.tolist()}")

@@ -53,6 +53,14 @@ def repository(onnx_files, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def session_cache(repository) -> Path:
+    """The directory of this server's session-model embedding cache (one file per image)."""
+    from samtriton.export.python_models.embedding_cache import cache_directory
+
+    return Path(cache_directory(str(repository / "mobilesam_session"), "mobilesam"))
+
+
+@pytest.fixture(scope="session")
 def server(repository):
     from samtriton.server import EmbeddedTriton, free_port
 

@@ -2,7 +2,6 @@
 Triton; results equal the synchronous client's (whose reference parity test_parity checks)."""
 
 import asyncio
-import glob
 import os
 
 import numpy as np
@@ -35,14 +34,13 @@ def test_segment_many_equals_one_image_at_a_time(server, images, sync_results):
         np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
 
 
-def test_async_predictor_handles_and_resend(server, images):
+def test_async_predictor_handles_and_resend(server, images, session_cache):
     async def run():
         async with AsyncSamPredictor(server.grpc_url, model="mobilesam") as sam:
             first, second = await asyncio.gather(sam.set_image(images["chelsea"]), sam.set_image(images["coffee"]))
             prompt = prompts_for(images["coffee"].shape)["point"]
             before = await sam.predict(second, **prompt)
-            for path in glob.glob(f"/dev/shm/samtriton_session_mobilesam_*/{second.image_id}.npz"):
-                os.remove(path)  # evicted: the client sends the image again
+            os.remove(session_cache / f"{second.image_id}.npz")  # evicted: the client sends the image again
             after = await sam.predict(second, **prompt)
             with pytest.raises(InvalidInput, match="ImageHandle"):
                 await sam.predict("not a handle", **prompt)

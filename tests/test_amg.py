@@ -104,6 +104,59 @@ def test_server_returns_only_kept_masks(predictor, images):
     assert generator.bytes_received < naive / 4
 
 
+def test_session_and_stateless_paths_agree_and_session_sends_no_embeddings(server, predictor, images):
+    """The suite's parity cases run in session mode (the default); the stateless path (the
+    embedding sent with each point batch to NAME_amg) must give the same masks."""
+    from samtriton import SamPredictor
+
+    settings = dict(points_per_side=12)  # 144 points: 3 batches of 64
+    session = SamAutomaticMaskGenerator(predictor, **settings)
+    with SamPredictor(server.grpc_url, model="mobilesam", session=False) as plain_predictor:
+        plain = SamAutomaticMaskGenerator(plain_predictor, **settings)
+        stateless_masks = plain.generate(images["coffee"])
+    session_masks = session.generate(images["coffee"])
+    assert len(session_masks) == len(stateless_masks) > 0
+    for ours, theirs in zip(session_masks, stateless_masks):
+        np.testing.assert_array_equal(ours["segmentation"], theirs["segmentation"])
+        assert abs(ours["predicted_iou"] - theirs["predicted_iou"]) < 1e-5
+        assert abs(ours["stability_score"] - theirs["stability_score"]) < 1e-5
+    padded_image = 1024 * 1024 * 3
+    embedding = 256 * 64 * 64 * 4
+    print(f"\nAMG bytes sent: session {session.bytes_sent}, stateless {plain.bytes_sent}")
+    assert plain.bytes_sent >= padded_image + 3 * embedding
+    assert session.bytes_sent < padded_image + 64 * 1024, "the image once, then prompts only"
+
+
+def test_session_amg_sends_an_evicted_crop_again(server, predictor, images, session_cache):
+    import os
+
+    from samtriton import contract as C
+
+    generator = SamAutomaticMaskGenerator(predictor, points_per_side=4)
+    crop = images["rocket"]
+    (handle,), (input_size,) = generator._encode([crop])
+    points = generator.point_grids[0] * np.array(crop.shape[:2])[None, ::-1]
+    before = generator._process_batch(points, handle, input_size, crop.shape[:2], [0, 0, crop.shape[1], crop.shape[0]],
+                                      crop.shape[:2])
+    os.remove(session_cache / f"{handle[0]}.npz")  # what LRU eviction or a restart does
+    encoder = C.ENCODER.served_name("mobilesam")
+    encodes = _success(server, encoder)
+    after = generator._process_batch(points, handle, input_size, crop.shape[:2], [0, 0, crop.shape[1], crop.shape[0]],
+                                     crop.shape[:2])
+    assert _success(server, encoder) == encodes + 1, "the crop was encoded again"
+    assert len(after["rles"]) == len(before["rles"]) > 0
+    np.testing.assert_allclose(after["iou_preds"], before["iou_preds"], atol=1e-6)
+
+
+def _success(server, model):
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]["inference_stats"]
+    client.close()
+    return int(stats.get("success", {}).get("count", 0))
+
+
 def test_bad_parameters(predictor):
     from samtriton import InvalidInput
 

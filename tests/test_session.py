@@ -31,10 +31,6 @@ def _success(server, model):
     return int(stats.get("success", {}).get("count", 0))
 
 
-def _cache_files(image_id):
-    return glob.glob(f"/dev/shm/samtriton_session_mobilesam_*/{image_id}.npz")
-
-
 def test_a_click_sends_under_one_percent_of_the_embedding(server, images):
     with SamPredictor(server.grpc_url, model="mobilesam") as predictor:
         predictor.set_image(images["chelsea"])
@@ -62,15 +58,15 @@ def test_same_image_from_another_client_is_not_encoded_again(server, images):
         np.testing.assert_array_equal(first.predict(**prompt)[0], second.predict(**prompt)[0])
 
 
-def test_evicted_image_is_sent_again_transparently(server, images):
+def test_evicted_image_is_sent_again_transparently(server, images, session_cache):
     image = images["coffee"]
     prompt = prompts_for(image.shape)["point"]
     with SamPredictor(server.grpc_url, model="mobilesam") as predictor:
         predictor.set_image(image)
         before = predictor.predict(**prompt)
-        files = _cache_files(predictor.image_id)
-        assert len(files) == 1, files
-        os.remove(files[0])  # what LRU eviction (or a restart) does
+        stored = session_cache / f"{predictor.image_id}.npz"
+        assert stored.exists()
+        os.remove(stored)  # what LRU eviction (or a restart) does
         with pytest.raises(ImageNotCached, match="unknown image_id"):
             predictor.backend.session_decode(predictor.image_id, predictor._prompt_tensors(
                 prompt["point_coords"][None], prompt["point_labels"][None], None, None, predictor.original_size),
@@ -78,7 +74,7 @@ def test_evicted_image_is_sent_again_transparently(server, images):
         encodes = _success(server, "mobilesam_encoder")
         after = predictor.predict(**prompt)
         assert _success(server, "mobilesam_encoder") == encodes + 1, "the image was encoded again"
-        assert _cache_files(predictor.image_id)
+        assert stored.exists()
         np.testing.assert_array_equal(after[0], before[0])
         np.testing.assert_allclose(after[1], before[1], atol=1e-6)
 
@@ -157,6 +153,10 @@ def _id(text):
 
 PROMPT = dict(point_coords=np.array([[[10.0, 10.0], [0.0, 0.0]]], np.float32),
               point_labels=np.array([[1.0, -1.0]], np.float32))
+# A set and an AMG request in one (the set succeeds, or finds the image cached; the AMG part is refused).
+ZERO_IMAGE = dict(image_id=_id(C.image_id_for(np.zeros((1024, 1024, 3), np.uint8), (1024, 1024), (1024, 1024))),
+                  image=np.zeros((1, 1024, 1024, 3), np.uint8), input_size=np.array([[1024, 1024]], np.int64),
+                  original_size=np.array([1024, 1024], np.int64))
 RAW_SESSION_BAD = {
     "id not hex": (dict(image_id=_id("../../etc/passwd"), **PROMPT), "image_id"),
     "id too short": (dict(image_id=_id("abc"), **PROMPT), "image_id"),
@@ -169,6 +169,14 @@ RAW_SESSION_BAD = {
     "id not the image's hash": (dict(image_id=_id("f" * 32), image=np.zeros((1, 1024, 1024, 3), np.uint8),
                                      input_size=np.array([[1024, 1024]], np.int64),
                                      original_size=np.array([1024, 1024], np.int64)), "image_id: expected"),
+    "amg without crop_size": (dict(**ZERO_IMAGE, amg_thresholds=np.array([0.88, 0.95, 1.0], np.float32), **PROMPT),
+                              "crop_size"),
+    "amg thresholds not finite": (dict(**ZERO_IMAGE, crop_size=np.array([1024, 1024], np.int64),
+                                       amg_thresholds=np.array([0.88, np.nan, 1.0], np.float32), **PROMPT),
+                                  "amg_thresholds"),
+    "amg with a mask prompt": (dict(**ZERO_IMAGE, crop_size=np.array([1024, 1024], np.int64),
+                                    amg_thresholds=np.array([0.88, 0.95, 1.0], np.float32),
+                                    multimask_output=np.array([True]), **PROMPT), "multimask_output"),
     "labels missing": (dict(image_id=_id("0" * 32), point_coords=PROMPT["point_coords"]), "point_labels"),
     "coords missing": (dict(image_id=_id("0" * 32), point_labels=PROMPT["point_labels"]), "point_coords"),
 }

@@ -14,7 +14,7 @@ from samtriton import contract as C
 from samtriton.amg import filter_batch
 from samtriton.errors import InvalidInput
 from samtriton.export.python_models.runtime import error_response
-from samtriton.validation import check_array, check_decoder_inputs
+from samtriton.validation import check_amg_inputs, check_decoder_inputs
 
 
 class TritonPythonModel:
@@ -34,7 +34,7 @@ class TritonPythonModel:
         has_mask = np.zeros(k, np.float32)
         try:
             check_decoder_inputs(embedding, coords, labels, mask_input, has_mask)
-            _check_amg_inputs(input_size, crop_size, thresholds)
+            check_amg_inputs(input_size, crop_size, thresholds)
         except InvalidInput as exc:
             return error_response(self.name, exc)
         feeds = [embedding, coords, labels, mask_input, has_mask]
@@ -53,15 +53,3 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(
             output_tensors=[pb_utils.Tensor(spec.name, value) for spec, value in zip(C.AMG.outputs, outputs)])
 
-
-def _check_amg_inputs(input_size, crop_size, thresholds):
-    check_array(C.INPUT_SIZE.name, input_size, np.int64, 1)
-    check_array(C.CROP_SIZE.name, crop_size, np.int64, 1)
-    check_array(C.AMG_THRESHOLDS.name, thresholds, np.float32, 1)
-    if input_size.shape != (2,) or not (1 <= input_size.min() and input_size.max() == C.IMAGE_SIZE):
-        raise InvalidInput(f"input_size: expected (height, width) with the long side {C.IMAGE_SIZE}, "
-                           f"got {input_size.tolist()}")
-    if crop_size.shape != (2,) or crop_size.min() < 1 or crop_size.max() > C.MAX_IMAGE_SIDE:
-        raise InvalidInput(f"crop_size: expected (height, width) in 1..{C.MAX_IMAGE_SIDE}, got {crop_size.tolist()}")
-    if thresholds.shape != (3,) or not np.all(np.isfinite(thresholds)):
-        raise InvalidInput(f"amg_thresholds: expected 3 finite numbers, got {thresholds.tolist()}")

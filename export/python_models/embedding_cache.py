@@ -1,7 +1,9 @@
 """The session model's embedding cache: files on /dev/shm, shared by the model's instances,
 least recently used removed first. No Triton import, so it is tested on its own."""
 
+import hashlib
 import os
+import tempfile
 from collections import OrderedDict
 
 import numpy as np
@@ -73,3 +75,18 @@ class EmbeddingCache:
             except FileNotFoundError:
                 pass
             used -= size
+
+
+def cache_directory(model_directory, base):
+    """The cache's directory for the session model in ``model_directory`` (Triton's
+    ``args["model_repository"]``): one per served deployment and export, told apart by the
+    model's path and the encoder's files' times."""
+    from samtriton import contract as C
+
+    encoder_dir = os.path.join(model_directory, os.pardir, C.ENCODER.served_name(base))
+    stamp = [os.path.abspath(model_directory)]
+    for root, _, files in os.walk(encoder_dir):
+        stamp += [f"{name}:{os.stat(os.path.join(root, name)).st_mtime_ns}" for name in sorted(files)]
+    digest = hashlib.blake2b("|".join(stamp).encode(), digest_size=8).hexdigest()
+    return os.path.join("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir(),
+                        f"samtriton_session_{base}_{digest}")

@@ -7,23 +7,25 @@ image's content hash. A request carrying an image (raw ``image`` + ``input_size`
 NAME_encoder and stores it; a request carrying prompts decodes them against the stored
 embedding (the decoder's ONNX graph run here for the python decoder, else BLS to
 NAME_decoder). So an interactive click sends a few hundred
-bytes instead of the 4 MiB embedding. The outputs computed are the ones requested.
+bytes instead of the 4 MiB embedding. The outputs computed are the ones requested. With
+``crop_size`` + ``amg_thresholds`` it does the AMG stage's filtering (see amg.py) on the
+stored embedding, for automatic mask generation without embeddings on the wire.
 """
 
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from samtriton import contract as C
+from samtriton.amg import filter_batch
 from samtriton.errors import InvalidInput
-from samtriton.export.python_models.embedding_cache import EmbeddingCache
+from samtriton.export.python_models.embedding_cache import EmbeddingCache, cache_directory
 from samtriton.export.python_models.runtime import error_response, onnx_session, run_decoder
 from samtriton.transforms import decode_image, preprocess
-from samtriton.validation import check_array, check_decoder_inputs, check_encoder_inputs
+from samtriton.validation import check_amg_inputs, check_array, check_decoder_inputs, check_encoder_inputs
 
 
 class TritonPythonModel:
@@ -34,7 +36,7 @@ class TritonPythonModel:
         self.encoder, self.decoder = C.ENCODER.served_name(base), C.DECODER.served_name(base)
         mib = int(config.get("parameters", {}).get("session_cache_mib", {}).get(
             "string_value", C.DEFAULT_SESSION_CACHE_MIB))
-        self.cache = EmbeddingCache(_cache_directory(args, base), mib * 2**20)
+        self.cache = EmbeddingCache(cache_directory(args["model_repository"], base), mib * 2**20)
         # With the python decoder, run its ONNX graph here: a BLS hop to another stub costs
         # as much as the decoder itself on CPU. Other decoder backends are called via BLS.
         self.local_decoder = None
@@ -76,7 +78,11 @@ class TritonPythonModel:
         outputs = {C.INPUT_SIZE.name: input_size, C.ORIGINAL_SIZE.name: original_size}
         if C.DECODER_IMAGE_EMBEDDINGS.name in wanted:
             outputs[C.DECODER_IMAGE_EMBEDDINGS.name] = embedding
-        if coords is not None:
+        thresholds, crop_size = get(C.AMG_THRESHOLDS), get(C.CROP_SIZE)
+        if thresholds is not None or crop_size is not None:
+            outputs.update(self._amg(embedding, input_size, coords, get(C.POINT_LABELS), crop_size, thresholds,
+                                     get(C.MASK_INPUT), get(C.HAS_MASK_INPUT), get(C.MULTIMASK_OUTPUT)))
+        elif coords is not None:
             low_res, iou = self._decode(embedding, coords, get(C.POINT_LABELS), get(C.MASK_INPUT),
                                         get(C.HAS_MASK_INPUT), get(C.MULTIMASK_OUTPUT))
             outputs[C.SESSION_IOU.name] = iou
@@ -128,6 +134,22 @@ class TritonPythonModel:
         embedding = pb_utils.get_output_tensor_by_name(encoded_out, C.IMAGE_EMBEDDINGS.name).as_numpy()
         self.cache.put(image_id, np.ascontiguousarray(embedding), input_size[0].copy(), original_size)
 
+    def _amg(self, embedding, input_size, coords, labels, crop_size, thresholds, mask_input, has_mask, multimask):
+        """The AMG stage's work on the stored embedding: only the kept masks go back, as bits."""
+        if coords is None or crop_size is None or thresholds is None:
+            raise InvalidInput("crop_size / amg_thresholds: automatic mask generation needs both, "
+                               "with point_coords + point_labels")
+        if mask_input is not None or has_mask is not None or multimask is not None:
+            raise InvalidInput("mask_input / has_mask_input / multimask_output: not used with amg_thresholds "
+                               "(AMG keeps the three multimask outputs of single-point prompts)")
+        check_amg_inputs(input_size, crop_size, thresholds)
+        low_res, iou = self._decode(embedding, coords, labels, None, None, None)
+        index, scores, stability, masks = filter_batch(
+            low_res, iou, tuple(int(v) for v in input_size), tuple(int(v) for v in crop_size), *map(float, thresholds))
+        return {C.KEPT_INDEX.name: index.astype(np.int64), C.KEPT_IOU.name: scores.astype(np.float32),
+                C.KEPT_STABILITY.name: stability.astype(np.float32),
+                C.KEPT_MASKS.name: np.packbits(masks.reshape(len(masks), -1), axis=1)}
+
     def _decode(self, embedding, coords, labels, mask_input, has_mask, multimask):
         k = coords.shape[0] if coords.ndim == 3 else 0
         if mask_input is None:
@@ -156,20 +178,6 @@ class TritonPythonModel:
             selected = C.MULTIMASK_SLICE if bool(multimask[0]) else C.SINGLE_MASK_SLICE
             low_res, iou = low_res[:, selected], iou[:, selected]
         return np.ascontiguousarray(low_res), np.ascontiguousarray(iou)
-
-
-def _cache_directory(args, base):
-    """One directory per served deployment and export: the repository path, model name and
-    the encoder's files' times tell two exports (or two repositories) apart."""
-    import hashlib
-
-    encoder_dir = os.path.join(args["model_repository"], os.pardir, C.ENCODER.served_name(base))
-    stamp = [os.path.abspath(args["model_repository"])]
-    for root, _, files in os.walk(encoder_dir):
-        stamp += [f"{name}:{os.stat(os.path.join(root, name)).st_mtime_ns}" for name in sorted(files)]
-    digest = hashlib.blake2b("|".join(stamp).encode(), digest_size=8).hexdigest()
-    return os.path.join("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir(),
-                        f"samtriton_session_{base}_{digest}")
 
 
 def _check_id(image_id, expected):
