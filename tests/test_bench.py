@@ -20,13 +20,15 @@ def test_bench_compare_writes_table_json_and_plot(server, checkpoint, images, tm
     result = subprocess.run(
         [sys.executable, "-m", "samtriton.cli", "bench", "compare", str(tmp_path / "chelsea.png"),
          "--url", server.grpc_url, "--model", "mobilesam", "--model-type", "vit_t", "--checkpoint", str(checkpoint),
-         "--repeats", "1", "--clients", "1", "2", "--rounds", "1", "--batch-prompts", "4", "--out", str(out)],
+         "--repeats", "1", "--clients", "1", "2", "--rounds", "1", "--batch-prompts", "4", "--amg-points-per-side", "4",
+         "--out", str(out)],
         capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     print(result.stdout)
     document = json.loads((out / "bench.json").read_text())
     operations = document["operations"]
-    assert set(operations) == {"set_image", "predict (1 prompt)", "predict (4 prompts)", "set_image_file (JPEG)"}
+    amg = "automatic masks (points_per_side 4)"
+    assert set(operations) == {"set_image", "predict (1 prompt)", "predict (4 prompts)", "set_image_file (JPEG)", amg}
     for name in ("set_image", "predict (1 prompt)", "predict (4 prompts)"):
         entry = operations[name]
         assert entry["reference_s"] > 0
@@ -39,6 +41,10 @@ def test_bench_compare_writes_table_json_and_plot(server, checkpoint, images, tm
     assert operations["set_image"]["bytes"]["session+shm"]["sent"] < 1024
     assert operations["set_image"]["bytes"]["session"]["sent"] >= PADDED_IMAGE_BYTES
     assert operations["set_image_file (JPEG)"]["bytes"]["session"]["sent"] <= PADDED_IMAGE_BYTES / 10
+    assert operations[amg]["reference_s"] > 0 and set(operations[amg]["samtriton_s"]) == {"session", "embedding"}
+    # Session-mode AMG sends the image once and prompts only; embedding mode sends the embedding too.
+    assert PADDED_IMAGE_BYTES <= operations[amg]["bytes"]["session"]["sent"] < PADDED_IMAGE_BYTES + 64 * 1024
+    assert operations[amg]["bytes"]["embedding"]["sent"] >= PADDED_IMAGE_BYTES + EMBEDDING_BYTES
     sweep = document["concurrency"]
     assert [row["clients"] for row in sweep] == [1, 2]
     assert all(row["images_per_s"] > 0 and row["image_p99_ms"] >= row["image_p50_ms"] for row in sweep)
