@@ -16,6 +16,7 @@ import io
 import json
 import platform
 import statistics
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -131,9 +132,12 @@ def latency_and_bytes(url, model: str, reference, images: Dict[str, np.ndarray],
 def concurrency_sweep(url, model: str, image: np.ndarray, clients: Sequence[int], rounds: int,
                       batch_prompts: int) -> List[dict]:
     """For each client count: every client sets ``rounds`` images (a new image each time) and
-    predicts one prompt on each, then runs ``rounds`` batched predicts of ``batch_prompts``."""
+    predicts one prompt on each; once all have, each runs ``rounds`` batched predicts of
+    ``batch_prompts`` (the two phases do not overlap, so each rate is its own)."""
     rows = []
     for count in clients:
+        images_done = threading.Barrier(count)
+
         def work(worker):
             set_latencies, batch_latencies = [], []
             local = image.copy()
@@ -146,6 +150,7 @@ def concurrency_sweep(url, model: str, image: np.ndarray, clients: Sequence[int]
                     predictor.set_image(local)
                     predictor.predict(point_coords=points[0], point_labels=labels[0])
                     set_latencies.append(time.perf_counter() - start)
+                images_done.wait()
                 start_batches = time.perf_counter()
                 for _ in range(rounds):
                     start = time.perf_counter()
@@ -158,7 +163,7 @@ def concurrency_sweep(url, model: str, image: np.ndarray, clients: Sequence[int]
             results = list(pool.map(work, range(count)))
         image_latencies = [x for r in results for x in r[0]]
         batch_latencies = [x for r in results for x in r[1]]
-        image_seconds = max(r[2] for r in results) - start  # until the last client finished its images
+        image_seconds = min(r[2] for r in results) - start  # until the barrier: the last client's images done
         batch_seconds = time.perf_counter() - min(r[2] for r in results)
         rows.append({
             "clients": count,
