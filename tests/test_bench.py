@@ -52,3 +52,18 @@ def test_bench_compare_writes_table_json_and_plot(server, checkpoint, images, tm
     assert "| set_image |" in table and "| clients |" in table
     with Image.open(out / "bench.png") as plot:
         assert plot.format == "PNG" and plot.size[0] >= 600
+
+
+def test_bench_amg_writes_its_table(server, checkpoint, images, tmp_path):
+    Image.fromarray(images["coins_gray"]).save(tmp_path / "coins.png")
+    table = tmp_path / "amg.md"
+    result = subprocess.run(
+        [sys.executable, "-m", "samtriton.cli", "bench", "amg", str(tmp_path / "coins.png"), "--url", server.grpc_url,
+         "--model", "mobilesam", "--checkpoint", str(checkpoint), "--points-per-side", "4", "--markdown", str(table)],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = [line for line in table.read_text().splitlines() if line.startswith("| coins |")]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    sent_mib = float(cells[-1].split("/")[0])
+    # Session mode: the padded image (3 MiB) once, then prompts only; no 4 MiB embedding per batch.
+    assert 3.0 <= sent_mib < 3.1, row
