@@ -235,3 +235,18 @@ def filter_batch(low_res_masks: np.ndarray, iou_predictions: np.ndarray, input_s
         keep = stability >= stability_score_thresh
         index, masks, stability = index[keep], masks[keep], stability[keep]
     return index, scores[index], stability, masks > mask_threshold
+
+
+def kept_mask_outputs(low_res_masks: np.ndarray, iou_predictions: np.ndarray, input_size, crop_size,
+                      thresholds) -> Dict[str, np.ndarray]:
+    """The AMG stage's response for one batch (what NAME_amg and the session model both send):
+    ``filter_batch`` with ``thresholds`` = (pred_iou_thresh, stability_score_thresh,
+    stability_score_offset), the kept masks packed as bits, by ``contract.AMG`` output name."""
+    from . import contract as C
+
+    index, scores, stability, masks = filter_batch(
+        low_res_masks, iou_predictions, tuple(int(v) for v in input_size), tuple(int(v) for v in crop_size),
+        *map(float, thresholds))
+    return {C.KEPT_INDEX.name: index.astype(np.int64), C.KEPT_IOU.name: scores.astype(np.float32),
+            C.KEPT_STABILITY.name: stability.astype(np.float32),
+            C.KEPT_MASKS.name: np.packbits(masks.reshape(len(masks), -1), axis=1)}

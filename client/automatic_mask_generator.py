@@ -133,14 +133,15 @@ class SamAutomaticMaskGenerator:
         embeddings = np.concatenate([backend.encode(padded[c], input_sizes[c]) for c in chunks])
         return list(embeddings), sizes
 
-    def _filter_on_server(self, encoded, tensors: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def _filter_on_server(self, encoded, input_size, tensors: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """One point batch through the AMG stage: the session model on the stored embedding
-        (re-sending the crop if the server no longer holds it), or NAME_amg with the embedding."""
+        (which it keeps with its input size; re-sending the crop if the server no longer holds
+        it), or NAME_amg with the embedding and input size."""
         backend = self.predictor.backend
         if not self.predictor.session:
-            return backend.infer(C.AMG, dict(tensors, **{C.DECODER_IMAGE_EMBEDDINGS.name: encoded[None]}))
+            return backend.infer(C.AMG, dict(tensors, **{C.DECODER_IMAGE_EMBEDDINGS.name: encoded[None],
+                                                          C.INPUT_SIZE.name: np.asarray(input_size, np.int64)}))
         image_id, source = encoded
-        tensors = {name: value for name, value in tensors.items() if name != C.INPUT_SIZE.name}  # stored with it
         try:
             return backend.session_amg(image_id, tensors)
         except ImageNotCached:
@@ -172,12 +173,11 @@ class SamAutomaticMaskGenerator:
         tensors = {
             C.POINT_COORDS.name: coords,
             C.POINT_LABELS.name: labels,
-            C.INPUT_SIZE.name: np.asarray(input_size, np.int64),
             C.CROP_SIZE.name: np.asarray(crop_size, np.int64),
             C.AMG_THRESHOLDS.name: np.array([self.pred_iou_thresh, self.stability_score_thresh,
                                              self.stability_score_offset], np.float32),
         }
-        out = self._filter_on_server(encoded, tensors)
+        out = self._filter_on_server(encoded, input_size, tensors)
         index = out[C.KEPT_INDEX.name]
         h, w = crop_size
         masks = np.unpackbits(out[C.KEPT_MASKS.name], axis=1, count=h * w).reshape(-1, h, w).astype(bool)

@@ -11,7 +11,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from samtriton import contract as C
-from samtriton.amg import filter_batch
+from samtriton.amg import kept_mask_outputs
 from samtriton.errors import InvalidInput
 from samtriton.export.python_models.runtime import error_response
 from samtriton.validation import check_amg_inputs, check_decoder_inputs
@@ -46,10 +46,6 @@ class TritonPythonModel:
             return error_response(self.name, decoded.error().message())
         low_res = pb_utils.get_output_tensor_by_name(decoded, C.LOW_RES_MASKS.name).as_numpy()
         iou = pb_utils.get_output_tensor_by_name(decoded, C.IOU_PREDICTIONS.name).as_numpy()
-        index, scores, stability, masks = filter_batch(
-            low_res, iou, tuple(int(v) for v in input_size), tuple(int(v) for v in crop_size), *map(float, thresholds))
-        packed = np.packbits(masks.reshape(len(masks), -1), axis=1)
-        outputs = (index.astype(np.int64), scores.astype(np.float32), stability.astype(np.float32), packed)
+        outputs = kept_mask_outputs(low_res, iou, input_size, crop_size, thresholds)
         return pb_utils.InferenceResponse(
-            output_tensors=[pb_utils.Tensor(spec.name, value) for spec, value in zip(C.AMG.outputs, outputs)])
-
+            output_tensors=[pb_utils.Tensor(spec.name, outputs[spec.name]) for spec in C.AMG.outputs])

@@ -20,7 +20,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from samtriton import contract as C
-from samtriton.amg import filter_batch
+from samtriton.amg import kept_mask_outputs
 from samtriton.errors import InvalidInput
 from samtriton.export.python_models.embedding_cache import EmbeddingCache, cache_directory
 from samtriton.export.python_models.runtime import error_response, onnx_session, run_decoder
@@ -144,11 +144,7 @@ class TritonPythonModel:
                                "(AMG keeps the three multimask outputs of single-point prompts)")
         check_amg_inputs(input_size, crop_size, thresholds)
         low_res, iou = self._decode(embedding, coords, labels, None, None, None)
-        index, scores, stability, masks = filter_batch(
-            low_res, iou, tuple(int(v) for v in input_size), tuple(int(v) for v in crop_size), *map(float, thresholds))
-        return {C.KEPT_INDEX.name: index.astype(np.int64), C.KEPT_IOU.name: scores.astype(np.float32),
-                C.KEPT_STABILITY.name: stability.astype(np.float32),
-                C.KEPT_MASKS.name: np.packbits(masks.reshape(len(masks), -1), axis=1)}
+        return kept_mask_outputs(low_res, iou, input_size, crop_size, thresholds)
 
     def _decode(self, embedding, coords, labels, mask_input, has_mask, multimask):
         k = coords.shape[0] if coords.ndim == 3 else 0
