@@ -46,3 +46,21 @@ def prompts_for(shape):
         "box_and_point": dict(box=np.array([0.2 * w, 0.15 * h, 0.8 * w, 0.85 * h]),
                               point_coords=np.array([[0.5 * w, 0.5 * h]]), point_labels=np.array([1])),
     }
+
+
+# What the wire carries without the session model: the float32 embedding (4 MiB) and the
+# padded uint8 image (3 MiB).
+EMBEDDING_BYTES = 256 * 64 * 64 * 4
+PADDED_IMAGE_BYTES = 1024 * 1024 * 3
+
+
+def successful_requests(url, model):
+    """Triton's count of successful inferences of ``model`` at ``url`` (statistics extension)."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    finally:
+        client.close()
+    return int(stats.get("inference_stats", {}).get("success", {}).get("count", 0))

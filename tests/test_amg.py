@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import as_reference_rgb, mask_iou
+from helpers import EMBEDDING_BYTES, PADDED_IMAGE_BYTES, as_reference_rgb, mask_iou, successful_requests
 from samtriton import SamAutomaticMaskGenerator
 
 # The reference's defaults (points_per_side 32: 1024 points, ~4 min of reference time here)
@@ -120,11 +120,9 @@ def test_session_and_stateless_paths_agree_and_session_sends_no_embeddings(serve
         np.testing.assert_array_equal(ours["segmentation"], theirs["segmentation"])
         assert abs(ours["predicted_iou"] - theirs["predicted_iou"]) < 1e-5
         assert abs(ours["stability_score"] - theirs["stability_score"]) < 1e-5
-    padded_image = 1024 * 1024 * 3
-    embedding = 256 * 64 * 64 * 4
     print(f"\nAMG bytes sent: session {session.bytes_sent}, stateless {plain.bytes_sent}")
-    assert plain.bytes_sent >= padded_image + 3 * embedding
-    assert session.bytes_sent < padded_image + 64 * 1024, "the image once, then prompts only"
+    assert plain.bytes_sent >= PADDED_IMAGE_BYTES + 3 * EMBEDDING_BYTES
+    assert session.bytes_sent < PADDED_IMAGE_BYTES + 64 * 1024, "the image once, then prompts only"
 
 
 def test_session_amg_sends_an_evicted_crop_again(server, predictor, images, session_cache):
@@ -140,21 +138,12 @@ def test_session_amg_sends_an_evicted_crop_again(server, predictor, images, sess
                                       crop.shape[:2])
     os.remove(session_cache / f"{handle[0]}.npz")  # what LRU eviction or a restart does
     encoder = C.ENCODER.served_name("mobilesam")
-    encodes = _success(server, encoder)
+    encodes = successful_requests(server.grpc_url, encoder)
     after = generator._process_batch(points, handle, input_size, crop.shape[:2], [0, 0, crop.shape[1], crop.shape[0]],
                                      crop.shape[:2])
-    assert _success(server, encoder) == encodes + 1, "the crop was encoded again"
+    assert successful_requests(server.grpc_url, encoder) == encodes + 1, "the crop was encoded again"
     assert len(after["rles"]) == len(before["rles"]) > 0
     np.testing.assert_allclose(after["iou_preds"], before["iou_preds"], atol=1e-6)
-
-
-def _success(server, model):
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]["inference_stats"]
-    client.close()
-    return int(stats.get("success", {}).get("count", 0))
 
 
 def test_bad_parameters(predictor):

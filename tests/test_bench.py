@@ -8,10 +8,8 @@ import sys
 
 from PIL import Image
 
-from samtriton import contract as C
+from helpers import EMBEDDING_BYTES, PADDED_IMAGE_BYTES
 
-EMBEDDING_BYTES = int(C.DECODER_IMAGE_EMBEDDINGS.dims[1] * C.EMBED_SIZE ** 2 * 4)
-PADDED_IMAGE_BYTES = C.IMAGE_SIZE ** 2 * 3
 
 
 def test_bench_compare_writes_table_json_and_plot(server, checkpoint, images, tmp_path):

@@ -11,6 +11,7 @@ import tritonclient.grpc as grpcclient
 from hypothesis import HealthCheck, given, settings, strategies as st
 from tritonclient.utils import InferenceServerException
 
+from helpers import successful_requests
 from samtriton import InvalidInput, ModelNotReady, SamPredictor, ServerUnavailable
 from samtriton.server import EmbeddedTriton, free_port
 from samtriton.validation import check_decoder_inputs
@@ -237,13 +238,6 @@ def test_fuzz_prompts_against_server(server, data, k, n):
         client.close()
 
 
-def _success_count(url, model):
-    client = grpcclient.InferenceServerClient(url)
-    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
-    client.close()
-    return int(stats.get("inference_stats", {}).get("success", {}).get("count", 0))
-
-
 def test_two_endpoints_spread_and_fail_over(repository, images):
     first, second = _server(repository).start(), _server(repository).start()
     predictor = SamPredictor([first.grpc_url, second.grpc_url], model="mobilesam", timeout=30.0)
@@ -252,8 +246,8 @@ def test_two_endpoints_spread_and_fail_over(repository, images):
         results, errors = [], []
         for i in range(40):
             if i == 10:
-                assert _success_count(first.grpc_url, "mobilesam_session") > 0
-                assert _success_count(second.grpc_url, "mobilesam_session") > 0, "requests are spread"
+                assert successful_requests(first.grpc_url, "mobilesam_session") > 0
+                assert successful_requests(second.grpc_url, "mobilesam_session") > 0, "requests are spread"
                 first.kill()
             try:
                 results.append(predictor.predict(**POINT)[1])

@@ -15,20 +15,12 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from helpers import mask_iou, prompts_for
+from helpers import EMBEDDING_BYTES, mask_iou, prompts_for, successful_requests
 from samtriton import ImageNotCached, SamPredictor
 from samtriton import contract as C
 from samtriton.export.python_models.embedding_cache import EmbeddingCache
 from samtriton.shared_memory import is_local
 
-EMBEDDING_BYTES = int(np.prod(C.DECODER_IMAGE_EMBEDDINGS.dims)) * 4  # 4 MiB, what predict used to send
-
-
-def _success(server, model):
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]["inference_stats"]
-    client.close()
-    return int(stats.get("success", {}).get("count", 0))
 
 
 def test_a_click_sends_under_one_percent_of_the_embedding(server, images):
@@ -50,10 +42,10 @@ def test_same_image_from_another_client_is_not_encoded_again(server, images):
     with SamPredictor(server.grpc_url, model="mobilesam") as first, \
             SamPredictor(server.grpc_url, model="mobilesam") as second:
         first.set_image(image)
-        encodes = _success(server, "mobilesam_encoder")
+        encodes = successful_requests(server.grpc_url, "mobilesam_encoder")
         second.set_image(image)
         assert second.image_id == first.image_id
-        assert _success(server, "mobilesam_encoder") == encodes, "served from the cache"
+        assert successful_requests(server.grpc_url, "mobilesam_encoder") == encodes, "served from the cache"
         prompt = prompts_for(image.shape)["box"]
         np.testing.assert_array_equal(first.predict(**prompt)[0], second.predict(**prompt)[0])
 
@@ -71,9 +63,9 @@ def test_evicted_image_is_sent_again_transparently(server, images, session_cache
             predictor.backend.session_decode(predictor.image_id, predictor._prompt_tensors(
                 prompt["point_coords"][None], prompt["point_labels"][None], None, None, predictor.original_size),
                 multimask_output=True)
-        encodes = _success(server, "mobilesam_encoder")
+        encodes = successful_requests(server.grpc_url, "mobilesam_encoder")
         after = predictor.predict(**prompt)
-        assert _success(server, "mobilesam_encoder") == encodes + 1, "the image was encoded again"
+        assert successful_requests(server.grpc_url, "mobilesam_encoder") == encodes + 1, "the image was encoded again"
         assert stored.exists()
         np.testing.assert_array_equal(after[0], before[0])
         np.testing.assert_allclose(after[1], before[1], atol=1e-6)
