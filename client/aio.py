@@ -14,20 +14,18 @@ batcher can batch them. Inputs, outputs and errors are ``SamPredictor``'s.
 from __future__ import annotations
 
 import asyncio
-import random
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import tritonclient.grpc as grpcclient
-import tritonclient.grpc.aio as grpcaio
-from tritonclient.utils import InferenceServerException
 
+from . import calls
 from . import contract as C
-from .errors import ImageNotCached, InvalidInput, ServerUnavailable
-from .predictor import (DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, DEFAULT_URL, SamPredictor, _read_file, _single_prompt,
-                        _translate, prompt_tensors, request_arrays)
+from .errors import InvalidInput
+from .predictor import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, DEFAULT_URL, SamPredictor, _read_file, _single_prompt, \
+    prompt_tensors
 from .transforms import ImageLike, ResizeLongestSide, encoded_image_size, preprocess, to_rgb_uint8
+from .transport import AsyncTransport, TransportOptions, make_call, parse_urls
 
 
 @dataclass(frozen=True)
@@ -41,43 +39,34 @@ class ImageHandle:
 
 
 class AsyncSamPredictor:
-    """``SamPredictor`` for asyncio: the same arguments, results and errors, one endpoint."""
+    """``SamPredictor`` for asyncio: the same arguments, results, errors and transport (one
+    endpoint or several, image affinity, fail-over, re-send: ``samtriton.transport``)."""
 
-    def __init__(self, url: str = DEFAULT_URL, model: str = C.DEFAULT_MODEL_NAME, timeout: float = DEFAULT_TIMEOUT_S,
-                 headers: Optional[Dict[str, str]] = None, retries: int = DEFAULT_RETRIES, backoff: float = 0.2,
-                 **client_kwargs):
-        if timeout <= 0:
-            raise InvalidInput(f"timeout: expected a positive number of seconds, got {timeout!r}")
-        self.url, self.model, self.timeout, self.headers = url, model, timeout, headers
-        self.retries, self.backoff = retries, backoff
-        self.client = grpcaio.InferenceServerClient(url, **client_kwargs)
+    def __init__(self, url: Union[str, Sequence[str]] = DEFAULT_URL, model: str = C.DEFAULT_MODEL_NAME,
+                 timeout: float = DEFAULT_TIMEOUT_S, headers: Optional[Dict[str, str]] = None,
+                 retries: int = DEFAULT_RETRIES, backoff: float = 0.2, down_seconds: float = 5.0, **client_kwargs):
+        self.urls = parse_urls(url)
+        self.model = model
+        self.transport = AsyncTransport(self.urls, TransportOptions(timeout, headers, retries, backoff, down_seconds),
+                                        **client_kwargs)
         self.transform = ResizeLongestSide(C.IMAGE_SIZE)
+
+    @property
+    def url(self) -> str:
+        return ",".join(self.urls)
+
+    @property
+    def endpoint_failures(self) -> List[Tuple[str, str]]:
+        return self.transport.endpoints.failures
+
+    def endpoint_for(self, image: "ImageHandle") -> str:
+        """The endpoint that requests for ``image`` go to now."""
+        return self.transport.endpoints.order(image.image_id)[0]
 
     async def infer(self, spec: C.ModelSpec, tensors: Dict[str, np.ndarray],
                     outputs: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
-        model_name = spec.served_name(self.model)
-        arrays = request_arrays(spec, model_name, tensors)
-        inputs = []
-        for name, array in arrays.items():
-            tensor = grpcclient.InferInput(name, list(array.shape), C.WIRE_DTYPES[array.dtype])
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
-        wanted = list(outputs) if outputs else [s.name for s in spec.outputs]
-        requested = [grpcclient.InferRequestedOutput(name) for name in wanted]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
-        for attempt in range(self.retries + 1):
-            try:
-                result = await self.client.infer(model_name, inputs, outputs=requested, headers=self.headers,
-                                                 client_timeout=max(deadline - loop.time(), 0.001))
-                return {name: result.as_numpy(name) for name in wanted}
-            except InferenceServerException as exc:
-                error = _translate(exc, model_name, self.url, self.timeout)
-            pause = self.backoff * (2 ** attempt) * random.uniform(0.5, 1.5)
-            if not isinstance(error, ServerUnavailable) or loop.time() + pause >= deadline:
-                break
-            await asyncio.sleep(pause)
-        raise error
+        """One stateless request to ``spec``'s model (see ``TritonSam.infer``)."""
+        return await self.transport.call(make_call(spec, self.model, tensors, outputs))
 
     # --- images ----------------------------------------------------------------------------
     async def set_image(self, image: ImageLike, image_format: str = "RGB") -> ImageHandle:
@@ -102,15 +91,7 @@ class AsyncSamPredictor:
         return ImageHandle(image_id, input_size, original_size, source)
 
     async def _session_set(self, image_id: str, source: Dict[str, Any]):
-        tensors = {C.IMAGE_ID.name: np.array([image_id], dtype=object)}
-        if "encoded_image" in source:
-            tensors[C.ENCODED_IMAGE.name] = np.array([source["encoded_image"]], dtype=object)
-        else:
-            tensors[C.IMAGE.name] = source["padded_image"][None]
-            tensors[C.INPUT_SIZE.name] = np.asarray([source["input_size"]], np.int64)
-            tensors[C.ORIGINAL_SIZE.name] = np.asarray(source["original_size"], np.int64)
-        out = await self.infer(C.SESSION, tensors, outputs=C.SESSION_SET_OUTPUTS)
-        return tuple(int(v) for v in out[C.INPUT_SIZE.name]), tuple(int(v) for v in out[C.ORIGINAL_SIZE.name])
+        return calls.set_result(await self.transport.call(calls.session_set(self.model, image_id, source)))
 
     # --- prompts ---------------------------------------------------------------------------
     async def predict(self, image: ImageHandle, point_coords=None, point_labels=None, box=None, mask_input=None,
@@ -122,18 +103,11 @@ class AsyncSamPredictor:
         tensors = prompt_tensors(self.transform, points, labels, boxes, masks, image.original_size)
         if masks is None:
             del tensors[C.MASK_INPUT.name], tensors[C.HAS_MASK_INPUT.name]
-        tensors[C.IMAGE_ID.name] = np.array([image.image_id], dtype=object)
-        tensors[C.MULTIMASK_OUTPUT.name] = np.array([multimask_output])
-        logits = C.SESSION_LOW_RES_MASKS if return_logits else C.LOW_RES_MASKS_FP16
-        outputs = (logits.name, C.SESSION_IOU.name)
-        try:
-            out = await self.infer(C.SESSION, tensors, outputs)
-        except ImageNotCached:
-            await self._session_set(image.image_id, image.source)
-            out = await self.infer(C.SESSION, tensors, outputs)
-        result = await asyncio.to_thread(SamPredictor._postprocess, out[logits.name].astype(np.float32),
-                                         out[C.SESSION_IOU.name], None, return_logits, image.input_size,
-                                         image.original_size)
+        call = calls.session_decode(self.model, image.image_id, tensors, multimask_output,
+                                    float16=not return_logits, source=image.source)
+        low_res, iou = calls.decode_result(call, await self.transport.call(call))
+        result = await asyncio.to_thread(SamPredictor._postprocess, low_res.astype(np.float32), iou, None,
+                                         return_logits, image.input_size, image.original_size)
         return tuple(x[0] for x in result)
 
     async def segment(self, image: ImageLike, **predict_kwargs):
@@ -161,7 +135,7 @@ class AsyncSamPredictor:
         return list(await asyncio.gather(*(one(i) for i in range(len(images)))))
 
     async def close(self) -> None:
-        await self.client.close()
+        await self.transport.close()
 
     async def __aenter__(self):
         return self
@@ -170,7 +144,7 @@ class AsyncSamPredictor:
         await self.close()
 
 
-def segment_many(url: str, images: Sequence[ImageLike], prompts: Optional[Sequence[Dict[str, Any]]] = None,
+def segment_many(url: Union[str, Sequence[str]], images: Sequence[ImageLike], prompts: Optional[Sequence[Dict[str, Any]]] = None,
                  concurrency: int = 8, model: str = C.DEFAULT_MODEL_NAME, timeout: float = DEFAULT_TIMEOUT_S,
                  **predict_kwargs) -> List[tuple]:
     """Synchronous ``AsyncSamPredictor.map``: segments every image, ``concurrency`` in flight."""

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import amg
 from . import contract as C
-from .errors import ImageNotCached, InvalidInput
+from .errors import InvalidInput
 from .predictor import SamPredictor
 from .transforms import ImageLike, ResizeLongestSide, preprocess, to_rgb_uint8
 
@@ -142,11 +142,7 @@ class SamAutomaticMaskGenerator:
             return backend.infer(C.AMG, dict(tensors, **{C.DECODER_IMAGE_EMBEDDINGS.name: encoded[None],
                                                           C.INPUT_SIZE.name: np.asarray(input_size, np.int64)}))
         image_id, source = encoded
-        try:
-            return backend.session_amg(image_id, tensors)
-        except ImageNotCached:
-            backend.session_set(image_id, **source)
-            return backend.session_amg(image_id, tensors)
+        return backend.session_amg(image_id, tensors, source)
 
     def _process_crop(self, crop, encoded, input_size, crop_box, layer_idx, orig_size) -> Dict[str, Any]:
         crop_size = crop.shape[:2]

@@ -22,7 +22,7 @@ def _rate(count: int, seconds: float) -> float:
 
 
 def _max_batch(backend: TritonSam) -> int:
-    config = backend.clients[backend.urls[0]].get_model_config(C.ENCODER.served_name(backend.model), as_json=True)
+    config = backend.admin().get_model_config(C.ENCODER.served_name(backend.model), as_json=True)
     return max(1, int(config["config"].get("max_batch_size", 1)))
 
 

@@ -275,6 +275,18 @@ def image_id_for(padded_image: np.ndarray = None, input_size=None, original_size
 
 
 UNKNOWN_IMAGE_ID_MESSAGE = "unknown image_id"
+# gRPC metadata every request that names an image carries: the key a layer-7 proxy hashes on
+# (nginx: hash $http_samtriton_image_id consistent) to keep an image's requests on one replica.
+IMAGE_ID_HEADER = "samtriton-image-id"
+# Triton error codes the python models answer with (pb_utils.TritonError.<code>); the client
+# maps the gRPC status they become, never the message text.
+ERROR_CODE_INVALID_INPUT = "INVALID_ARG"  # -> INVALID_ARGUMENT: InvalidInput
+ERROR_CODE_UNKNOWN_IMAGE = "NOT_FOUND"  # -> NOT_FOUND: ImageNotCached (re-send the image)
+ERROR_CODE_UNAVAILABLE = "UNAVAILABLE"  # -> UNAVAILABLE: a model this one calls is not there; fail over
+ERROR_CODE_INTERNAL = "INTERNAL"  # -> INTERNAL: ServerError
+# The session cache's directory for one server (``samtriton serve --session-cache-dir``):
+# read by the session model from its environment; servers share a directory only if told to.
+SESSION_CACHE_DIR_ENV = "SAMTRITON_SESSION_CACHE_DIR"
 IMAGE_ID_LENGTH = 32
 IMAGE_ID_PATTERN = re.compile(f"[0-9a-f]{{{IMAGE_ID_LENGTH}}}")
 MAX_ENCODED_IMAGE_BYTES = 64 * 1024 * 1024

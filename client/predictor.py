@@ -8,21 +8,16 @@ there too (``NAME_decoder``); upscaling and thresholding happen here, in numpy.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
-import random
-import threading
-import time
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
 
+from . import calls
 from . import contract as C
-from .errors import ImageNotCached, InvalidInput, ModelNotReady, RequestTimeout, ServerError, ServerUnavailable
-from .shared_memory import MIN_SHARED_BYTES, SharedMemoryPool, is_local
+from .errors import InvalidInput
+from .transport import Transport, TransportOptions, make_call, parse_urls
 from .transforms import (ImageLike, ResizeLongestSide, decode_image, encoded_image_size, postprocess_masks,
                          preprocess, to_rgb_uint8)
 from .validation import check_decoder_inputs
@@ -35,189 +30,82 @@ DEFAULT_RETRIES = 3
 
 
 class TritonSam:
-    """Typed access to the three served models of one deployment ``model``, on one or more
-    Triton endpoints.
+    """Typed access to the served models of one deployment ``model``, on one or more Triton
+    endpoints.
 
-    ``url`` is "host:port", a comma-separated list of them, or a list. Requests go round-robin
-    over the endpoints that are up; a request that finds one UNAVAILABLE is retried at once
-    on the next, and that endpoint is skipped for ``down_seconds`` (each failure is logged on
-    the "samtriton" logger and kept in ``endpoint_failures``). Every call has a deadline
-    (``timeout`` seconds). When every endpoint is down the call is retried with exponential
-    backoff and jitter, at most ``retries`` times and never past its deadline; then
-    ``ServerUnavailable`` is raised. All calls are idempotent, so retrying is safe.
+    ``url`` is "host:port", a comma-separated list of them, or a list. Requests that name an
+    image (the session model's) go to the endpoint that image ranks first under rendezvous
+    hashing, among those that are up; other requests rotate over the endpoints. A request
+    that finds an endpoint unreachable (or without the model) goes at once to the next one,
+    and that endpoint is skipped for ``down_seconds`` (each failure is logged on the
+    "samtriton" logger and kept in ``endpoint_failures``). Every call has a deadline
+    (``timeout`` seconds); when every endpoint is unreachable the call is retried with
+    exponential backoff and jitter, at most ``retries`` times and never past its deadline,
+    then ``ServerUnavailable`` is raised. All calls are idempotent, so retrying is safe.
+    See ``samtriton.transport``.
     """
 
     def __init__(self, url: Union[str, Sequence[str]] = DEFAULT_URL, model: str = C.DEFAULT_MODEL_NAME,
                  timeout: float = DEFAULT_TIMEOUT_S, headers: Optional[Dict[str, str]] = None,
                  retries: int = DEFAULT_RETRIES, backoff: float = 0.2, down_seconds: float = 5.0,
                  shared_memory: bool = False, **client_kwargs):
-        if timeout <= 0:
-            raise InvalidInput(f"timeout: expected a positive number of seconds, got {timeout!r}")
-        urls = [u.strip() for u in (url.split(",") if isinstance(url, str) else url) if u.strip()]
-        if not urls:
-            raise InvalidInput(f"url: expected 'host:port' or a list of them, got {url!r}")
-        self.urls, self.model, self.timeout, self.headers = urls, model, timeout, headers
-        self.retries, self.backoff, self.down_seconds = retries, backoff, down_seconds
-        self._client_kwargs = client_kwargs
-        self.clients = {u: grpcclient.InferenceServerClient(u, **client_kwargs) for u in urls}
-        self.endpoint_failures: List[Tuple[str, str]] = []  # (url, reason), oldest first
-        self._down_until = {u: 0.0 for u in urls}
-        self._turn = itertools.count()
-        self._lock = threading.Lock()
-        # Tensors exchanged through system shared memory where the server is on this machine.
-        self.shared_memory = shared_memory
-        self._pools: Dict[str, Optional[SharedMemoryPool]] = {}
-        # Bytes of tensors that crossed the wire (shared-memory tensors are not counted).
-        self.bytes_sent = 0
-        self.bytes_received = 0
+        self.urls = parse_urls(url)
+        self.model = model
+        self.options = TransportOptions(timeout, headers, retries, backoff, down_seconds)
+        self.transport = Transport(self.urls, self.options, shared_memory=shared_memory, **client_kwargs)
 
     @property
     def url(self) -> str:
         return ",".join(self.urls)
 
-    def reconnect(self, url: Optional[str] = None) -> None:
-        """Fresh gRPC channels: a channel that saw its server die waits out gRPC's own
-        reconnect backoff (up to minutes); a new one connects as soon as the server is back."""
-        for u in [url] if url else self.urls:
-            old, self.clients[u] = self.clients[u], grpcclient.InferenceServerClient(u, **self._client_kwargs)
-            with self._lock:
-                pool = self._pools.pop(u, None)  # a restarted server has forgotten our regions
-            if pool is not None:
-                pool.client = old
-                pool.close()
-            old.close()
+    @property
+    def timeout(self) -> float:
+        return self.options.timeout
+
+    @property
+    def endpoint_failures(self) -> List[Tuple[str, str]]:
+        """(url, reason) of each failed attempt, oldest first."""
+        return self.transport.endpoints.failures
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes of tensors that crossed the wire (shared-memory tensors are not counted)."""
+        return self.transport.bytes_sent
+
+    @property
+    def bytes_received(self) -> int:
+        return self.transport.bytes_received
+
+    def endpoint_for(self, image_id: str) -> str:
+        """The endpoint that requests for ``image_id`` go to now (its first choice that is up)."""
+        return self.transport.endpoints.order(image_id)[0]
+
+    def admin(self, url: Optional[str] = None):
+        """A tritonclient for configuration and statistics queries (first endpoint by default)."""
+        return self.transport.admin(url or self.urls[0])
 
     def endpoint_ready(self, url: str) -> bool:
-        client = self.clients[url]
-        try:
-            return client.is_server_ready(headers=self.headers, client_timeout=self.timeout) and all(
-                client.is_model_ready(spec.served_name(self.model), headers=self.headers, client_timeout=self.timeout)
-                for spec in C.MODEL_SPECS)
-        except InferenceServerException:
-            return False
+        return self.transport.endpoint_ready(url, self.model)
 
     def is_ready(self) -> bool:
-        """True when at least one endpoint is live with all three models READY."""
+        """True when at least one endpoint is live with all of the deployment's models READY."""
         return any(self.endpoint_ready(u) for u in self.urls)
-
-    def _endpoint_order(self) -> List[str]:
-        with self._lock:
-            start = next(self._turn) % len(self.urls)
-        rotated = self.urls[start:] + self.urls[:start]
-        now = time.monotonic()
-        return sorted(rotated, key=lambda u: self._down_until[u] > now)  # up first, order kept
-
-    def _mark_down(self, url: str, error: Exception) -> None:
-        with self._lock:
-            self._down_until[url] = time.monotonic() + self.down_seconds
-            self.endpoint_failures.append((url, str(error)))
-        self.reconnect(url)
-        if len(self.urls) > 1:
-            logger.warning("samtriton: endpoint %s failed (%s); retrying on another endpoint", url, error)
 
     def infer(self, spec: C.ModelSpec, tensors: Dict[str, np.ndarray], outputs: Optional[Sequence[str]] = None,
               output_bytes: Optional[Dict[str, int]] = None) -> Dict[str, np.ndarray]:
-        """One request to ``spec``'s model: ``tensors`` by input name (optional inputs may be
-        left out), ``outputs`` the names wanted (default all). ``output_bytes`` bounds the size
-        of outputs that may come back through shared memory."""
-        model_name = spec.served_name(self.model)
-        arrays = request_arrays(spec, model_name, tensors)
-        wanted = list(outputs) if outputs else [s.name for s in spec.outputs]
-        deadline = time.monotonic() + self.timeout
-        attempt = 0
-        while True:
-            for url in self._endpoint_order():
-                remaining = deadline - time.monotonic()
-                try:
-                    return self._infer_once(url, model_name, arrays, wanted, output_bytes or {}, max(remaining, 0.001))
-                except InferenceServerException as exc:
-                    error = _translate(exc, model_name, url, self.timeout)
-                if not isinstance(error, ServerUnavailable):
-                    raise error
-                self._mark_down(url, error)
-            pause = self.backoff * (2 ** attempt) * random.uniform(0.5, 1.5)
-            if attempt >= self.retries or time.monotonic() + pause >= deadline:
-                raise error
-            time.sleep(pause)
-            attempt += 1
-
-    def _infer_once(self, url, model_name, arrays, wanted, output_bytes, timeout) -> Dict[str, np.ndarray]:
-        pool = self._pool(url)
-        held, shared_out = [], {}
-        inputs, wire_sent = [], 0
-        try:
-            for name, array in arrays.items():
-                tensor = grpcclient.InferInput(name, list(array.shape), C.WIRE_DTYPES[array.dtype])
-                if pool is not None and array.dtype != object and array.nbytes >= MIN_SHARED_BYTES:
-                    region = pool.checkout(array.nbytes)
-                    held.append(region)
-                    pool.write(region, array)
-                    tensor.set_shared_memory(region.name, array.nbytes)
-                else:
-                    tensor.set_data_from_numpy(array)
-                    wire_sent += _nbytes(array)
-                inputs.append(tensor)
-            requested = []
-            for name in wanted:
-                output = grpcclient.InferRequestedOutput(name)
-                if pool is not None and output_bytes.get(name, 0) >= MIN_SHARED_BYTES:
-                    region = pool.checkout(output_bytes[name])
-                    held.append(region)
-                    output.set_shared_memory(region.name, region.byte_size)
-                    shared_out[name] = region
-                requested.append(output)
-            result = self.clients[url].infer(model_name, inputs, outputs=requested, headers=self.headers,
-                                             client_timeout=timeout)
-            values = {}
-            for name in wanted:
-                if name in shared_out:
-                    meta = result.get_output(name)
-                    values[name] = pool.read(shared_out[name], _NUMPY_DTYPE[meta.datatype], meta.shape)
-                else:
-                    values[name] = result.as_numpy(name)
-        finally:
-            if held:
-                pool.release(held)
-        received = sum(_nbytes(v) for k, v in values.items() if k not in shared_out)
-        with self._lock:
-            self.bytes_sent += wire_sent
-            self.bytes_received += received
-        return values
-
-    def _pool(self, url: str) -> Optional[SharedMemoryPool]:
-        """The url's shared-memory pool, created on first use; None means the wire."""
-        if not self.shared_memory:
-            return None
-        with self._lock:
-            if url in self._pools:
-                return self._pools[url]
-            pool = self._pools[url] = None
-        if not is_local(url):
-            logger.warning("samtriton: %s is not on this machine; shared memory is off for it, using the wire", url)
-            return None
-        candidate = SharedMemoryPool(self.clients[url], self.headers, self.timeout)
-        try:
-            candidate.release([candidate.checkout(MIN_SHARED_BYTES)])  # proves the server can map our regions
-            pool = candidate
-        except Exception as exc:  # noqa: BLE001 - any failure means: use the wire
-            logger.warning("samtriton: %s refused system shared memory (%s); using the wire", url, exc)
-            candidate.close()
-        with self._lock:
-            self._pools[url] = pool
-        return pool
+        """One stateless request to ``spec``'s model: ``tensors`` by input name (optional
+        inputs may be left out), ``outputs`` the names wanted (default all). ``output_bytes``
+        bounds the size of outputs that may come back through shared memory."""
+        return self.transport.call(make_call(spec, self.model, tensors, outputs, output_bytes))
 
     def encode(self, padded_images: np.ndarray, input_sizes: np.ndarray) -> np.ndarray:
         """[B, 1024, 1024, 3] uint8 + [B, 2] -> [B, 256, 64, 64] embeddings."""
-        size = len(padded_images) * int(np.prod(C.IMAGE_EMBEDDINGS.dims)) * 4
-        out = self.infer(C.ENCODER, {C.IMAGE.name: padded_images, C.INPUT_SIZE.name: input_sizes},
-                         output_bytes={C.IMAGE_EMBEDDINGS.name: size})
-        return out[C.IMAGE_EMBEDDINGS.name]
+        return self.transport.call(calls.encode(self.model, padded_images, input_sizes))[C.IMAGE_EMBEDDINGS.name]
 
     def decode(self, prompts: Dict[str, np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
         """One embedding + K prompts -> ([K, 4, 256, 256] logits, [K, 4] IoU predictions)."""
         check_decoder_inputs(*(prompts[s.name] for s in C.DECODER.inputs))
-        size = len(prompts[C.POINT_COORDS.name]) * C.NUM_MASK_OUTPUTS * C.LOW_RES_SIZE ** 2 * 4
-        out = self.infer(C.DECODER, prompts, output_bytes={C.LOW_RES_MASKS.name: size})
+        out = self.transport.call(calls.decode(self.model, prompts))
         return out[C.LOW_RES_MASKS.name], out[C.IOU_PREDICTIONS.name]
 
     def segment(self, padded_image: np.ndarray, input_size: Tuple[int, int],
@@ -239,104 +127,32 @@ class TritonSam:
 
         Either the padded image (+ its input and original sizes) or the image file's bytes
         (decoded and preprocessed by the server). Returns (input_size, original_size)."""
-        tensors = {C.IMAGE_ID.name: np.array([image_id], dtype=object)}
-        if encoded_image is not None:
-            tensors[C.ENCODED_IMAGE.name] = np.array([bytes(encoded_image)], dtype=object)
-        else:
-            tensors[C.IMAGE.name] = padded_image[None]
-            tensors[C.INPUT_SIZE.name] = np.asarray([input_size], np.int64)
-            tensors[C.ORIGINAL_SIZE.name] = np.asarray(original_size, np.int64)
-        out = self.infer(C.SESSION, tensors, outputs=C.SESSION_SET_OUTPUTS)
-        return (tuple(int(v) for v in out[C.INPUT_SIZE.name]), tuple(int(v) for v in out[C.ORIGINAL_SIZE.name]))
+        source = dict(padded_image=padded_image, input_size=input_size, original_size=original_size,
+                      encoded_image=encoded_image)
+        return calls.set_result(self.transport.call(calls.session_set(self.model, image_id, source)))
 
     def session_decode(self, image_id: str, prompts: Dict[str, np.ndarray], multimask_output: bool,
-                       float16: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+                       float16: bool = True, source: Optional[calls.Source] = None) -> Tuple[np.ndarray, np.ndarray]:
         """K prompts against the stored embedding -> ([K, C, 256, 256] logits, [K, C] IoU),
         C = 3 with ``multimask_output`` else 1; logits as float16 unless ``float16=False``.
-        ``mask_input`` / ``has_mask_input`` may be left out of ``prompts`` (no mask prompt)."""
-        tensors = dict(prompts)
-        tensors[C.IMAGE_ID.name] = np.array([image_id], dtype=object)
-        tensors[C.MULTIMASK_OUTPUT.name] = np.array([multimask_output])
-        logits = C.LOW_RES_MASKS_FP16 if float16 else C.SESSION_LOW_RES_MASKS
-        k = len(prompts[C.POINT_COORDS.name])
-        count = (C.MULTIMASK_SLICE if multimask_output else C.SINGLE_MASK_SLICE)
-        size = k * (count.stop - count.start) * C.LOW_RES_SIZE ** 2 * np.dtype(logits.dtype).itemsize
-        out = self.infer(C.SESSION, tensors, outputs=(logits.name, C.SESSION_IOU.name), output_bytes={logits.name: size})
-        return out[logits.name], out[C.SESSION_IOU.name]
+        With ``source`` (the ``session_set`` arguments) the image is sent again if the
+        server does not hold it; without, that raises ``ImageNotCached``."""
+        call = calls.session_decode(self.model, image_id, prompts, multimask_output, float16, source)
+        return calls.decode_result(call, self.transport.call(call))
 
-    def session_amg(self, image_id: str, tensors: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def session_amg(self, image_id: str, tensors: Dict[str, np.ndarray],
+                    source: Optional[calls.Source] = None) -> Dict[str, np.ndarray]:
         """The AMG stage's request (``C.AMG``'s inputs but the embedding) against the stored
         embedding of ``image_id``: the kept masks' outputs, as ``C.AMG.outputs``."""
-        tensors = dict(tensors, **{C.IMAGE_ID.name: np.array([image_id], dtype=object)})
-        return self.infer(C.SESSION, tensors, outputs=[spec.name for spec in C.AMG.outputs])
+        return self.transport.call(calls.session_amg(self.model, image_id, tensors, source))
 
-    def session_embedding(self, image_id: str) -> np.ndarray:
+    def session_embedding(self, image_id: str, source: Optional[calls.Source] = None) -> np.ndarray:
         """The stored [1, 256, 64, 64] float32 embedding of ``image_id``."""
-        spec = C.DECODER_IMAGE_EMBEDDINGS
-        size = int(np.prod(spec.dims)) * 4
-        out = self.infer(C.SESSION, {C.IMAGE_ID.name: np.array([image_id], dtype=object)}, outputs=(spec.name,),
-                         output_bytes={spec.name: size})
-        return out[spec.name]
+        out = self.transport.call(calls.session_embedding(self.model, image_id, source))
+        return out[C.DECODER_IMAGE_EMBEDDINGS.name]
 
     def close(self) -> None:
-        for pool in list(self._pools.values()):
-            if pool is not None:
-                pool.close()
-        self._pools.clear()
-        for client in self.clients.values():
-            client.close()
-
-
-_NUMPY_DTYPE = {w: d for d, w in C.WIRE_DTYPES.items()}
-
-
-def request_arrays(spec: C.ModelSpec, model_name: str, tensors: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """The request's tensors in their contract dtypes, checked for presence and total size."""
-    missing = [s.name for s in spec.inputs if not s.optional and tensors.get(s.name) is None]
-    if missing:
-        raise InvalidInput(f"request to {model_name}: missing input(s) {missing}")
-    arrays = {s.name: _wire_array(tensors[s.name], s) for s in spec.inputs if tensors.get(s.name) is not None}
-    size = sum(_nbytes(a) for a in arrays.values())
-    if size > C.MAX_REQUEST_BYTES:
-        raise InvalidInput(f"request to {model_name}: {size / 2**20:.1f} MiB of tensors; the limit is "
-                           f"{C.MAX_REQUEST_BYTES / 2**20:.0f} MiB (send fewer prompts or images per call)")
-    return arrays
-
-
-def _wire_array(value, spec: C.TensorSpec) -> np.ndarray:
-    if np.dtype(spec.dtype) == np.object_:
-        array = np.asarray(value, dtype=object)
-        return np.array([v if isinstance(v, bytes) else str(v).encode() for v in array.ravel()],
-                        dtype=object).reshape(array.shape)
-    return np.ascontiguousarray(value, dtype=spec.dtype)
-
-
-def _nbytes(array: np.ndarray) -> int:
-    if array.dtype == object:
-        return sum(len(v) + 4 for v in array.ravel())  # BYTES elements carry a 4-byte length
-    return array.nbytes
-
-
-def _translate(exc: InferenceServerException, model_name: str, url: str, timeout: float) -> Exception:
-    """A tritonclient error -> samtriton's exception, with no gRPC traceback attached."""
-    message = exc.message() or str(exc)
-    status = exc.status() or ""
-    lowered = message.lower()
-    if "UNAVAILABLE" in status or "failed to connect" in lowered or "connection refused" in lowered \
-            or "socket closed" in lowered or "connection reset" in lowered:
-        return ServerUnavailable(f"{url} is unavailable for {model_name} ({message.strip()}); check that the "
-                                 "server is running and reachable")
-    if "DEADLINE_EXCEEDED" in status or "deadline exceeded" in lowered:
-        return RequestTimeout(f"{model_name} at {url} did not answer within {timeout:g} s; raise timeout= or "
-                              "check the server's load")
-    if C.UNKNOWN_IMAGE_ID_MESSAGE in message:
-        return ImageNotCached(f"{model_name} at {url}: {message.strip()}")
-    if "not ready" in lowered or "unknown model" in lowered or "not found" in lowered or "unavailable model" in lowered:
-        return ModelNotReady(f"{model_name} at {url} is not ready ({message.strip()}); load it (explicit model "
-                             "control) or check the deployment name")
-    if "INVALID_ARG" in status or "expected" in lowered:
-        return InvalidInput(f"{model_name} at {url} rejected the request: {message}")
-    return ServerError(f"{model_name} at {url}: {status} {message}".strip())
+        self.transport.close()
 
 
 class SamPredictor:
@@ -344,7 +160,9 @@ class SamPredictor:
 
     Arguments:
       url: the Triton gRPC endpoint "host:port", or several (a list, or comma-separated):
-        requests are spread over the healthy ones and fail over when one goes down.
+        an image's requests go to the replica it hashes to (rendezvous hashing over the
+        endpoints that are up), so its embedding is computed once and its clicks find it;
+        when that replica goes down, the next one in the image's ranking takes over.
       model: the deployment name given to ``samtriton export --name`` (default "sam").
       timeout: seconds each call may take.
       headers: extra gRPC metadata sent with every call (e.g. an auth token).
@@ -406,7 +224,7 @@ class SamPredictor:
         """The [1, 256, 64, 64] float32 embedding of the current image."""
         self._require_image()
         if self.session:
-            return self._with_session(lambda: self.backend.session_embedding(self.image_id))
+            return self.backend.session_embedding(self.image_id, self._image_source)
         return self.features
 
     def reset_image(self) -> None:
@@ -416,16 +234,6 @@ class SamPredictor:
         self._image_source = None
         self.original_size = None
         self.input_size = None
-
-    def _with_session(self, call):
-        """Runs a call on the stored embedding; when the server no longer holds it (evicted,
-        restarted, another endpoint), sends the image again and retries once."""
-        try:
-            return call()
-        except ImageNotCached:
-            logger.info("samtriton: %s not cached on the server; sending the image again", self.image_id)
-            self.backend.session_set(self.image_id, **self._image_source)
-            return call()
 
     # --- prompts -------------------------------------------------------------------------
     def predict(self, point_coords: Optional[np.ndarray] = None, point_labels: Optional[np.ndarray] = None,
@@ -482,8 +290,8 @@ class SamPredictor:
             if masks is None:  # the server fills in "no mask prompt": 256 KiB per prompt not sent
                 del prompts[C.MASK_INPUT.name], prompts[C.HAS_MASK_INPUT.name]
             # float16 logits unless the caller wants logits: the masks (logits > 0) are the same.
-            low_res, iou = self._with_session(lambda: self.backend.session_decode(
-                self.image_id, prompts, multimask_output, float16=not return_logits))
+            low_res, iou = self.backend.session_decode(self.image_id, prompts, multimask_output,
+                                                       float16=not return_logits, source=self._image_source)
             return self._postprocess(low_res.astype(np.float32), iou, None, return_logits, self.input_size,
                                      self.original_size)
         prompts[C.DECODER_IMAGE_EMBEDDINGS.name] = self.features

@@ -23,6 +23,8 @@ from collections import deque
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from .contract import SESSION_CACHE_DIR_ENV
+
 
 class ServerStartError(RuntimeError):
     """tritonserver exited or did not become ready; the message carries its own log lines."""
@@ -80,7 +82,7 @@ class EmbeddedTriton:
                  metrics_port: int = 8002, host: str = "127.0.0.1", models: Optional[Sequence[str]] = None,
                  startup_timeout: float = 120.0, log_verbose: int = 0, extra_args: Sequence[str] = (),
                  tls_cert: Optional[os.PathLike] = None, tls_key: Optional[os.PathLike] = None,
-                 tls_client_ca: Optional[os.PathLike] = None):
+                 tls_client_ca: Optional[os.PathLike] = None, session_cache_dir: Optional[os.PathLike] = None):
         self.repository = Path(repository).resolve()
         self.grpc_port, self.http_port, self.metrics_port = grpc_port, http_port, metrics_port
         self.host = host
@@ -92,6 +94,9 @@ class EmbeddedTriton:
             raise ValueError("gRPC TLS needs both tls_cert and tls_key (and tls_client_ca only with them)")
         self.tls = None if tls_cert is None else (Path(tls_cert), Path(tls_key),
                                                   Path(tls_client_ca) if tls_client_ca else None)
+        # The session model's embedding cache directory for this server; None: the model's
+        # config, else a directory of this server's own under /dev/shm.
+        self.session_cache_dir = None if session_cache_dir is None else Path(session_cache_dir).resolve()
         self.process: Optional[subprocess.Popen] = None
         self.shm_prefix = f"samtriton_{uuid.uuid4().hex[:12]}_"
         self.log_lines: deque = deque(maxlen=400)
@@ -150,8 +155,12 @@ class EmbeddedTriton:
     def start(self) -> "EmbeddedTriton":
         self._workdir = tempfile.TemporaryDirectory(prefix="samtriton-backends-")
         backend_dir = _backend_directory(Path(self._workdir.name))
+        env = _environment()
+        env.pop(SESSION_CACHE_DIR_ENV, None)  # never inherited by accident: set only when asked
+        if self.session_cache_dir is not None:
+            env[SESSION_CACHE_DIR_ENV] = str(self.session_cache_dir)
         self.process = subprocess.Popen(
-            self.command(backend_dir), env=_environment(), stdout=subprocess.PIPE,
+            self.command(backend_dir), env=env, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
         self._reader = threading.Thread(target=self._read_log, daemon=True)
         self._reader.start()

@@ -15,6 +15,7 @@ Backends:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from importlib import resources
@@ -51,6 +52,9 @@ class RepositoryOptions:
     session_instances: int = 2
     # Embeddings the session model keeps (float32, 4 MiB each: 1024 MiB holds 256 images).
     session_cache_mib: int = C.DEFAULT_SESSION_CACHE_MIB
+    # The session cache's directory (absolute). Empty: each server its own, under /dev/shm.
+    # A directory set here is shared by every server that serves this repository on a host.
+    session_cache_dir: str = ""
 
     def __post_init__(self):
         if self.encoder_backend not in ENCODER_BACKENDS:
@@ -63,6 +67,8 @@ class RepositoryOptions:
             raise ValueError(f"session_instances must be at least 1, got {self.session_instances}")
         if self.session_cache_mib < 4:
             raise ValueError(f"session_cache_mib must hold at least one embedding (>= 4), got {self.session_cache_mib}")
+        if self.session_cache_dir and not os.path.isabs(self.session_cache_dir):
+            raise ValueError(f"session_cache_dir must be an absolute path, got {self.session_cache_dir!r}")
         if not 1 <= self.max_encoder_batch <= 64:
             raise ValueError(f"max_encoder_batch must be in 1..64, got {self.max_encoder_batch}")
 
@@ -148,6 +154,8 @@ def session_config(options: RepositoryOptions) -> mc.ModelConfig:
     _io(config, spec)
     _instances(config, options.session_instances, gpu=False)
     config.parameters["session_cache_mib"].string_value = str(options.session_cache_mib)
+    if options.session_cache_dir:
+        config.parameters["session_cache_dir"].string_value = options.session_cache_dir
     if options.decoder_backend == "python":  # CPU: run the decoder graph inside the session stub
         config.parameters["decoder_in_process"].string_value = "true"
         config.parameters["ort_intra_op_threads"].string_value = str(options.ort_threads)
@@ -166,6 +174,15 @@ def _python_model_source(kind: str) -> str:
     return resources.files("samtriton.export.python_models").joinpath(f"{kind}.py").read_text()
 
 
+def _copy_with_external_data(source: Path, target: Path) -> None:
+    """Copy a file; an ONNX graph's external weights (``NAME.data``, as the exporter writes
+    them for ViT-H) travel with it under the name the graph refers to."""
+    shutil.copy2(source, target)
+    external = Path(str(source) + ".data")
+    if external.exists():
+        shutil.copy2(external, target.parent / external.name)
+
+
 def _write_model(repo: Path, config: mc.ModelConfig, files: Dict[str, Optional[Path]], sources: Dict[str, str]) -> Path:
     model_dir = repo / config.name
     if model_dir.exists():
@@ -174,12 +191,8 @@ def _write_model(repo: Path, config: mc.ModelConfig, files: Dict[str, Optional[P
     version_dir.mkdir(parents=True)
     (model_dir / "config.pbtxt").write_text(config_text(config))
     for target, source in files.items():
-        if source is None:
-            continue
-        shutil.copy2(source, version_dir / target)
-        external = Path(str(source) + ".data")  # ONNX external weights travel with the graph
-        if external.exists():
-            shutil.copy2(external, version_dir / external.name)
+        if source is not None:
+            _copy_with_external_data(source, version_dir / target)
     for target, text in sources.items():
         (version_dir / target).write_text(text)
     return model_dir
@@ -204,7 +217,7 @@ def write_repository(repo: Path, encoder_onnx: Path, decoder_onnx: Path, options
     config = encoder_config(options)
     written[config.name] = _write_model(repo, config, encoder_files, encoder_sources)
     if options.encoder_backend == "tensorrt":
-        shutil.copy2(encoder_onnx, written[config.name] / "encoder.onnx")
+        _copy_with_external_data(encoder_onnx, written[config.name] / "encoder.onnx")
 
     decoder_sources = {"model.py": _python_model_source("decoder")} if options.decoder_backend == "python" else {}
     config = decoder_config(options)

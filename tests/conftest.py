@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import real_images  # noqa: E402
+from helpers import real_images, server_cache_directory  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -53,11 +53,9 @@ def repository(onnx_files, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def session_cache(repository) -> Path:
-    """The directory of this server's session-model embedding cache (one file per image)."""
-    from samtriton.export.python_models.embedding_cache import cache_directory
-
-    return Path(cache_directory(str(repository / "mobilesam_session"), "mobilesam"))
+def session_cache(repository, server) -> Path:
+    """The directory of the shared server's session-model embedding cache (one file per image)."""
+    return server_cache_directory(server)
 
 
 @pytest.fixture(scope="session")

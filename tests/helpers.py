@@ -64,3 +64,15 @@ def successful_requests(url, model):
     finally:
         client.close()
     return int(stats.get("inference_stats", {}).get("success", {}).get("count", 0))
+
+
+def server_cache_directory(server, base="mobilesam"):
+    """The session cache directory of an ``EmbeddedTriton``: its own ``session_cache_dir``,
+    or the default one the session model derives from the server's process."""
+    from pathlib import Path
+
+    from samtriton.export.python_models.embedding_cache import cache_directory
+
+    if server.session_cache_dir is not None:
+        return Path(server.session_cache_dir)
+    return Path(cache_directory(str(server.repository / f"{base}_session"), base, server.process.pid))

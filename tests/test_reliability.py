@@ -236,30 +236,3 @@ def test_fuzz_prompts_against_server(server, data, k, n):
         assert client.is_server_live()
     finally:
         client.close()
-
-
-def test_two_endpoints_spread_and_fail_over(repository, images):
-    first, second = _server(repository).start(), _server(repository).start()
-    predictor = SamPredictor([first.grpc_url, second.grpc_url], model="mobilesam", timeout=30.0)
-    try:
-        predictor.set_image(images["astronaut"])
-        results, errors = [], []
-        for i in range(40):
-            if i == 10:
-                assert successful_requests(first.grpc_url, "mobilesam_session") > 0
-                assert successful_requests(second.grpc_url, "mobilesam_session") > 0, "requests are spread"
-                first.kill()
-            try:
-                results.append(predictor.predict(**POINT)[1])
-            except Exception as exc:
-                errors.append(exc)
-        assert not errors, errors[:2]
-        assert len(results) == 40
-        np.testing.assert_allclose(np.array(results), np.array(results[:1]).repeat(40, 0), atol=1e-5)
-        failed = {url for url, _ in predictor.backend.endpoint_failures}
-        assert failed == {first.grpc_url}, "the client reports which endpoint failed"
-        assert predictor.is_ready()  # the second endpoint is still up
-    finally:
-        predictor.close()
-        first.stop()
-        second.stop()

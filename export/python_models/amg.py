@@ -12,8 +12,7 @@ import triton_python_backend_utils as pb_utils
 
 from samtriton import contract as C
 from samtriton.amg import kept_mask_outputs
-from samtriton.errors import InvalidInput
-from samtriton.export.python_models.runtime import error_response
+from samtriton.export.python_models.runtime import call_model, respond_each
 from samtriton.validation import check_amg_inputs, check_decoder_inputs
 
 
@@ -23,7 +22,7 @@ class TritonPythonModel:
         self.decoder = self.name[: -len(C.AMG.suffix)] + C.DECODER.suffix
 
     def execute(self, requests):
-        return [self._one(request) for request in requests]
+        return respond_each(self.name, requests, self._one)
 
     def _one(self, request):
         get = lambda spec: pb_utils.get_input_tensor_by_name(request, spec.name).as_numpy()  # noqa: E731
@@ -32,20 +31,12 @@ class TritonPythonModel:
         k = len(coords)
         mask_input = np.zeros((k, 1, C.LOW_RES_SIZE, C.LOW_RES_SIZE), np.float32)
         has_mask = np.zeros(k, np.float32)
-        try:
-            check_decoder_inputs(embedding, coords, labels, mask_input, has_mask)
-            check_amg_inputs(input_size, crop_size, thresholds)
-        except InvalidInput as exc:
-            return error_response(self.name, exc)
+        check_decoder_inputs(embedding, coords, labels, mask_input, has_mask)
+        check_amg_inputs(input_size, crop_size, thresholds)
         feeds = [embedding, coords, labels, mask_input, has_mask]
-        decoded = pb_utils.InferenceRequest(
-            model_name=self.decoder,
-            inputs=[pb_utils.Tensor(spec.name, value) for spec, value in zip(C.DECODER.inputs, feeds)],
-            requested_output_names=[spec.name for spec in C.DECODER.outputs]).exec()
-        if decoded.has_error():
-            return error_response(self.name, decoded.error().message())
-        low_res = pb_utils.get_output_tensor_by_name(decoded, C.LOW_RES_MASKS.name).as_numpy()
-        iou = pb_utils.get_output_tensor_by_name(decoded, C.IOU_PREDICTIONS.name).as_numpy()
-        outputs = kept_mask_outputs(low_res, iou, input_size, crop_size, thresholds)
+        decoded = call_model(self.decoder, {spec.name: value for spec, value in zip(C.DECODER.inputs, feeds)},
+                             [spec.name for spec in C.DECODER.outputs], self.name)
+        outputs = kept_mask_outputs(decoded[C.LOW_RES_MASKS.name], decoded[C.IOU_PREDICTIONS.name], input_size,
+                                    crop_size, thresholds)
         return pb_utils.InferenceResponse(
             output_tensors=[pb_utils.Tensor(spec.name, outputs[spec.name]) for spec in C.AMG.outputs])

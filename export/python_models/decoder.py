@@ -8,8 +8,7 @@ contract and a bad one gets a clear error without touching its neighbours.
 import triton_python_backend_utils as pb_utils
 
 from samtriton import contract as C
-from samtriton.errors import InvalidInput
-from samtriton.export.python_models.runtime import error_response, load, run_decoder
+from samtriton.export.python_models.runtime import load, respond_each, run_decoder
 from samtriton.validation import check_decoder_inputs
 
 
@@ -20,15 +19,11 @@ class TritonPythonModel:
         self.output_names = [spec.name for spec in C.DECODER.outputs]
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            feeds = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names}
-            try:
-                check_decoder_inputs(*(feeds[name] for name in self.input_names))
-            except InvalidInput as exc:
-                responses.append(error_response(self.name, exc))
-                continue
-            outputs = run_decoder(self.session, self.output_names, feeds)
-            responses.append(pb_utils.InferenceResponse(
-                output_tensors=[pb_utils.Tensor(n, v) for n, v in zip(self.output_names, outputs)]))
-        return responses
+        return respond_each(self.name, requests, self._one)
+
+    def _one(self, request):
+        feeds = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names}
+        check_decoder_inputs(*(feeds[name] for name in self.input_names))
+        outputs = run_decoder(self.session, self.output_names, feeds)
+        return pb_utils.InferenceResponse(
+            output_tensors=[pb_utils.Tensor(n, v) for n, v in zip(self.output_names, outputs)])

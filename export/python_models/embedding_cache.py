@@ -1,29 +1,59 @@
-"""The session model's embedding cache: files on /dev/shm, shared by the model's instances,
-least recently used removed first. No Triton import, so it is tested on its own."""
+"""The session model's embedding cache: files in a private directory (on /dev/shm by
+default), shared by the model's instances, least recently used removed first. No Triton
+import, so it is tested on its own.
 
+One directory per served deployment: by default it is named after the server process, so
+two servers never share one unless they are given the same directory
+(``samtriton serve --session-cache-dir``). Each instance using a directory holds a shared
+``flock`` on its ``.holders`` file for as long as it runs; the kernel drops it when the
+process dies, so a directory whose lock can be taken exclusively is unused: an unloading
+model removes its directory only then, and a starting one sweeps such directories left by
+servers that died.
+"""
+
+import contextlib
+import fcntl
 import hashlib
+import logging
 import os
+import shutil
+import stat
 import tempfile
+import time
+import zlib
 from collections import OrderedDict
 
 import numpy as np
 
+logger = logging.getLogger("samtriton")
+
+DIRECTORY_PREFIX = "samtriton_session_"
+HOLDERS_FILE = ".holders"
+# Single flight: an encode holds the lock of its stripe, so N requests for the same new
+# image (from any instance) encode it once and the others read the result.
+FLIGHT_STRIPES = 256
+FLIGHT_WAIT_S = 120.0
+
+
+class CacheDirectoryError(RuntimeError):
+    """The configured directory cannot hold the cache safely (not private, not ours)."""
+
 
 class EmbeddingCache:
     """image id -> (embedding, input_size, original_size), shared by every instance of the
-    model: one file per image in a directory on /dev/shm (memory), so any instance can
-    answer any client and an encode in one instance does not hold up clicks in another.
-    Least recently used files are removed while the directory holds more than the budget;
-    a file removed under a reader is simply an unknown id, and the client re-sends."""
+    model: one file per image, so any instance can answer any client and an encode in one
+    instance does not hold up clicks in another. Least recently used files are removed while
+    the directory holds more than the budget; a file removed under a reader is simply an
+    unknown id, and the client re-sends."""
 
     # Entries this process read or wrote last, kept in memory: a click on the same image
     # then costs one utime (which also proves the file was not evicted) instead of a 4 MiB read.
     RECENT = 4
 
     def __init__(self, directory, budget_bytes):
-        self.directory, self.budget_bytes = directory, budget_bytes
+        self.directory, self.budget_bytes = os.path.abspath(directory), budget_bytes
         self.recent = OrderedDict()
-        os.makedirs(directory, exist_ok=True)
+        self._holder = hold_directory(self.directory)
 
     def _path(self, image_id):
         return os.path.join(self.directory, image_id + ".npz")
@@ -49,13 +79,44 @@ class EmbeddingCache:
             self.recent.popitem(last=False)
 
     def put(self, image_id, embedding, input_size, original_size):
-        os.makedirs(self.directory, exist_ok=True)  # a reload's finalize may have removed it
+        """Stores the entry and returns it: the caller uses what it wrote, even if another
+        instance evicts the file a moment later."""
+        entry = (embedding, input_size, original_size)
         temporary = os.path.join(self.directory, f".{image_id}.{os.getpid()}.tmp")
-        with open(temporary, "wb") as handle:
-            np.savez(handle, embedding=embedding, input_size=input_size, original_size=original_size)
-        os.replace(temporary, self._path(image_id))  # readers never see a partial file
-        self._remember(image_id, (embedding, input_size, original_size))
+        try:
+            with open(temporary, "wb") as handle:
+                np.savez(handle, embedding=embedding, input_size=input_size, original_size=original_size)
+            os.replace(temporary, self._path(image_id))  # readers never see a partial file
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(temporary)
+            raise
+        self._remember(image_id, entry)
         self._evict()
+        return entry
+
+    @contextlib.contextmanager
+    def flight(self, image_id):
+        """Held while ``image_id`` is being encoded: a second request for it (in any instance)
+        waits here, then finds the entry. Gives up waiting after FLIGHT_WAIT_S."""
+        stripe = zlib.crc32(image_id.encode()) % FLIGHT_STRIPES
+        fd = os.open(os.path.join(self.directory, f".flight.{stripe}"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + FLIGHT_WAIT_S
+            locked = False
+            while not locked:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    locked = True
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        logger.warning("samtriton: waited %.0f s for another encode of %s; encoding it here",
+                                       FLIGHT_WAIT_S, image_id)
+                        break
+                    time.sleep(0.005)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def _evict(self):
         entries = []
@@ -76,17 +137,105 @@ class EmbeddingCache:
                 pass
             used -= size
 
+    def close(self):
+        """Stops using the directory; removes it when no other live process uses it."""
+        holder, self._holder = self._holder, None
+        if holder is not None:
+            release_directory(self.directory, holder)
 
-def cache_directory(model_directory, base):
-    """The cache's directory for the session model in ``model_directory`` (Triton's
-    ``args["model_repository"]``): one per served deployment and export, told apart by the
-    model's path and the encoder's files' times."""
+
+def private_directory(path):
+    """Creates ``path`` (mode 0700), or checks that an existing one is a real directory owned
+    by this user and closed to others. Raises CacheDirectoryError otherwise."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise CacheDirectoryError(f"session cache directory {path}: cannot create it ({exc})") from None
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise CacheDirectoryError(f"session cache directory {path}: exists and is not a directory (a link or a "
+                                  "file); remove it or choose another directory")
+    if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        raise CacheDirectoryError(
+            f"session cache directory {path}: expected a directory owned by uid {os.geteuid()} with mode 0700, "
+            f"found owner uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o}; another user could read or "
+            "replace the embeddings: remove it or choose another directory")
+
+
+def hold_directory(path):
+    """Makes ``path`` a private cache directory held by this process: a shared lock on its
+    holders file, kept until ``release_directory`` (or the process's death). Returns the fd."""
+    for _ in range(100):
+        private_directory(path)
+        fd = os.open(os.path.join(path, HOLDERS_FILE), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            same = os.fstat(fd).st_ino == os.stat(os.path.join(path, HOLDERS_FILE)).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # the directory was swept between our open and our lock: make it anew
+    raise CacheDirectoryError(f"session cache directory {path}: removed repeatedly while starting")
+
+
+def release_directory(path, fd):
+    """Drops this process's hold; removes the directory if nobody else holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # only when no other holder is alive
+    except BlockingIOError:
+        os.close(fd)
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    os.close(fd)
+
+
+def sweep_orphans(root, keep=()):
+    """Removes cache directories under ``root`` that no live process holds (left by servers
+    that died). Only this user's directories with a holders file are considered."""
+    removed = []
+    try:
+        candidates = [e for e in os.scandir(root) if e.name.startswith(DIRECTORY_PREFIX)]
+    except OSError:
+        return removed
+    for entry in candidates:
+        if entry.path in keep:
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if not entry.is_dir(follow_symlinks=False) or info.st_uid != os.geteuid():
+                continue
+            fd = os.open(os.path.join(entry.path, HOLDERS_FILE), os.O_RDWR | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: a live server uses it
+            os.close(fd)
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        os.close(fd)
+        removed.append(entry.path)
+    return removed
+
+
+def default_root():
+    return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+
+
+def cache_directory(model_directory, base, server_pid=None):
+    """The default cache directory of the session model in ``model_directory`` (Triton's
+    ``args["model_repository"]``) served by the tritonserver process ``server_pid`` (the
+    python stub's parent): one per server, deployment and export, so two servers never share
+    one by accident, even when they serve the same repository on one host."""
     from samtriton import contract as C
 
+    server_pid = os.getppid() if server_pid is None else server_pid
     encoder_dir = os.path.join(model_directory, os.pardir, C.ENCODER.served_name(base))
-    stamp = [os.path.abspath(model_directory)]
+    stamp = [os.path.abspath(model_directory), str(server_pid)]
     for root, _, files in os.walk(encoder_dir):
         stamp += [f"{name}:{os.stat(os.path.join(root, name)).st_mtime_ns}" for name in sorted(files)]
     digest = hashlib.blake2b("|".join(stamp).encode(), digest_size=8).hexdigest()
-    return os.path.join("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir(),
-                        f"samtriton_session_{base}_{digest}")
+    return os.path.join(default_root(), f"{DIRECTORY_PREFIX}{base}_{server_pid}_{digest}")

@@ -9,7 +9,6 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from samtriton import contract as C
-from samtriton.errors import InvalidInput
 from samtriton.export.python_models.runtime import error_response, load
 from samtriton.validation import check_encoder_inputs
 
@@ -22,24 +21,30 @@ class TritonPythonModel:
         responses = [None] * len(requests)
         images, sizes, owners = [], [], []
         for i, request in enumerate(requests):
-            image = pb_utils.get_input_tensor_by_name(request, C.IMAGE.name).as_numpy()
-            input_size = pb_utils.get_input_tensor_by_name(request, C.INPUT_SIZE.name).as_numpy()
             try:
+                image = pb_utils.get_input_tensor_by_name(request, C.IMAGE.name).as_numpy()
+                input_size = pb_utils.get_input_tensor_by_name(request, C.INPUT_SIZE.name).as_numpy()
                 check_encoder_inputs(image, input_size)
-            except InvalidInput as exc:
+            except Exception as exc:  # noqa: BLE001 - this request fails alone
                 responses[i] = error_response(self.name, exc)
                 continue
             images.append(image)
             sizes.append(input_size)
             owners.append((i, len(image)))
         if images:
-            embeddings = self.session.run(
-                [C.IMAGE_EMBEDDINGS.name],
-                {C.IMAGE.name: np.concatenate(images), C.INPUT_SIZE.name: np.concatenate(sizes)},
-            )[0]
+            try:
+                embeddings = self._run(images, sizes)
+            except Exception as exc:  # noqa: BLE001 - every request of the batch gets the error
+                for i, _ in owners:
+                    responses[i] = error_response(self.name, exc)
+                return responses
             start = 0
             for i, count in owners:
                 tensor = pb_utils.Tensor(C.IMAGE_EMBEDDINGS.name, embeddings[start:start + count])
                 responses[i] = pb_utils.InferenceResponse(output_tensors=[tensor])
                 start += count
         return responses
+
+    def _run(self, images, sizes):
+        feeds = {C.IMAGE.name: np.concatenate(images), C.INPUT_SIZE.name: np.concatenate(sizes)}
+        return self.session.run([C.IMAGE_EMBEDDINGS.name], feeds)[0]

@@ -7,6 +7,7 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 from samtriton import contract as C
+from samtriton.errors import InvalidInput
 
 
 def load(args):
@@ -30,8 +31,66 @@ def onnx_session(path, config):
     return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
 
 
+class ModelError(Exception):
+    """An error answered with a Triton error code (``C.ERROR_CODE_*``): the client maps the
+    code onto its exceptions."""
+
+    def __init__(self, message, code=C.ERROR_CODE_INTERNAL):
+        super().__init__(message)
+        self.code = code
+
+
+def error_code(exc):
+    """The Triton error code for an exception raised while serving a request."""
+    if isinstance(exc, ModelError):
+        return exc.code
+    if isinstance(exc, InvalidInput):
+        return C.ERROR_CODE_INVALID_INPUT
+    return C.ERROR_CODE_INTERNAL
+
+
 def error_response(model_name, exc):
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(f"{model_name}: {exc}"))
+    """A per-request error response, its code chosen from the exception; unexpected
+    exceptions are answered as INTERNAL with their type, and the model keeps serving."""
+    text = str(exc) if isinstance(exc, (ModelError, InvalidInput)) else f"{type(exc).__name__}: {exc}"
+    code = getattr(pb_utils.TritonError, error_code(exc))
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(f"{model_name}: {text}", code))
+
+
+def respond_each(model_name, requests, handle):
+    """``handle(request)`` for each request; any exception becomes that request's error."""
+    responses = []
+    for request in requests:
+        try:
+            responses.append(handle(request))
+        except Exception as exc:  # noqa: BLE001 - one bad request must not fail its neighbours
+            responses.append(error_response(model_name, exc))
+    return responses
+
+
+def cpu_outputs():
+    """BLS outputs in CPU memory: a TensorRT or ONNX Runtime CUDA model hands its outputs back
+    in GPU memory otherwise, where as_numpy() raises (python_backend request_executor.cc).
+    (The stub adds these names to pb_utils after the model's module is imported.)"""
+    return pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
+
+
+def call_model(model_name, inputs, output_names, caller):
+    """A BLS request to ``model_name``; returns {output name: numpy array} in CPU memory.
+    A failure of the called model is the caller's UNAVAILABLE (the client fails over) when
+    that model is missing or unavailable, else it keeps the called model's message."""
+    response = pb_utils.InferenceRequest(
+        model_name=model_name, inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()],
+        requested_output_names=list(output_names), preferred_memory=cpu_outputs()).exec()
+    if response.has_error():
+        error = response.error()
+        code = error.code() if hasattr(error, "code") else None
+        if code in (pb_utils.TritonError.NOT_FOUND, pb_utils.TritonError.UNAVAILABLE):
+            raise ModelError(f"{caller} could not use {model_name}: {error.message()}", C.ERROR_CODE_UNAVAILABLE)
+        if code == pb_utils.TritonError.INVALID_ARG:
+            raise InvalidInput(error.message())
+        raise ModelError(f"{model_name}: {error.message()}", C.ERROR_CODE_INTERNAL)
+    return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in output_names}
 
 
 # Prompts above which a decoder run returns its arena memory afterwards: a click keeps the

@@ -14,7 +14,6 @@ stored embedding, for automatic mask generation without embeddings on the wire.
 
 import json
 import os
-import shutil
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -22,8 +21,9 @@ import triton_python_backend_utils as pb_utils
 from samtriton import contract as C
 from samtriton.amg import kept_mask_outputs
 from samtriton.errors import InvalidInput
-from samtriton.export.python_models.embedding_cache import EmbeddingCache, cache_directory
-from samtriton.export.python_models.runtime import error_response, onnx_session, run_decoder
+from samtriton.export.python_models.embedding_cache import (EmbeddingCache, cache_directory, default_root,
+                                                            sweep_orphans)
+from samtriton.export.python_models.runtime import ModelError, call_model, onnx_session, respond_each, run_decoder
 from samtriton.transforms import decode_image, preprocess
 from samtriton.validation import check_amg_inputs, check_array, check_decoder_inputs, check_encoder_inputs
 
@@ -34,9 +34,15 @@ class TritonPythonModel:
         self.name = config["name"]
         base = self.name[: -len(C.SESSION.suffix)]
         self.encoder, self.decoder = C.ENCODER.served_name(base), C.DECODER.served_name(base)
-        mib = int(config.get("parameters", {}).get("session_cache_mib", {}).get(
-            "string_value", C.DEFAULT_SESSION_CACHE_MIB))
-        self.cache = EmbeddingCache(cache_directory(args["model_repository"], base), mib * 2**20)
+        parameters = config.get("parameters", {})
+        mib = int(parameters.get("session_cache_mib", {}).get("string_value", C.DEFAULT_SESSION_CACHE_MIB))
+        # The server's own directory unless one is given: the server's environment (samtriton
+        # serve --session-cache-dir), then the model's config (samtriton export --session-cache-dir).
+        directory = (os.environ.get(C.SESSION_CACHE_DIR_ENV)
+                     or parameters.get("session_cache_dir", {}).get("string_value")
+                     or cache_directory(args["model_repository"], base))
+        self.cache = EmbeddingCache(directory, mib * 2**20)
+        sweep_orphans(default_root(), keep={self.cache.directory})
         # With the python decoder, run its ONNX graph here: a BLS hop to another stub costs
         # as much as the decoder itself on CPU. Other decoder backends are called via BLS.
         self.local_decoder = None
@@ -46,16 +52,10 @@ class TritonPythonModel:
             self.local_decoder = onnx_session(os.path.normpath(path), config)
 
     def finalize(self):
-        shutil.rmtree(self.cache.directory, ignore_errors=True)  # the cache lives in memory (/dev/shm)
+        self.cache.close()  # the directory goes when no live instance or server uses it
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                responses.append(self._one(request))
-            except InvalidInput as exc:
-                responses.append(error_response(self.name, exc))
-        return responses
+        return respond_each(self.name, requests, self._one)
 
     def _one(self, request):
         def get(spec):
@@ -69,11 +69,12 @@ class TritonPythonModel:
         if (coords is None) != (get(C.POINT_LABELS) is None):
             raise InvalidInput("point_coords / point_labels: send both, or neither (no prompt)")
         if image is not None or input_size is not None or encoded is not None or original_size is not None:
-            self._set(image_id, image, input_size, original_size, encoded)
-        entry = self.cache.get(image_id)
+            entry = self._set(image_id, image, input_size, original_size, encoded)
+        else:
+            entry = self.cache.get(image_id)
         if entry is None:
-            raise InvalidInput(f"{C.UNKNOWN_IMAGE_ID_MESSAGE} {image_id!r}: this server holds no embedding for it "
-                               "(never set here, or evicted); send the image again")
+            raise ModelError(f"{C.UNKNOWN_IMAGE_ID_MESSAGE} {image_id!r}: this server holds no embedding for it "
+                             "(never set here, or evicted); send the image again", C.ERROR_CODE_UNKNOWN_IMAGE)
         embedding, input_size, original_size = entry
         outputs = {C.INPUT_SIZE.name: input_size, C.ORIGINAL_SIZE.name: original_size}
         if C.DECODER_IMAGE_EMBEDDINGS.name in wanted:
@@ -103,14 +104,7 @@ class TritonPythonModel:
             check_array(C.ENCODED_IMAGE.name, encoded, np.object_, 1)
             if encoded.shape != (1,):
                 raise InvalidInput(f"encoded_image: expected shape [1] (one file), got {list(encoded.shape)}")
-            expected = C.image_id_for(encoded_image=encoded[0])
-            _check_id(image_id, expected)
-            if self.cache.get(image_id) is not None:
-                return  # the same file was encoded already
-            rgb = decode_image(encoded[0])
-            padded, size = preprocess(rgb)
-            image, input_size = padded[None], np.asarray([size], np.int64)
-            original_size = np.asarray(rgb.shape[:2], np.int64)
+            _check_id(image_id, C.image_id_for(encoded_image=encoded[0]))
         else:
             if image is None or input_size is None or original_size is None:
                 raise InvalidInput("image / input_size / original_size: send all three (or encoded_image alone)")
@@ -123,16 +117,29 @@ class TritonPythonModel:
                                    f"got {original_size.tolist()}")
             original_size = original_size.copy()
             _check_id(image_id, C.image_id_for(image[0], input_size[0], original_size))
-            if self.cache.get(image_id) is not None:
-                return  # the same image was encoded already (by this client or another)
-        encoded_out = pb_utils.InferenceRequest(
-            model_name=self.encoder,
-            inputs=[pb_utils.Tensor(C.IMAGE.name, image), pb_utils.Tensor(C.INPUT_SIZE.name, input_size)],
-            requested_output_names=[C.IMAGE_EMBEDDINGS.name]).exec()
-        if encoded_out.has_error():
-            raise InvalidInput(encoded_out.error().message())
-        embedding = pb_utils.get_output_tensor_by_name(encoded_out, C.IMAGE_EMBEDDINGS.name).as_numpy()
-        self.cache.put(image_id, np.ascontiguousarray(embedding), input_size[0].copy(), original_size)
+        entry = self.cache.get(image_id)  # the same image was encoded already (by this client or another)
+        if entry is not None:
+            return entry
+        with self.cache.flight(image_id):  # N requests for one new image: one encode
+            entry = self.cache.get(image_id)
+            if entry is None:
+                entry = self._encode(image_id, image, input_size, original_size, encoded)
+        return entry
+
+    def _encode(self, image_id, image, input_size, original_size, encoded):
+        if encoded is not None:
+            rgb = decode_image(encoded[0])
+            padded, size = preprocess(rgb)
+            image, input_size = padded[None], np.asarray([size], np.int64)
+            original_size = np.asarray(rgb.shape[:2], np.int64)
+        out = call_model(self.encoder, {C.IMAGE.name: image, C.INPUT_SIZE.name: input_size},
+                         [C.IMAGE_EMBEDDINGS.name], self.name)
+        embedding = np.ascontiguousarray(out[C.IMAGE_EMBEDDINGS.name])
+        try:
+            return self.cache.put(image_id, embedding, input_size[0].copy(), original_size)
+        except OSError as exc:
+            raise ModelError(f"session cache {self.cache.directory}: cannot store the embedding ({exc}); give the "
+                             "cache more room (/dev/shm size) or lower session_cache_mib", C.ERROR_CODE_INTERNAL)
 
     def _amg(self, embedding, input_size, coords, labels, crop_size, thresholds, mask_input, has_mask, multimask):
         """The AMG stage's work on the stored embedding: only the kept masks go back, as bits."""
@@ -161,14 +168,9 @@ class TritonPythonModel:
             low_res, iou = run_decoder(self.local_decoder, output_names, {
                 spec.name: value for spec, value in zip(C.DECODER.inputs, feeds)})
         else:
-            decoded = pb_utils.InferenceRequest(
-                model_name=self.decoder,
-                inputs=[pb_utils.Tensor(spec.name, value) for spec, value in zip(C.DECODER.inputs, feeds)],
-                requested_output_names=output_names).exec()
-            if decoded.has_error():
-                raise InvalidInput(decoded.error().message())
-            low_res = pb_utils.get_output_tensor_by_name(decoded, C.LOW_RES_MASKS.name).as_numpy()
-            iou = pb_utils.get_output_tensor_by_name(decoded, C.IOU_PREDICTIONS.name).as_numpy()
+            decoded = call_model(self.decoder, {spec.name: value for spec, value in zip(C.DECODER.inputs, feeds)},
+                                 output_names, self.name)
+            low_res, iou = decoded[C.LOW_RES_MASKS.name], decoded[C.IOU_PREDICTIONS.name]
         if multimask is not None:
             check_array(C.MULTIMASK_OUTPUT.name, multimask, np.bool_, 1)
             selected = C.MULTIMASK_SLICE if bool(multimask[0]) else C.SINGLE_MASK_SLICE

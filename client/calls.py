@@ -1,0 +1,87 @@
+"""The requests samtriton sends, as transport ``Call``s: one builder per operation of the
+served models, shared by the sync and asyncio clients.
+
+Session requests name their image: the transport routes them by that id and, for a request
+that uses a stored embedding, knows what to send again when the server does not hold it
+(``source``: the padded image with its sizes, or the image file's bytes).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import contract as C
+from .transport import Call, make_call
+
+Source = Dict[str, Any]  # padded_image + input_size + original_size, or encoded_image
+
+
+def encode(model: str, padded_images: np.ndarray, input_sizes: np.ndarray) -> Call:
+    """[B, 1024, 1024, 3] uint8 + [B, 2] -> [B, 256, 64, 64] embeddings (NAME_encoder)."""
+    size = len(padded_images) * int(np.prod(C.IMAGE_EMBEDDINGS.dims)) * 4
+    return make_call(C.ENCODER, model, {C.IMAGE.name: padded_images, C.INPUT_SIZE.name: input_sizes},
+                     output_bytes={C.IMAGE_EMBEDDINGS.name: size})
+
+
+def decode(model: str, prompts: Dict[str, np.ndarray]) -> Call:
+    """One embedding + K prompts -> all 4 masks' logits and IoU predictions (NAME_decoder)."""
+    size = len(prompts[C.POINT_COORDS.name]) * C.NUM_MASK_OUTPUTS * C.LOW_RES_SIZE ** 2 * 4
+    return make_call(C.DECODER, model, prompts, output_bytes={C.LOW_RES_MASKS.name: size})
+
+
+def session_set(model: str, image_id: str, source: Source) -> Call:
+    """Encode an image on the server and keep its embedding there under ``image_id``."""
+    tensors = {C.IMAGE_ID.name: np.array([image_id], dtype=object)}
+    if source.get("encoded_image") is not None:
+        tensors[C.ENCODED_IMAGE.name] = np.array([bytes(source["encoded_image"])], dtype=object)
+    else:
+        tensors[C.IMAGE.name] = source["padded_image"][None]
+        tensors[C.INPUT_SIZE.name] = np.asarray([source["input_size"]], np.int64)
+        tensors[C.ORIGINAL_SIZE.name] = np.asarray(source["original_size"], np.int64)
+    return make_call(C.SESSION, model, tensors, outputs=C.SESSION_SET_OUTPUTS, image_id=image_id)
+
+
+def set_result(out: Dict[str, np.ndarray]) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    """(input_size, original_size) from a ``session_set`` answer."""
+    return tuple(int(v) for v in out[C.INPUT_SIZE.name]), tuple(int(v) for v in out[C.ORIGINAL_SIZE.name])
+
+
+def _on_stored(model: str, image_id: str, source: Optional[Source], tensors: Dict[str, np.ndarray],
+               outputs: Sequence[str], output_bytes: Optional[Dict[str, int]] = None) -> Call:
+    tensors = dict(tensors, **{C.IMAGE_ID.name: np.array([image_id], dtype=object)})
+    resend = session_set(model, image_id, source) if source is not None else None
+    return make_call(C.SESSION, model, tensors, outputs=outputs, output_bytes=output_bytes, image_id=image_id,
+                     resend=resend)
+
+
+def session_decode(model: str, image_id: str, prompts: Dict[str, np.ndarray], multimask_output: bool,
+                   float16: bool = True, source: Optional[Source] = None) -> Call:
+    """K prompts against the stored embedding -> ([K, C, 256, 256] logits, [K, C] IoU), C = 3
+    with ``multimask_output`` else 1; logits as float16 unless ``float16=False``.
+    ``mask_input`` / ``has_mask_input`` may be left out of ``prompts`` (no mask prompt)."""
+    logits = C.LOW_RES_MASKS_FP16 if float16 else C.SESSION_LOW_RES_MASKS
+    k = len(prompts[C.POINT_COORDS.name])
+    count = C.MULTIMASK_SLICE if multimask_output else C.SINGLE_MASK_SLICE
+    size = k * (count.stop - count.start) * C.LOW_RES_SIZE ** 2 * np.dtype(logits.dtype).itemsize
+    tensors = dict(prompts, **{C.MULTIMASK_OUTPUT.name: np.array([multimask_output])})
+    return _on_stored(model, image_id, source, tensors, (logits.name, C.SESSION_IOU.name), {logits.name: size})
+
+
+def decode_result(call: Call, out: Dict[str, np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+    """(low-res logits, IoU predictions) from a ``session_decode`` answer."""
+    logits_name, iou_name = call.outputs
+    return out[logits_name], out[iou_name]
+
+
+def session_amg(model: str, image_id: str, tensors: Dict[str, np.ndarray], source: Optional[Source] = None) -> Call:
+    """The AMG stage's request (``C.AMG``'s inputs but the embedding) against the stored
+    embedding of ``image_id``: the kept masks' outputs, as ``C.AMG.outputs``."""
+    return _on_stored(model, image_id, source, tensors, [spec.name for spec in C.AMG.outputs])
+
+
+def session_embedding(model: str, image_id: str, source: Optional[Source] = None) -> Call:
+    """The stored [1, 256, 64, 64] float32 embedding of ``image_id``."""
+    spec = C.DECODER_IMAGE_EMBEDDINGS
+    return _on_stored(model, image_id, source, {}, (spec.name,), {spec.name: int(np.prod(spec.dims)) * 4})

@@ -1,0 +1,548 @@
+"""Where each request goes and what happens when it fails, once for the sync and asyncio clients.
+
+- Endpoint choice: a request that names an image id goes to the endpoint that ranks first
+  for that id under rendezvous (highest random weight) hashing over the endpoints that are
+  up, so a session's clicks land where its embedding is. Adding or removing one of N
+  endpoints moves only the images that ranked it first. Other requests rotate over the
+  endpoints that are up.
+- The id also travels as gRPC metadata (``samtriton-image-id``), so a layer-7 proxy that
+  hashes on it (nginx ``hash $http_samtriton_image_id consistent``) keeps the same affinity
+  for clients that know one address.
+- Fail-over: an endpoint that is unreachable, or lacks the model, is skipped for
+  ``down_seconds`` and the request goes to the next endpoint in its order at once; when
+  every endpoint was unreachable the call is retried with exponential backoff and jitter,
+  never past its deadline.
+- Re-send: a session request that finds the server without its image (NOT_FOUND from the
+  session model) sends the image to that same endpoint once and asks again, so the images
+  of a failed endpoint move to their next endpoint and stay there.
+- Errors: Triton's status codes, not message text, become samtriton's exceptions.
+
+The attempt plan (``attempts``) is a generator both clients drive; the sync client drives it
+with blocking tritonclient calls, the asyncio client with ``tritonclient.grpc.aio``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from . import contract as C
+from .errors import (ImageNotCached, InvalidInput, ModelNotReady, RequestTimeout, SamTritonError, ServerError,
+                     ServerUnavailable)
+from .shared_memory import MIN_SHARED_BYTES, SharedMemoryPool, is_local
+
+logger = logging.getLogger("samtriton")
+
+# Errors that say "not here": the next endpoint may serve the request.
+FAIL_OVER = (ServerUnavailable, ModelNotReady)
+
+
+def parse_urls(url: Union[str, Sequence[str]]) -> List[str]:
+    urls = [u.strip() for u in (url.split(",") if isinstance(url, str) else url) if u and u.strip()]
+    if not urls:
+        raise InvalidInput(f"url: expected 'host:port' or a list of them, got {url!r}")
+    if len(set(urls)) != len(urls):
+        raise InvalidInput(f"url: each endpoint once, got {urls}")
+    return urls
+
+
+def rendezvous_order(key: str, urls: Sequence[str]) -> List[str]:
+    """``urls`` ranked for ``key`` by highest random weight: a stable order per key that
+    changes only where an endpoint is added or removed."""
+    def weight(url: str) -> bytes:
+        return hashlib.blake2b(f"{key}|{url}".encode(), digest_size=8).digest()
+
+    return sorted(urls, key=weight, reverse=True)
+
+
+class Endpoints:
+    """The endpoints of one client and what it knows of their health."""
+
+    def __init__(self, urls: Sequence[str], down_seconds: float = 5.0):
+        self.urls = list(urls)
+        self.down_seconds = down_seconds
+        self.failures: List[tuple] = []  # (url, reason), oldest first
+        self._down_until = {u: 0.0 for u in self.urls}
+        self._turn = itertools.count()
+        self._lock = threading.Lock()
+
+    def order(self, image_id: Optional[str] = None) -> List[str]:
+        """Where to try a request, first choice first: the image's rendezvous ranking, or a
+        rotation for requests without an image; endpoints that are up before those marked down."""
+        if image_id is not None:
+            ranked = rendezvous_order(image_id, self.urls)
+        else:
+            with self._lock:
+                start = next(self._turn) % len(self.urls)
+            ranked = self.urls[start:] + self.urls[:start]
+        now = time.monotonic()
+        return sorted(ranked, key=lambda u: self._down_until[u] > now)  # stable: the ranking is kept
+
+    def mark_down(self, url: str, error: Exception) -> None:
+        with self._lock:
+            self._down_until[url] = time.monotonic() + self.down_seconds
+            self.failures.append((url, str(error)))
+        if len(self.urls) > 1:
+            logger.warning("samtriton: endpoint %s failed (%s); trying another endpoint", url, error)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    url: str
+    deadline: float  # time.monotonic() by which the call must be done
+
+
+@dataclass(frozen=True)
+class Pause:
+    seconds: float
+
+
+def attempts(endpoints: Endpoints, image_id: Optional[str], timeout: float, retries: int,
+             backoff: float) -> Iterator[Union[Attempt, Pause]]:
+    """The plan of one call. Yields an ``Attempt`` (try this endpoint) or a ``Pause`` (sleep,
+    then ``next``). After a failed attempt, ``send`` its error: a fail-over error marks the
+    endpoint down and the plan goes on; the plan raises the error when nothing is left."""
+    deadline = time.monotonic() + timeout
+    for attempt in itertools.count():
+        error: Optional[Exception] = None
+        for url in endpoints.order(image_id):
+            error = yield Attempt(url, deadline)
+            if not isinstance(error, FAIL_OVER):
+                raise error if error is not None else RuntimeError("attempts: send the failed attempt's error")
+            endpoints.mark_down(url, error)
+            if time.monotonic() >= deadline:
+                raise error
+        pause = backoff * (2 ** attempt) * random.uniform(0.5, 1.5)
+        # Only "unreachable" is worth waiting for; a missing model is a deployment matter.
+        if not isinstance(error, ServerUnavailable) or attempt >= retries or time.monotonic() + pause >= deadline:
+            raise error
+        yield Pause(pause)
+
+
+@dataclass
+class Call:
+    """One request to one served model: what is sent, what comes back, where it may go."""
+
+    spec: C.ModelSpec
+    model_name: str
+    arrays: Dict[str, np.ndarray]
+    outputs: List[str]
+    output_bytes: Dict[str, int] = field(default_factory=dict)  # bound for shared-memory outputs
+    image_id: Optional[str] = None  # affinity key; also sent as metadata
+    resend: Optional["Call"] = None  # sent once when the server does not hold the image
+
+    @property
+    def may_miss_image(self) -> bool:
+        """A session request that names an image and carries none: NOT_FOUND means the
+        server does not hold the image (or the model is missing: see ``Transport``)."""
+        return self.spec is C.SESSION and self.image_id is not None and not (
+            C.IMAGE.name in self.arrays or C.ENCODED_IMAGE.name in self.arrays)
+
+    def headers(self, base: Optional[Dict[str, str]]) -> Optional[Dict[str, str]]:
+        if self.image_id is None:
+            return base
+        return dict(base or {}, **{C.IMAGE_ID_HEADER: self.image_id})
+
+
+def make_call(spec: C.ModelSpec, model: str, tensors: Dict[str, np.ndarray], outputs: Optional[Sequence[str]] = None,
+              output_bytes: Optional[Dict[str, int]] = None, image_id: Optional[str] = None,
+              resend: Optional[Call] = None) -> Call:
+    """A ``Call`` with its tensors checked and cast to the contract's dtypes."""
+    model_name = spec.served_name(model)
+    return Call(spec, model_name, request_arrays(spec, model_name, tensors),
+                list(outputs) if outputs else [s.name for s in spec.outputs], dict(output_bytes or {}), image_id,
+                resend)
+
+
+def request_arrays(spec: C.ModelSpec, model_name: str, tensors: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """The request's tensors in their contract dtypes, checked for presence and total size."""
+    missing = [s.name for s in spec.inputs if not s.optional and tensors.get(s.name) is None]
+    if missing:
+        raise InvalidInput(f"request to {model_name}: missing input(s) {missing}")
+    arrays = {s.name: _wire_array(tensors[s.name], s) for s in spec.inputs if tensors.get(s.name) is not None}
+    size = sum(nbytes(a) for a in arrays.values())
+    if size > C.MAX_REQUEST_BYTES:
+        raise InvalidInput(f"request to {model_name}: {size / 2**20:.1f} MiB of tensors; the limit is "
+                           f"{C.MAX_REQUEST_BYTES / 2**20:.0f} MiB (send fewer prompts or images per call)")
+    return arrays
+
+
+def _wire_array(value, spec: C.TensorSpec) -> np.ndarray:
+    if np.dtype(spec.dtype) == np.object_:
+        array = np.asarray(value, dtype=object)
+        return np.array([v if isinstance(v, bytes) else str(v).encode() for v in array.ravel()],
+                        dtype=object).reshape(array.shape)
+    return np.ascontiguousarray(value, dtype=spec.dtype)
+
+
+def nbytes(array: np.ndarray) -> int:
+    if array.dtype == object:
+        return sum(len(v) + 4 for v in array.ravel())  # BYTES elements carry a 4-byte length
+    return array.nbytes
+
+
+def translate(exc: InferenceServerException, call: Call, url: str, timeout: float) -> SamTritonError:
+    """A tritonclient error -> samtriton's exception, by Triton's status code. The message
+    is kept for people; nothing is decided on its text."""
+    message = (exc.message() or str(exc)).strip()
+    status = (exc.status() or "").rsplit(".", 1)[-1]  # "StatusCode.NOT_FOUND" -> "NOT_FOUND"
+    name = call.model_name
+    if status == "UNAVAILABLE" or (not status and _is_connection_error(exc)):
+        return ServerUnavailable(f"{url} is unavailable for {name} ({message}); check that the server is running "
+                                 "and reachable")
+    if status == "DEADLINE_EXCEEDED":
+        return RequestTimeout(f"{name} at {url} did not answer within {timeout:g} s; raise timeout= or check the "
+                              "server's load")
+    if status == "NOT_FOUND":
+        if call.may_miss_image:
+            return ImageNotCached(f"{name} at {url} holds no embedding for image {call.image_id} ({message})")
+        return ModelNotReady(f"{name} at {url} is not ready ({message}); load it (explicit model control) or check "
+                             "the deployment name")
+    if status == "INVALID_ARGUMENT":
+        return InvalidInput(f"{name} at {url} rejected the request: {message}")
+    return ServerError(f"{name} at {url}: {status or 'error'} {message}".strip())
+
+
+def _is_connection_error(exc: InferenceServerException) -> bool:
+    # tritonclient raises some channel failures without a status (its own wrapper).
+    return isinstance(exc.__cause__, (ConnectionError, OSError))
+
+
+class Channels:
+    """Each endpoint's current client. ``renew`` gives an endpoint a fresh one (a channel that
+    saw its server die waits out gRPC's reconnect backoff; a new one connects as soon as the
+    server is back); the old one is closed when the last request using it has returned,
+    never under a request in flight. ``close_client`` may return an awaitable (asyncio)."""
+
+    def __init__(self, urls: Sequence[str], make_client: Callable[[str], object],
+                 close_client: Callable[[object], object]):
+        self._make, self._close = make_client, close_client
+        self._current = {u: _Channel(make_client(u)) for u in urls}
+        self._lock = threading.Lock()
+        self.closing: List[object] = []  # what close_client returned (awaitables to await)
+
+    def acquire(self, url: str) -> "_Channel":
+        with self._lock:
+            channel = self._current[url]
+            channel.users += 1
+            return channel
+
+    def release(self, channel: "_Channel") -> None:
+        with self._lock:
+            channel.users -= 1
+            done = channel.retired and channel.users == 0
+        if done:
+            self._finish(channel)
+
+    def current(self, url: str) -> "_Channel":
+        return self._current[url]
+
+    def renew(self, url: str, seen: "_Channel") -> None:
+        """Replace ``seen`` (the channel a failed request used) unless another thread already did."""
+        with self._lock:
+            if self._current[url] is not seen:
+                return
+            self._current[url] = _Channel(self._make(url))
+            seen.retired = True
+            done = seen.users == 0
+        if done:
+            self._finish(seen)
+
+    def close(self) -> None:
+        with self._lock:
+            channels, self._current = list(self._current.values()), {}
+        for channel in channels:
+            channel.retired = True
+            self._finish(channel)
+
+    def _finish(self, channel: "_Channel") -> None:
+        if channel.closed:
+            return
+        channel.closed = True
+        if channel.pool is not None:
+            channel.pool.close()
+        result = self._close(channel.client)
+        if result is not None:
+            self.closing.append(result)
+
+
+@dataclass(eq=False)
+class _Channel:
+    client: object
+    users: int = 0
+    retired: bool = False
+    closed: bool = False
+    pool: Optional[SharedMemoryPool] = None  # system shared memory with this server, if used
+    pool_checked: bool = False
+
+
+@dataclass
+class TransportOptions:
+    timeout: float = 60.0
+    headers: Optional[Dict[str, str]] = None
+    retries: int = 3
+    backoff: float = 0.2
+    down_seconds: float = 5.0
+
+    def __post_init__(self):
+        if not self.timeout or self.timeout <= 0:
+            raise InvalidInput(f"timeout: expected a positive number of seconds, got {self.timeout!r}")
+        if self.retries < 0:
+            raise InvalidInput(f"retries: expected 0 or more, got {self.retries!r}")
+
+
+class Transport:
+    """The blocking transport: tritonclient.grpc clients, optional system shared memory."""
+
+    def __init__(self, urls: Sequence[str], options: TransportOptions, shared_memory: bool = False,
+                 **client_kwargs):
+        self.endpoints = Endpoints(urls, options.down_seconds)
+        self.options = options
+        self.shared_memory = shared_memory
+        self._client_kwargs = client_kwargs
+        self.channels = Channels(urls, self._new_client, lambda client: client.close())
+        self._lock = threading.Lock()
+        # Bytes of tensors that crossed the wire (shared-memory tensors are not counted).
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def _new_client(self, url: str):
+        return grpcclient.InferenceServerClient(url, **self._client_kwargs)
+
+    def call(self, call: Call) -> Dict[str, np.ndarray]:
+        options = self.options
+        plan = attempts(self.endpoints, call.image_id, options.timeout, options.retries, options.backoff)
+        step = next(plan)
+        while True:
+            if isinstance(step, Pause):
+                time.sleep(step.seconds)
+                step = next(plan)
+                continue
+            try:
+                return self._attempt(step.url, call, step.deadline)
+            except FAIL_OVER as error:
+                step = plan.send(error)
+
+    def _attempt(self, url: str, call: Call, deadline: float) -> Dict[str, np.ndarray]:
+        try:
+            return self._send(url, call, deadline)
+        except ImageNotCached:
+            if call.resend is None:
+                if not self._model_ready(url, call, deadline):
+                    raise ModelNotReady(f"{call.model_name} at {url} is not ready; load it or check the deployment "
+                                        "name") from None
+                raise
+            logger.info("samtriton: %s holds no embedding for %s; sending the image again", url, call.image_id)
+            self._send(url, call.resend, deadline)
+            return self._send(url, call, deadline)
+
+    def _model_ready(self, url: str, call: Call, deadline: float) -> bool:
+        channel = self.channels.acquire(url)
+        try:
+            return channel.client.is_model_ready(call.model_name, headers=self.options.headers,
+                                                 client_timeout=max(deadline - time.monotonic(), 0.001))
+        except InferenceServerException:
+            return False
+        finally:
+            self.channels.release(channel)
+
+    def _send(self, url: str, call: Call, deadline: float) -> Dict[str, np.ndarray]:
+        channel = self.channels.acquire(url)
+        try:
+            return self._infer(channel, url, call, deadline)
+        except InferenceServerException as exc:
+            error = translate(exc, call, url, self.options.timeout)
+            if isinstance(error, ServerUnavailable):
+                self.channels.renew(url, channel)
+            raise error from None
+        finally:
+            self.channels.release(channel)
+
+    def _infer(self, channel: _Channel, url: str, call: Call, deadline: float) -> Dict[str, np.ndarray]:
+        pool = self._pool(channel, url)
+        held, shared_out = [], {}
+        inputs, wire_sent = [], 0
+        try:
+            for name, array in call.arrays.items():
+                tensor = grpcclient.InferInput(name, list(array.shape), C.WIRE_DTYPES[array.dtype])
+                if pool is not None and array.dtype != object and array.nbytes >= MIN_SHARED_BYTES:
+                    region = pool.checkout(array.nbytes)
+                    held.append(region)
+                    pool.write(region, array)
+                    tensor.set_shared_memory(region.name, array.nbytes)
+                else:
+                    tensor.set_data_from_numpy(array)
+                    wire_sent += nbytes(array)
+                inputs.append(tensor)
+            requested = []
+            for name in call.outputs:
+                output = grpcclient.InferRequestedOutput(name)
+                if pool is not None and call.output_bytes.get(name, 0) >= MIN_SHARED_BYTES:
+                    region = pool.checkout(call.output_bytes[name])
+                    held.append(region)
+                    output.set_shared_memory(region.name, region.byte_size)
+                    shared_out[name] = region
+                requested.append(output)
+            result = channel.client.infer(call.model_name, inputs, outputs=requested,
+                                          headers=call.headers(self.options.headers),
+                                          client_timeout=max(deadline - time.monotonic(), 0.001))
+            values = {}
+            for name in call.outputs:
+                if name in shared_out:
+                    meta = result.get_output(name)
+                    values[name] = pool.read(shared_out[name], NUMPY_DTYPES[meta.datatype], meta.shape)
+                else:
+                    values[name] = result.as_numpy(name)
+        finally:
+            if held:
+                pool.release(held)
+        received = sum(nbytes(v) for k, v in values.items() if k not in shared_out)
+        with self._lock:
+            self.bytes_sent += wire_sent
+            self.bytes_received += received
+        return values
+
+    def _pool(self, channel: _Channel, url: str) -> Optional[SharedMemoryPool]:
+        """The channel's shared-memory pool, created on first use; None means the wire."""
+        if not self.shared_memory:
+            return None
+        with self._lock:
+            if channel.pool_checked:
+                return channel.pool
+            channel.pool_checked = True
+        if not is_local(url):
+            logger.warning("samtriton: %s is not on this machine; shared memory is off for it, using the wire", url)
+            return None
+        candidate = SharedMemoryPool(channel.client, self.options.headers, self.options.timeout)
+        try:
+            candidate.release([candidate.checkout(MIN_SHARED_BYTES)])  # proves the server can map our regions
+        except Exception as exc:  # noqa: BLE001 - any failure means: use the wire
+            logger.warning("samtriton: %s refused system shared memory (%s); using the wire", url, exc)
+            candidate.close()
+            return None
+        channel.pool = candidate
+        return candidate
+
+    def endpoint_ready(self, url: str, model: str) -> bool:
+        """The endpoint is live with every served model of deployment ``model`` READY."""
+        channel = self.channels.acquire(url)
+        headers, timeout = self.options.headers, self.options.timeout
+        try:
+            return channel.client.is_server_ready(headers=headers, client_timeout=timeout) and all(
+                channel.client.is_model_ready(spec.served_name(model), headers=headers, client_timeout=timeout)
+                for spec in C.MODEL_SPECS)
+        except InferenceServerException:
+            self.channels.renew(url, channel)
+            return False
+        finally:
+            self.channels.release(channel)
+
+    def admin(self, url: str):
+        """The endpoint's current tritonclient (for configuration and statistics queries)."""
+        return self.channels.current(url).client
+
+    def close(self) -> None:
+        self.channels.close()
+
+
+NUMPY_DTYPES = {w: d for d, w in C.WIRE_DTYPES.items()}
+
+
+class AsyncTransport:
+    """The asyncio transport (``tritonclient.grpc.aio``): the same plan, errors and re-send."""
+
+    def __init__(self, urls: Sequence[str], options: TransportOptions, **client_kwargs):
+        import tritonclient.grpc.aio as grpcaio
+
+        self.endpoints = Endpoints(urls, options.down_seconds)
+        self.options = options
+        self.channels = Channels(urls, lambda url: grpcaio.InferenceServerClient(url, **client_kwargs),
+                                 lambda client: client.close())
+
+    async def call(self, call: Call) -> Dict[str, np.ndarray]:
+        import asyncio
+
+        options = self.options
+        plan = attempts(self.endpoints, call.image_id, options.timeout, options.retries, options.backoff)
+        step = next(plan)
+        while True:
+            if isinstance(step, Pause):
+                await asyncio.sleep(step.seconds)
+                step = next(plan)
+                continue
+            try:
+                return await self._attempt(step.url, call, step.deadline)
+            except FAIL_OVER as error:
+                step = plan.send(error)
+            finally:
+                await self._finish_closing()
+
+    async def _attempt(self, url: str, call: Call, deadline: float) -> Dict[str, np.ndarray]:
+        try:
+            return await self._send(url, call, deadline)
+        except ImageNotCached:
+            if call.resend is None:
+                if not await self._model_ready(url, call, deadline):
+                    raise ModelNotReady(f"{call.model_name} at {url} is not ready; load it or check the deployment "
+                                        "name") from None
+                raise
+            logger.info("samtriton: %s holds no embedding for %s; sending the image again", url, call.image_id)
+            await self._send(url, call.resend, deadline)
+            return await self._send(url, call, deadline)
+
+    async def _model_ready(self, url: str, call: Call, deadline: float) -> bool:
+        channel = self.channels.acquire(url)
+        try:
+            return await channel.client.is_model_ready(call.model_name, headers=self.options.headers,
+                                                       client_timeout=max(deadline - time.monotonic(), 0.001))
+        except InferenceServerException:
+            return False
+        finally:
+            self.channels.release(channel)
+
+    async def _send(self, url: str, call: Call, deadline: float) -> Dict[str, np.ndarray]:
+        inputs = []
+        for name, array in call.arrays.items():
+            tensor = grpcclient.InferInput(name, list(array.shape), C.WIRE_DTYPES[array.dtype])
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        requested = [grpcclient.InferRequestedOutput(name) for name in call.outputs]
+        channel = self.channels.acquire(url)
+        try:
+            result = await channel.client.infer(call.model_name, inputs, outputs=requested,
+                                                headers=call.headers(self.options.headers),
+                                                client_timeout=max(deadline - time.monotonic(), 0.001))
+            return {name: result.as_numpy(name) for name in call.outputs}
+        except InferenceServerException as exc:
+            error = translate(exc, call, url, self.options.timeout)
+            if isinstance(error, ServerUnavailable):
+                self.channels.renew(url, channel)
+            raise error from None
+        finally:
+            self.channels.release(channel)
+
+    async def _finish_closing(self) -> None:
+        closing, self.channels.closing = self.channels.closing, []
+        for awaitable in closing:
+            try:
+                await awaitable
+            except Exception:  # noqa: BLE001 - a channel to a dead server may fail to close cleanly
+                pass
+
+    async def close(self) -> None:
+        self.channels.close()
+        await self._finish_closing()
+
+
+__all__ = ("Attempt", "AsyncTransport", "Call", "Channels", "Endpoints", "Pause", "Transport", "TransportOptions",
+           "attempts", "make_call", "parse_urls", "rendezvous_order", "translate")
