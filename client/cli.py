@@ -19,7 +19,7 @@ from . import contract as C
 def _export(args) -> int:
     from samtriton.export.exporter import export
     from samtriton.export.repository import RepositoryOptions
-    from samtriton.export.tensorrt_engine import EngineOptions, TensorRTUnavailable
+    from samtriton.export.tensorrt_engine import TensorRTUnavailable
 
     options = RepositoryOptions(
         name=args.name, encoder_backend=args.encoder_backend, decoder_backend=args.decoder_backend,
@@ -28,9 +28,11 @@ def _export(args) -> int:
         session_instances=args.session_instances, session_cache_mib=args.session_cache_mib)
     engine = None
     if args.encoder_backend == "tensorrt":
-        engine = EngineOptions(precision=args.precision, min_batch=args.min_batch, opt_batch=args.opt_batch,
-                               max_batch=args.max_batch or args.max_batch_size, workspace_gib=args.workspace_gib,
-                               timing_cache=args.timing_cache)
+        try:
+            engine = engine_options(args)
+        except ValueError as exc:
+            print(f"samtriton export: {exc}", file=sys.stderr)
+            return 2
     try:
         export(args.model_type, args.repository, checkpoint=args.checkpoint, options=options,
                allow_unverified=args.allow_unverified, engine=engine)
@@ -38,6 +40,15 @@ def _export(args) -> int:
         print(f"samtriton export: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def engine_options(args):
+    """The TensorRT build options of ``samtriton export`` arguments (ValueError when invalid)."""
+    from samtriton.export.tensorrt_engine import EngineOptions
+
+    return EngineOptions(precision=args.precision, min_batch=args.min_batch, opt_batch=args.opt_batch,
+                         max_batch=args.max_batch or args.max_batch_size, workspace_gib=args.workspace_gib,
+                         timing_cache=args.timing_cache)
 
 
 def _serve(args) -> int:
@@ -86,8 +97,6 @@ def _pair_list(values: Optional[List[str]], size: int, flag: str):
 def _segment(args) -> int:
     import numpy as np
 
-    from .predictor import SamPredictor
-    from .transforms import to_rgb_uint8
     from .visualize import cutout, overlay
 
     if args.auto:
@@ -99,11 +108,8 @@ def _segment(args) -> int:
         raise SystemExit("samtriton segment: give --point x,y and/or --box x0,y0,x1,y1, or --auto")
     if len(boxes) > 1 and points:
         raise SystemExit("samtriton segment: several --box cannot be combined with points")
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    predictor = SamPredictor(args.url, model=args.model, timeout=args.timeout)
-    for path in _image_paths(args.images):
-        image = to_rgb_uint8(path)
+
+    def one(predictor, path, image, out_dir, progress):
         predictor.set_image(image)
         if len(boxes) > 1:
             masks, scores, _ = predictor.predict_batch(boxes=np.array(boxes), multimask_output=False)
@@ -127,14 +133,12 @@ def _segment(args) -> int:
                 cutout(image, mask).save(out_dir / f"{stem}_cutout{i}.png")
         (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
         print(overlay_path, flush=True)
-    predictor.close()
-    return 0
+
+    return _each_image(args, lambda predictor: predictor, one)
 
 
 def _segment_auto(args) -> int:
     from .automatic_mask_generator import SamAutomaticMaskGenerator
-    from .predictor import SamPredictor
-    from .transforms import to_rgb_uint8
     from .visualize import overlay
 
     try:
@@ -142,16 +146,15 @@ def _segment_auto(args) -> int:
         output_mode = "coco_rle"
     except ImportError:  # the client's own dependencies only: uncompressed RLE
         output_mode = "uncompressed_rle"
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    predictor = SamPredictor(args.url, model=args.model, timeout=args.timeout)
-    generator = SamAutomaticMaskGenerator(
-        predictor, points_per_side=args.points_per_side, points_per_batch=args.points_per_batch,
-        pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,
-        crop_n_layers=args.crop_n_layers, min_mask_region_area=args.min_mask_region_area, output_mode=output_mode)
-    paths = _image_paths(args.images)
-    for number, path in enumerate(paths, 1):
-        image = to_rgb_uint8(path)
+
+    def generator_for(predictor):
+        return SamAutomaticMaskGenerator(
+            predictor, points_per_side=args.points_per_side, points_per_batch=args.points_per_batch,
+            pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,
+            crop_n_layers=args.crop_n_layers, min_mask_region_area=args.min_mask_region_area,
+            output_mode=output_mode)
+
+    def one(generator, path, image, out_dir, progress):
         records = generator.generate(image)
         stem = Path(path).stem
         masks = [_record_mask(r["segmentation"]) for r in sorted(records, key=lambda r: -r["area"])]
@@ -159,9 +162,48 @@ def _segment_auto(args) -> int:
         document = {"image": {"file_name": str(path), "height": image.shape[0], "width": image.shape[1]},
                     "annotations": records}
         (out_dir / f"{stem}.json").write_text(json.dumps(document) + "\n")
-        print(f"[{number}/{len(paths)}] {path}: {len(records)} masks -> {out_dir / (stem + '.json')}",
+        print(f"{progress} {path}: {len(records)} masks -> {out_dir / (stem + '.json')}", file=sys.stderr, flush=True)
+
+    return _each_image(args, generator_for, one)
+
+
+def _each_image(args, make_worker, one) -> int:
+    """Run ``one(worker, path, image, out_dir, "[i/n]")`` on every image. A file that cannot be
+    read, or that the server refuses, costs one line naming it and the reason, and the rest go
+    on; a server that cannot be reached (or lacks the model) stops the run with one line.
+    Exit status 1 when anything failed, 0 otherwise."""
+    from .errors import ModelNotReady, SamTritonError, ServerUnavailable
+    from .predictor import SamPredictor
+    from .transforms import to_rgb_uint8
+
+    paths, missing = _image_paths(args.images, missing_ok=True)
+    for item in missing:
+        print(f"samtriton segment: {item}: no such image or folder", file=sys.stderr, flush=True)
+    failed = []
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        predictor = SamPredictor(args.url, model=args.model, timeout=args.timeout)
+    except SamTritonError as exc:  # a malformed --url or --timeout
+        print(f"samtriton segment: {exc}", file=sys.stderr, flush=True)
+        return 2
+    try:
+        worker = make_worker(predictor)
+        for number, path in enumerate(paths, 1):
+            try:
+                one(worker, path, to_rgb_uint8(path), out_dir, f"[{number}/{len(paths)}]")
+            except (ServerUnavailable, ModelNotReady) as exc:
+                print(f"samtriton segment: {exc}", file=sys.stderr, flush=True)
+                return 1
+            except SamTritonError as exc:  # unreadable, refused or failed: this file only, go on
+                print(f"samtriton segment: {path}: {exc}", file=sys.stderr, flush=True)
+                failed.append(path)
+    finally:
+        predictor.close()
+    if failed or missing:
+        print(f"samtriton segment: {len(failed) + len(missing)} of {len(paths) + len(missing)} inputs failed",
               file=sys.stderr, flush=True)
-    predictor.close()
+        return 1
     return 0
 
 
@@ -175,18 +217,22 @@ def _record_mask(segmentation):
     return rle_to_mask(segmentation)
 
 
-def _image_paths(inputs: List[str]) -> List[Path]:
+def _image_paths(inputs: List[str], missing_ok: bool = False):
+    """Image files of ``inputs`` (files, or folders' images). With ``missing_ok``, returns
+    (paths, inputs that do not exist) instead of stopping at the first missing one."""
     suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-    paths = []
+    paths, missing = [], []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             paths.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes))
         elif path.exists():
             paths.append(path)
+        elif missing_ok:
+            missing.append(item)
         else:
-            raise SystemExit(f"samtriton segment: no such image or folder: {item}")
-    return paths
+            raise SystemExit(f"samtriton: no such image or folder: {item}")
+    return (paths, missing) if missing_ok else paths
 
 
 def _bench_server(args) -> int:
@@ -273,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     trt.add_argument("--precision", default="fp16", choices=("fp16", "fp32"),
                      help="fp16 keeps normalization/softmax layers in fp32 (default: %(default)s)")
     trt.add_argument("--min-batch", type=int, default=1)
-    trt.add_argument("--opt-batch", type=int, default=4)
+    trt.add_argument("--opt-batch", type=int, default=None, help="default: 4, clamped into --min-batch..--max-batch")
     trt.add_argument("--max-batch", type=int, default=None, help="default: --max-batch-size")
     trt.add_argument("--workspace-gib", type=float, default=4.0)
     trt.add_argument("--timing-cache", help="timing cache file, read if present and updated")

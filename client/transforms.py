@@ -67,7 +67,7 @@ def to_rgb_uint8(image: ImageLike, image_format: str = "RGB") -> np.ndarray:
         try:
             with Image.open(image) as opened:
                 image = _pil_to_array(opened)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise InvalidInput(f"image: cannot read {os.fspath(image)!r} as an image ({exc})") from exc
     elif isinstance(image, Image.Image):
         image = _pil_to_array(image)
@@ -100,6 +100,14 @@ def to_rgb_uint8(image: ImageLike, image_format: str = "RGB") -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+def max_decoded_pixels() -> int:
+    """The most pixels an ``encoded_image`` may have: Pillow's decompression-bomb threshold
+    (``Image.MAX_IMAGE_PIXELS``, ~89 M), where Pillow only warns up to twice that. The server
+    decodes untrusted bytes, so above it the file is refused, not decoded."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return C.MAX_IMAGE_SIDE ** 2 if limit is None else int(limit)
+
+
 def _open_encoded(data: bytes) -> "Image.Image":
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
         raise InvalidInput("encoded_image: expected the non-empty bytes of an image file (JPEG, PNG, ...)")
@@ -107,10 +115,18 @@ def _open_encoded(data: bytes) -> "Image.Image":
         raise InvalidInput(f"encoded_image: {len(data)} bytes; the limit is {C.MAX_ENCODED_IMAGE_BYTES}")
     try:
         opened = Image.open(io.BytesIO(bytes(data)))  # reads the header only
+    except Image.DecompressionBombError as exc:
+        raise InvalidInput(f"encoded_image: refused to decode ({exc}); expected at most {max_decoded_pixels()} "
+                           "pixels: resize the image first, or send it with set_image") from None
     except (OSError, ValueError) as exc:
         raise InvalidInput(f"encoded_image: not a readable image file ({exc})") from None
+    width, height = opened.size
     if max(opened.size) > C.MAX_IMAGE_SIDE:
-        raise InvalidInput(f"encoded_image: sides must be at most {C.MAX_IMAGE_SIDE} pixels, got {list(opened.size[::-1])}")
+        raise InvalidInput(f"encoded_image: sides must be at most {C.MAX_IMAGE_SIDE} pixels, got {[height, width]}")
+    if width * height > max_decoded_pixels():
+        raise InvalidInput(f"encoded_image: {height}x{width} is {width * height} pixels; expected at most "
+                           f"{max_decoded_pixels()} (Pillow's decompression-bomb limit): resize the image first, "
+                           "or send it with set_image")
     return opened
 
 
@@ -125,10 +141,12 @@ def decode_image(data: bytes) -> np.ndarray:
     opened = _open_encoded(data)
     try:
         return to_rgb_uint8(_pil_to_array(opened))
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, InvalidInput):
-            raise
-        raise InvalidInput(f"encoded_image: cannot decode ({exc})") from None
+    except InvalidInput:
+        raise
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes: whatever a Pillow decoder raises (truncated
+        # data raises OSError, but plugins also raise EOFError, SyntaxError, struct.error, zlib.error ...)
+        raise InvalidInput(f"encoded_image: cannot decode ({type(exc).__name__}: {exc}); expected a complete "
+                           "image file") from None
 
 
 def _pil_to_array(image: "Image.Image") -> np.ndarray:

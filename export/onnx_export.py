@@ -32,7 +32,9 @@ class EncoderWithPreprocess(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(C.PIXEL_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, image: torch.Tensor, input_size: torch.Tensor) -> torch.Tensor:
-        x = image.permute(0, 3, 1, 2).float()
+        # Cast before anything else: TensorRT's ONNX parser accepts uint8 only as a network
+        # input or output, so a Transpose on the uint8 image fails the parse.
+        x = image.float().permute(0, 3, 1, 2)
         x = (x - self.pixel_mean) / self.pixel_std
         # Sam.preprocess pads *after* normalizing, so the padding must be exactly zero.
         positions = torch.arange(C.IMAGE_SIZE, device=image.device)

@@ -29,11 +29,16 @@ class TensorRTUnavailable(RuntimeError):
     pass
 
 
+DEFAULT_OPT_BATCH = 4
+
+
 @dataclass(frozen=True)
 class EngineOptions:
     precision: str = "fp16"  # or "fp32"
     min_batch: int = 1
-    opt_batch: int = 4
+    # None: DEFAULT_OPT_BATCH clamped into [min_batch, max_batch], so a small --max-batch
+    # alone gives a valid profile; an explicit value outside that range is an error.
+    opt_batch: Optional[int] = None
     max_batch: int = 8
     workspace_gib: float = 4.0
     timing_cache: Optional[str] = None  # reused across builds when given
@@ -41,6 +46,8 @@ class EngineOptions:
     def __post_init__(self):
         if self.precision not in ("fp16", "fp32"):
             raise ValueError(f"--precision must be fp16 or fp32, got {self.precision!r}")
+        if self.opt_batch is None:
+            object.__setattr__(self, "opt_batch", max(self.min_batch, min(DEFAULT_OPT_BATCH, self.max_batch)))
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             raise ValueError("batch profile must satisfy 1 <= --min-batch <= --opt-batch <= --max-batch, got "
                              f"{self.min_batch}/{self.opt_batch}/{self.max_batch}")
@@ -63,19 +70,70 @@ def require_tensorrt():
 _FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE")
 _FP32_UNARY = ("EXP", "SQRT")
 _FP32_ELEMENTWISE = ("POW", "DIV")
+_FLOAT_TYPES = ("FLOAT", "HALF", "BF16")
+
+
+def _is_float(trt, tensor) -> bool:
+    return any(tensor.dtype == getattr(trt.DataType, name, None) for name in _FLOAT_TYPES)
+
+
+def _all_float(trt, layer) -> bool:
+    """Only layers on floating-point tensors may be pinned: the same op types also do the
+    graph's integer shape arithmetic (ViT-B has ~40 INT64 Div), and TensorRT rejects a
+    float output type on those."""
+    inputs = [layer.get_input(i) for i in range(layer.num_inputs)]
+    outputs = [layer.get_output(i) for i in range(layer.num_outputs)]
+    return all(_is_float(trt, t) for t in inputs + outputs if t is not None)
 
 
 def _keep_in_fp32(trt, layer) -> bool:
     kind = layer.type
     if any(kind == getattr(trt.LayerType, name, None) for name in _FP32_LAYER_TYPES):
-        return True
+        return _all_float(trt, layer)
     if kind == trt.LayerType.UNARY:
         layer.__class__ = trt.IUnaryLayer
-        return any(layer.op == getattr(trt.UnaryOperation, n, None) for n in _FP32_UNARY)
+        return any(layer.op == getattr(trt.UnaryOperation, n, None) for n in _FP32_UNARY) and _all_float(trt, layer)
     if kind == trt.LayerType.ELEMENTWISE:
         layer.__class__ = trt.IElementWiseLayer
-        return any(layer.op == getattr(trt.ElementWiseOperation, n, None) for n in _FP32_ELEMENTWISE)
+        return (any(layer.op == getattr(trt.ElementWiseOperation, n, None) for n in _FP32_ELEMENTWISE)
+                and _all_float(trt, layer))
     return False
+
+
+def _pin_fp32_layers(trt, network) -> int:
+    pinned = 0
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if _keep_in_fp32(trt, layer):
+            layer.precision = trt.float32
+            for output in range(layer.num_outputs):
+                layer.set_output_type(output, trt.float32)
+            pinned += 1
+    return pinned
+
+
+def _use_timing_cache(trt, config, path: Optional[str], log):
+    """Load the timing cache at ``path`` into ``config``, or start a fresh one when the file
+    is absent or was written by another GPU model or TensorRT version (TensorRT refuses it:
+    ``set_timing_cache`` returns False, and ignoring that fails the build minutes later)."""
+    if not path:
+        return None
+    data = Path(path).read_bytes() if Path(path).exists() else b""
+    if data:
+        try:
+            cache = config.create_timing_cache(data)
+            loaded = cache is not None and config.set_timing_cache(cache, ignore_mismatch=False)
+        except Exception:  # noqa: BLE001 - a damaged file: TensorRT raises instead of returning False
+            loaded = False
+        if loaded:
+            log(f"timing cache {path}: loaded ({len(data)} bytes)")
+            return cache
+        log(f"WARNING: timing cache {path} does not fit this GPU model / TensorRT {trt.__version__} (or is "
+            "damaged); building with a fresh cache, which replaces it")
+    cache = config.create_timing_cache(b"")
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise RuntimeError("TensorRT refused a fresh, empty timing cache")
+    return cache
 
 
 def build_engine(onnx_path: os.PathLike, plan_path: os.PathLike, options: EngineOptions = EngineOptions(),
@@ -105,20 +163,13 @@ def build_engine(onnx_path: os.PathLike, plan_path: os.PathLike, options: Engine
     if options.precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        for index in range(network.num_layers):
-            layer = network.get_layer(index)
-            if _keep_in_fp32(trt, layer):
-                layer.precision = trt.float32
-                for output in range(layer.num_outputs):
-                    layer.set_output_type(output, trt.float32)
-                pinned += 1
+        pinned = _pin_fp32_layers(trt, network)
         log(f"fp16 build: {pinned} of {network.num_layers} layers pinned to fp32")
+    else:
+        # TF32 is on by default: an "fp32" engine would run its matmuls and convolutions in TF32.
+        config.clear_flag(trt.BuilderFlag.TF32)
 
-    cache = None
-    if options.timing_cache:
-        data = Path(options.timing_cache).read_bytes() if Path(options.timing_cache).exists() else b""
-        cache = config.create_timing_cache(data)
-        config.set_timing_cache(cache, ignore_mismatch=False)
+    cache = _use_timing_cache(trt, config, options.timing_cache, log)
     if hasattr(trt, "IProgressMonitor"):
         config.progress_monitor = _progress_monitor(trt, log)
 
@@ -134,7 +185,8 @@ def build_engine(onnx_path: os.PathLike, plan_path: os.PathLike, options: Engine
     if cache is not None:
         Path(options.timing_cache).write_bytes(bytes(config.get_timing_cache().serialize()))
     record = {"tensorrt_version": trt.__version__, "gpu": _gpu_name(), "build_seconds": round(time.monotonic() - start, 1),
-              "fp32_pinned_layers": pinned, **asdict(options)}
+              "fp32_pinned_layers": pinned,
+              "tf32": bool(config.get_flag(trt.BuilderFlag.TF32)), **asdict(options)}
     Path(str(plan_path) + ".json").write_text(json.dumps(record, indent=2) + "\n")
     log(f"wrote {plan_path} ({plan_path.stat().st_size / 2**20:.0f} MiB) in {record['build_seconds']} s")
     return plan_path
@@ -145,8 +197,9 @@ def _progress_monitor(trt, log):
         def __init__(self):
             trt.IProgressMonitor.__init__(self)
 
-        def phase_start(self, parent_phase, phase_name, num_steps):
-            log(f"  {phase_name} ({num_steps} steps)")
+        # TensorRT's signature: phase_start(phase_name, parent_phase, num_steps).
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            log(f"  {phase_name} ({num_steps} steps)" + (f" in {parent_phase}" if parent_phase else ""))
 
         def step_complete(self, phase_name, step):
             return True

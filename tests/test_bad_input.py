@@ -177,6 +177,9 @@ RAW_BAD = {
     "embedding 2 images": (dict(image_embeddings=np.zeros((2, 256, 64, 64), np.float32)), "image_embeddings"),
     "embedding 63": (dict(image_embeddings=np.zeros((1, 256, 64, 63), np.float32)), "image_embeddings"),
     "embedding channels": (dict(image_embeddings=np.zeros((1, 128, 64, 64), np.float32)), "image_embeddings"),
+    "embedding one NaN": (dict(image_embeddings=np.where(np.arange(256 * 64 * 64).reshape(1, 256, 64, 64) == 777,
+                                                         np.float32(np.nan), np.float32(0))), "image_embeddings"),
+    "embedding inf": (dict(image_embeddings=np.full((1, 256, 64, 64), -np.inf, np.float32)), "image_embeddings"),
     "label 7": (dict(point_labels=np.array([[7.0, -1.0]], np.float32)), "point_labels"),
     "NaN coords": (dict(point_coords=np.array([[[np.nan, 1.0], [0, 0]]], np.float32)), "point_coords"),
     "labels shape": (dict(point_labels=np.array([[1.0]], np.float32)), "point_labels"),
@@ -286,3 +289,68 @@ def test_request_size_limit(predictor, server):
     with pytest.raises(InvalidInput, match="limit is 80 MiB"):
         predictor.backend.infer(DECODER, too_big)
     assert _request_counts(server) == before
+
+
+# --- image files decoded by the server (session model, set_image_file) ---------------------
+
+def _png_claiming(width, height):
+    """A small PNG whose header claims width x height (a decompression bomb's shape)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 4096))
+            + chunk(b"IEND", b""))
+
+
+def _jpeg(image):
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+BAD_FILES = {
+    # Over Pillow's hard limit (2 x MAX_IMAGE_PIXELS): Pillow raises DecompressionBombError.
+    "bomb 20000x20000": lambda images: _png_claiming(20000, 20000),
+    # Over MAX_IMAGE_PIXELS only: Pillow merely warns, and would decode 300 MB.
+    "bomb 10000x10000": lambda images: _png_claiming(10000, 10000),
+    # The header is whole (the size reads fine), the data stops half-way.
+    "truncated JPEG": lambda images: _jpeg(images["chelsea"])[: len(_jpeg(images["chelsea"])) // 2],
+}
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_set_image_file_rejects_bombs_and_truncated_files(server, images, case):
+    data = BAD_FILES[case](images)
+    with SamPredictor(server.grpc_url, model="mobilesam") as predictor:
+        with pytest.raises(InvalidInput, match="encoded_image"):
+            predictor.set_image_file(data)
+        predictor.set_image_file(_jpeg(images["coffee"]))  # the server keeps serving
+        assert predictor.predict(point_coords=POINT, point_labels=np.array([1]))[0].shape[0] == 3
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_server_rejects_raw_bad_image_files_and_stays_up(server, images, case):
+    data = BAD_FILES[case](images)
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+
+    def request(file_bytes):
+        tensors = {"image_id": np.array([C.image_id_for(encoded_image=file_bytes).encode()], dtype=object),
+                   "encoded_image": np.array([file_bytes], dtype=object)}
+        return [_raw(name, array, "BYTES") for name, array in tensors.items()]
+
+    with pytest.raises(InferenceServerException, match="encoded_image"):
+        client.infer("mobilesam_session", request(data))
+    good = client.infer("mobilesam_session", request(_jpeg(images["rocket"])), outputs=[
+        grpcclient.InferRequestedOutput("original_size")])
+    assert good.as_numpy("original_size").tolist() == list(images["rocket"].shape[:2])
+    client.close()

@@ -99,3 +99,101 @@ def test_nvidia_versions_pinned_in_one_place():
         text = dockerfile.read_text()
         assert re.search(r"^FROM nvcr\.io/nvidia/[\w-]+:\$\{TRITON_RELEASE\}-py3$", text, re.M), dockerfile.name
         assert versions["TRITON_RELEASE"] not in text, f"{dockerfile.name} repeats the release"
+
+
+def _exec_form(dockerfile, instruction):
+    """The JSON (exec-form) value of ENTRYPOINT or CMD in a Dockerfile, line continuations joined."""
+    import json
+
+    text = re.sub(r"\\\n\s*", " ", dockerfile.read_text())
+    (value,) = re.findall(rf"^{instruction}\s+(\[.*\])\s*$", text, re.M)
+    return json.loads(value)
+
+
+def _effective_command(container, entrypoint, cmd):
+    """What Kubernetes runs: `command` replaces ENTRYPOINT, `args` replace CMD, and setting
+    `command` alone drops the image's CMD."""
+    if "command" in container:
+        return container["command"] + container.get("args", [])
+    return entrypoint + container.get("args", cmd)
+
+
+def test_kubernetes_server_keeps_every_flag_of_the_image_command():
+    dockerfile = DOCKER / "Dockerfile.server"
+    entrypoint, cmd = _exec_form(dockerfile, "ENTRYPOINT"), _exec_form(dockerfile, "CMD")
+    assert any("shm-default-byte-size" in flag for flag in cmd), "the image sets the python backend's shm sizes"
+    docs = list(yaml.safe_load_all((DOCKER / "k8s" / "triton.yaml").read_text()))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    command = _effective_command(container, entrypoint, cmd)
+    assert command[0] == "tritonserver"
+    missing = [flag for flag in entrypoint + cmd if flag not in command]
+    assert not missing, f"the Deployment drops the image's {missing}"
+    compose = yaml.safe_load(_interpolate((DOCKER / "compose.yaml").read_text(), _versions()))
+    triton = compose["services"]["triton"]
+    served = (triton.get("entrypoint") or entrypoint) + triton.get("command", cmd)
+    assert not [flag for flag in entrypoint + cmd if flag not in served]
+
+
+def _dockerignore_matcher(text):
+    """Docker's .dockerignore rules (moby/patternmatcher): patterns are cleaned and anchored
+    at the context root, `*` and `?` stop at `/`, `**` spans directories, a path is excluded
+    when it or a parent directory matches, `!` re-includes, the last matching line wins."""
+    rules = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = os.path.normpath(line.lstrip("!").strip()).lstrip("/")
+        regex, i = "", 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                regex, i = regex + "(.*/)?", i + 3
+            elif pattern.startswith("**", i):
+                regex, i = regex + ".*", i + 2
+            elif pattern[i] == "*":
+                regex, i = regex + "[^/]*", i + 1
+            elif pattern[i] == "?":
+                regex, i = regex + "[^/]", i + 1
+            else:
+                regex, i = regex + re.escape(pattern[i]), i + 1
+        rules.append((negate, re.compile(regex + r"\Z")))
+
+    def excluded(path):
+        parts = path.split("/")
+        verdict = False
+        for negate, rule in rules:
+            if any(rule.match("/".join(parts[:n])) for n in range(1, len(parts) + 1)):
+                verdict = not negate
+        return verdict
+
+    return excluded
+
+
+def test_dockerignore_matcher_follows_docker_rules():
+    excluded = _dockerignore_matcher("__pycache__\n**/*.pyc\nout\n!out/keep.txt\n")
+    assert excluded("__pycache__/a.pyc") and excluded("client/x.pyc") and excluded("out/a/b.png")
+    assert not excluded("client/__pycache__/README"), "a plain pattern matches at the root only"
+    assert not excluded("out/keep.txt") and not excluded("outside.txt")
+
+
+def test_dockerignore_keeps_the_build_inputs_and_drops_local_files():
+    path = ROOT / ".dockerignore"
+    assert path.exists(), "the build context is the repository root: .venv alone is GBs"
+    excluded = _dockerignore_matcher(path.read_text())
+    dropped = [".venv/bin/python", ".venv-cpu/lib/x.py", ".git/HEAD", ".git/objects/ab/cdef",
+               "model_repository/sam_encoder/1/model.onnx", "model_repository/sam_encoder/1/model.onnx.data",
+               "model_repository/sam_encoder/1/model.plan", "model_repository/sam.export.json", "out/demo/overlay.png",
+               "client/__pycache__/predictor.cpython-311.pyc", "export/python_models/__pycache__/session.cpython-311.pyc",
+               "tests/__pycache__/helpers.cpython-311.pyc", ".pytest_cache/v/cache/nodeids", ".hypothesis/examples/x",
+               "samtriton.egg-info/PKG-INFO", "timing.cache", "build/lib/samtriton/cli.py", "encoder.onnx"]
+    assert [p for p in dropped if not excluded(p)] == []
+    copied = set()
+    for dockerfile in DOCKER.glob("Dockerfile*"):
+        for line in re.findall(r"^COPY\s+(.+)$", dockerfile.read_text(), re.M):
+            copied.update(line.split()[:-1])
+    assert {"pyproject.toml", "README.md", "client", "export"} <= copied
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    needed = [f for f in tracked if any(f == c or f.startswith(c.rstrip("/") + "/") for c in copied)]
+    assert len(needed) > 20 and [f for f in needed if excluded(f)] == []

@@ -65,3 +65,43 @@ def test_decoder_matches_pytorch_mask_decoder(onnx_files, reference_sam):
                 torch.from_numpy(embedding), reference_sam.prompt_encoder.get_dense_pe(), sparse, dense)
         assert np.abs(low_res[k] - ref_masks[0].numpy()).max() < 1e-3
         assert np.abs(iou[k] - ref_iou[0].numpy()).max() < 1e-4
+
+
+def _uint8_intermediates(path):
+    from export_graphs import tensor_types
+
+    graph, types = tensor_types(path)
+    inputs = {v.name for v in graph.input}
+    return [(node.op_type, name) for node in graph.node for name in node.output
+            if types.get(name) == onnx.TensorProto.UINT8 and name not in inputs]
+
+
+def test_mobilesam_encoder_has_no_uint8_intermediate(onnx_files):
+    """TensorRT's ONNX parser takes UINT8 only as a network input or output."""
+    assert _uint8_intermediates(onnx_files[0]) == []
+
+
+def test_vit_b_encoder_has_no_uint8_intermediate(tmp_path_factory):
+    from export_graphs import random_weight_encoder
+
+    path = random_weight_encoder("vit_b", tmp_path_factory)
+    assert _uint8_intermediates(path) == []
+
+
+def test_tensorrt_repository_keeps_encoder_external_data(reference_sam, onnx_files, images, tmp_path, monkeypatch):
+    """The ViT-H path (weights beside the graph), on MobileSAM with a lowered limit: the
+    encoder.onnx kept beside the engine for rebuilds still loads, with its weights."""
+    from samtriton.export import onnx_export
+    from samtriton.export.repository import RepositoryOptions, write_repository
+
+    monkeypatch.setattr(onnx_export, "PROTOBUF_LIMIT", 1024)
+    encoder = onnx_export.export_encoder(reference_sam, tmp_path / "export" / "model.onnx")
+    assert (tmp_path / "export" / "model.onnx.data").exists()
+    repo = tmp_path / "repo"
+    written = write_repository(repo, encoder, onnx_files[1], RepositoryOptions(name="seg", encoder_backend="tensorrt"))
+    kept = written["seg_encoder"] / "encoder.onnx"
+    padded, size = preprocess(images["chelsea"])
+    feeds = {"image": padded[None], "input_size": np.array([size], np.int64)}
+    got = ort.InferenceSession(str(kept), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    want = ort.InferenceSession(str(onnx_files[0]), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(got, want, atol=1e-5)

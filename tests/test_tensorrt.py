@@ -1,9 +1,16 @@
 """TensorRT encoder: fails fast where TensorRT is absent; builds and matches ONNX Runtime where
-it is present (NVIDIA's containers with a GPU; skipped elsewhere with the reason)."""
+it is present (NVIDIA's containers with a GPU; skipped elsewhere with the reason).
+
+On CPU, build_engine's own logic (FP32 pinning, TF32, timing cache, progress monitor, batch
+profile) runs against ``trt_standin``, a labelled stand-in for TensorRT's Python API whose
+network is built from the real exported ONNX graphs (MobileSAM, and ViT-B with random weights).
+"""
 
 import importlib.util
+import json
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -49,7 +56,7 @@ def test_engine_matches_onnxruntime(onnx_files, images, tmp_path, precision, max
 
     from samtriton.export.tensorrt_engine import EngineOptions, build_engine
 
-    plan = build_engine(onnx_files[0], tmp_path / "model.plan", EngineOptions(precision=precision, max_batch=2))
+    plan = build_engine(onnx_files[0], tmp_path / "model.plan", EngineOptions(precision=precision, opt_batch=2, max_batch=2))
     engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan.read_bytes())
     context = engine.create_execution_context()
     encoder = ort.InferenceSession(str(onnx_files[0]), providers=["CPUExecutionProvider"])
@@ -77,3 +84,152 @@ def test_engine_matches_onnxruntime(onnx_files, images, tmp_path, precision, max
         masks = [postprocess_masks(decoder.run(None, dict(feeds, image_embeddings=e))[0][:, :1], size,
                                    images[name].shape[:2])[0, 0] > 0 for e in (trt_embedding, ort_embedding)]
         assert mask_iou(*masks) >= min_iou
+
+
+# --- CPU: the batch profile -------------------------------------------------------------
+
+def test_default_opt_batch_is_clamped_into_the_profile():
+    from samtriton.export.tensorrt_engine import EngineOptions
+
+    assert EngineOptions().opt_batch == 4
+    assert EngineOptions(max_batch=2).opt_batch == 2
+    assert EngineOptions(max_batch=1).opt_batch == 1
+    assert EngineOptions(min_batch=6, max_batch=8).opt_batch == 6
+    assert EngineOptions(opt_batch=3, max_batch=8).opt_batch == 3
+    with pytest.raises(ValueError, match="--opt-batch"):
+        EngineOptions(opt_batch=4, max_batch=2)  # an explicit value is not changed
+    with pytest.raises(ValueError, match="--min-batch"):
+        EngineOptions(min_batch=3, max_batch=2)
+
+
+@pytest.mark.parametrize("flags, profile", [
+    (["--max-batch", "2"], (1, 2, 2)),
+    (["--max-batch-size", "2"], (1, 2, 2)),
+    ([], (1, 4, 8)),
+    (["--min-batch", "2", "--opt-batch", "3", "--max-batch", "6"], (2, 3, 6)),
+])
+def test_cli_batch_profile(flags, profile):
+    from samtriton.cli import build_parser, engine_options
+
+    args = build_parser().parse_args(["export", "--model-type", "vit_t", "--repository", "r",
+                                      "--encoder-backend", "tensorrt", *flags])
+    options = engine_options(args)
+    assert (options.min_batch, options.opt_batch, options.max_batch) == profile
+
+
+# --- CPU: build_engine against the TensorRT stand-in ------------------------------------
+
+@pytest.fixture
+def standin(monkeypatch):
+    import trt_standin
+
+    monkeypatch.setitem(sys.modules, "tensorrt", trt_standin)
+    return trt_standin
+
+
+@pytest.fixture(scope="module")
+def vit_b_encoder(tmp_path_factory):
+    from export_graphs import random_weight_encoder
+
+    return random_weight_encoder("vit_b", tmp_path_factory)
+
+
+def _build(onnx_path, tmp_path, **options):
+    from samtriton.export.tensorrt_engine import EngineOptions, build_engine
+
+    lines = []
+    plan = build_engine(onnx_path, tmp_path / "model.plan", EngineOptions(**options), log=lines.append)
+    return json.loads(plan.read_bytes()), json.loads((tmp_path / "model.plan.json").read_text()), lines
+
+
+def _expected_fp32_nodes(onnx_path):
+    """The ONNX nodes that should end up pinned, counted from the graph itself: the op types
+    build_engine pins, where every input and output is floating point."""
+    import onnx
+
+    from export_graphs import tensor_types
+
+    graph, types = tensor_types(onnx_path)
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    pinned_ops = {"Div", "Pow", "Sqrt", "Exp", "Softmax", "LayerNormalization", "ReduceMean", "ReduceSum", "ReduceMax"}
+    kinds = Counter()
+    for node in graph.node:
+        if node.op_type in pinned_ops:
+            all_float = all(types[t] in floats for t in list(node.input) + list(node.output) if t)
+            kinds[(node.op_type, all_float)] += 1
+    return kinds
+
+
+@pytest.mark.parametrize("model", ["vit_t", "vit_b"])
+def test_fp16_pins_only_floating_point_layers(standin, model, onnx_files, vit_b_encoder, tmp_path):
+    onnx_path = onnx_files[0] if model == "vit_t" else vit_b_encoder
+    plan, record, _ = _build(onnx_path, tmp_path, precision="fp16", max_batch=2)
+    assert plan["pinned"], "some layers are pinned"
+    for layer in plan["pinned"]:
+        assert set(layer["dtypes"]) <= {"FLOAT", "HALF", "BF16"}, layer
+    expected = _expected_fp32_nodes(onnx_path)
+    pinned_divs = sum(1 for layer in plan["pinned"] if layer["op"] == "DIV")
+    assert pinned_divs == expected[("Div", True)]
+    if model == "vit_b":
+        assert expected[("Div", False)] >= 30, "ViT-B does integer shape arithmetic with Div"
+    assert record["fp32_pinned_layers"] == len(plan["pinned"]) == sum(n for (_, ok), n in expected.items() if ok)
+    assert {"FP16", "OBEY_PRECISION_CONSTRAINTS"} <= set(plan["flags"])
+
+
+def test_fp32_engine_clears_tf32(standin, onnx_files, tmp_path):
+    plan, record, _ = _build(onnx_files[0], tmp_path, precision="fp32", max_batch=2)
+    assert "TF32" not in plan["flags"] and "FP16" not in plan["flags"]
+    assert record["tf32"] is False and record["precision"] == "fp32"
+    assert not plan["pinned"]
+
+
+def test_timing_cache_from_another_gpu_is_replaced(standin, onnx_files, tmp_path):
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(standin.timing_cache_blob(gpu="Another GPU"))
+    _, _, lines = _build(onnx_files[0], tmp_path, max_batch=2, timing_cache=str(cache))
+    warning = [line for line in lines if line.startswith("WARNING")]
+    assert len(warning) == 1 and str(cache) in warning[0] and "fresh" in warning[0]
+    fields = json.loads(cache.read_bytes()[len(standin.TIMING_CACHE_MAGIC):])
+    assert fields["gpu"] == standin.GPU, "the cache now belongs to this GPU"
+    _, _, lines = _build(onnx_files[0], tmp_path, max_batch=2, timing_cache=str(cache))
+    assert not [line for line in lines if line.startswith("WARNING")]
+    assert any("loaded" in line for line in lines)
+
+
+def test_damaged_timing_cache_is_replaced(standin, onnx_files, tmp_path):
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"not a timing cache")
+    _, _, lines = _build(onnx_files[0], tmp_path, max_batch=2, timing_cache=str(cache))
+    assert any(line.startswith("WARNING") for line in lines)
+    assert cache.read_bytes().startswith(standin.TIMING_CACHE_MAGIC)
+
+
+def test_progress_monitor_follows_tensorrt_signature(standin, onnx_files, tmp_path):
+    _, _, lines = _build(onnx_files[0], tmp_path, max_batch=2)
+    assert "  Building engine (2 steps)" in lines
+    assert any(line.startswith("  Tactic selection (") and line.endswith(" in Building engine") for line in lines)
+    assert not any("None" in line for line in lines)
+
+
+def test_profile_covers_the_encoder_inputs(standin, onnx_files, tmp_path):
+    plan, _, _ = _build(onnx_files[0], tmp_path, max_batch=2)
+    (profile,) = plan["profiles"]
+    assert profile["image"] == [[1, 1024, 1024, 3], [2, 1024, 1024, 3], [2, 1024, 1024, 3]]
+    assert profile["input_size"] == [[1, 2], [2, 2], [2, 2]]
+
+
+def test_standin_parser_refuses_uint8_intermediates(standin, tmp_path):
+    """The stand-in's parse rule (onnx-tensorrt's) on the graph shape the old encoder had."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["image"], ["t"], perm=[0, 3, 1, 2]),
+         helper.make_node("Cast", ["t"], ["out"], to=TensorProto.FLOAT)], "g",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, 4, 4, 3])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 4, 4])])
+    path = tmp_path / "uint8.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    parser = standin.OnnxParser(standin.INetworkDefinition(0), standin.Logger())
+    assert not parser.parse_from_file(str(path))
+    assert "UINT8" in parser.get_error(0)
