@@ -216,3 +216,51 @@ def test_image_id_travels_as_metadata():
     assert call.headers({"authorization": "x"}) == {"authorization": "x", C.IMAGE_ID_HEADER: image_id}
     stateless = calls.encode("sam", source["padded_image"][None], np.array([[1024, 1024]]))
     assert stateless.headers(None) is None and stateless.image_id is None
+
+
+def test_one_client_shared_by_threads_survives_a_kill(cold, scaleout_images):
+    """Threads share one TritonSam (and its shared-memory pools) while a replica dies: a
+    failed endpoint's channel is replaced, never closed under another thread's request."""
+    from samtriton.predictor import TritonSam, prompt_tensors
+    from samtriton.transforms import ResizeLongestSide, preprocess, to_rgb_uint8
+
+    backend = TritonSam(cold.urls, model="mobilesam", timeout=120.0, shared_memory=True)
+    transform = ResizeLongestSide(C.IMAGE_SIZE)
+    sources = []
+    for name in list(scaleout_images)[:6]:
+        rgb = to_rgb_uint8(scaleout_images[name])
+        padded, input_size = preprocess(rgb, transform)
+        source = dict(padded_image=padded, input_size=input_size, original_size=rgb.shape[:2])
+        sources.append((C.image_id_for(**source), source))
+    for image_id, source in sources:
+        backend.session_set(image_id, **source)
+    victim = next(s for s in cold.servers if any(backend.endpoint_for(i) == s.grpc_url for i, _ in sources))
+    errors, done = [], []
+    lock = threading.Lock()
+
+    def worker(index):
+        for step in range(12):
+            image_id, source = sources[(index + step) % len(sources)]
+            prompts = prompt_tensors(transform, np.array([[[100.0, 120.0]]]), np.array([[1]]), None, None,
+                                     source["original_size"])
+            try:
+                low_res, _ = backend.session_decode(image_id, prompts, True, source=source)
+                assert low_res.shape == (1, 3, 256, 256)
+                if index % 2 and step % 4 == 0:  # stateless requests share the channels and pools
+                    backend.encode(source["padded_image"][None], np.asarray([source["input_size"]]))
+            except Exception as exc:  # noqa: BLE001 - a raw ValueError from a closed channel lands here
+                errors.append(repr(exc))
+            with lock:
+                done.append(1)
+                if len(done) == 30:
+                    victim.kill()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    backend.close()
+    assert len(done) == 8 * 12
+    assert not errors, errors[:3]
+    assert {u for u, _ in backend.endpoint_failures} == {victim.grpc_url}
