@@ -12,9 +12,10 @@ from .errors import ImageNotCached, InvalidInput, ModelNotReady, RequestTimeout,
 from .automatic_mask_generator import SamAutomaticMaskGenerator
 from .predictor import SamPredictor, TritonSam
 from .aio import AsyncSamPredictor, ImageHandle, segment_many
+from .transport import endpoints_from_dns
 
 __version__ = "0.1.0"
 __all__ = [
     "SamPredictor", "SamAutomaticMaskGenerator", "AsyncSamPredictor", "ImageHandle", "segment_many", "TritonSam", "ImageNotCached", "InvalidInput", "ModelNotReady", "RequestTimeout", "SamTritonError",
-    "ServerError", "ServerUnavailable", "__version__",
+    "ServerError", "ServerUnavailable", "endpoints_from_dns", "__version__",
 ]

@@ -56,6 +56,26 @@ def parse_urls(url: Union[str, Sequence[str]]) -> List[str]:
     return urls
 
 
+def endpoints_from_dns(host_port: str) -> List[str]:
+    """Every address a name resolves to, as "ip:port" endpoints: a Kubernetes headless
+    Service names each ready replica this way (resolve again to follow scaling)."""
+    import socket
+
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit():
+        raise InvalidInput(f"host_port: expected 'name:port', got {host_port!r}")
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ServerUnavailable(f"{host_port}: cannot resolve {host!r} ({exc})") from None
+    addresses = []
+    for family, _, _, _, address in infos:
+        endpoint = f"[{address[0]}]:{port}" if family == socket.AF_INET6 else f"{address[0]}:{port}"
+        if endpoint not in addresses:
+            addresses.append(endpoint)
+    return addresses
+
+
 def rendezvous_order(key: str, urls: Sequence[str]) -> List[str]:
     """``urls`` ranked for ``key`` by highest random weight: a stable order per key that
     changes only where an endpoint is added or removed."""
@@ -545,4 +565,4 @@ class AsyncTransport:
 
 
 __all__ = ("Attempt", "AsyncTransport", "Call", "Channels", "Endpoints", "Pause", "Transport", "TransportOptions",
-           "attempts", "make_call", "parse_urls", "rendezvous_order", "translate")
+           "attempts", "endpoints_from_dns", "make_call", "parse_urls", "rendezvous_order", "translate")
