@@ -11,7 +11,6 @@ import tritonclient.grpc as grpcclient
 from hypothesis import HealthCheck, given, settings, strategies as st
 from tritonclient.utils import InferenceServerException
 
-from helpers import successful_requests
 from samtriton import InvalidInput, ModelNotReady, SamPredictor, ServerUnavailable
 from samtriton.server import EmbeddedTriton, free_port
 from samtriton.validation import check_decoder_inputs

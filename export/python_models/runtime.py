@@ -85,7 +85,10 @@ def call_model(model_name, inputs, output_names, caller):
     if response.has_error():
         error = response.error()
         code = error.code() if hasattr(error, "code") else None
-        if code in (pb_utils.TritonError.NOT_FOUND, pb_utils.TritonError.UNAVAILABLE):
+        # A called model that is missing or not ready: the caller is unavailable here, and the
+        # client fails over (its message does not decide: the server's readiness does).
+        if code in (pb_utils.TritonError.NOT_FOUND, pb_utils.TritonError.UNAVAILABLE) \
+                or not pb_utils.is_model_ready(model_name):
             raise ModelError(f"{caller} could not use {model_name}: {error.message()}", C.ERROR_CODE_UNAVAILABLE)
         if code == pb_utils.TritonError.INVALID_ARG:
             raise InvalidInput(error.message())
