@@ -293,16 +293,19 @@ def test_request_size_limit(predictor, server):
 
 # --- image files decoded by the server (session model, set_image_file) ---------------------
 
-def _png_claiming(width, height):
-    """A small PNG whose header claims width x height (a decompression bomb's shape)."""
+def _png(width, height, complete):
+    """A grayscale PNG of width x height zeros: with ``complete``, a real decompression bomb
+    (~100 KB that decode to width x height bytes, x3 as RGB); else its header and a stub."""
     import struct
     import zlib
 
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 4096))
+    compressor, row = zlib.compressobj(9), b"\x00" * (width + 1)  # filter byte + one byte per pixel
+    rows = b"".join(compressor.compress(row) for _ in range(height)) if complete else compressor.compress(row)
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows + compressor.flush())
             + chunk(b"IEND", b""))
 
 
@@ -317,10 +320,10 @@ def _jpeg(image):
 
 
 BAD_FILES = {
-    # Over Pillow's hard limit (2 x MAX_IMAGE_PIXELS): Pillow raises DecompressionBombError.
-    "bomb 20000x20000": lambda images: _png_claiming(20000, 20000),
-    # Over MAX_IMAGE_PIXELS only: Pillow merely warns, and would decode 300 MB.
-    "bomb 10000x10000": lambda images: _png_claiming(10000, 10000),
+    # Over Pillow's hard limit (2 x MAX_IMAGE_PIXELS): Pillow raises DecompressionBombError at the header.
+    "bomb 20000x20000": lambda images: _png(20000, 20000, complete=False),
+    # Over MAX_IMAGE_PIXELS only: Pillow merely warns, and decodes 100 KB into 300 MB.
+    "bomb 10000x10000": lambda images: _png(10000, 10000, complete=True),
     # The header is whole (the size reads fine), the data stops half-way.
     "truncated JPEG": lambda images: _jpeg(images["chelsea"])[: len(_jpeg(images["chelsea"])) // 2],
 }

@@ -163,7 +163,7 @@ def _expected_fp32_nodes(onnx_path):
 @pytest.mark.parametrize("model", ["vit_t", "vit_b"])
 def test_fp16_pins_only_floating_point_layers(standin, model, onnx_files, vit_b_encoder, tmp_path):
     onnx_path = onnx_files[0] if model == "vit_t" else vit_b_encoder
-    plan, record, _ = _build(onnx_path, tmp_path, precision="fp16", max_batch=2)
+    plan, record, _ = _build(onnx_path, tmp_path, precision="fp16")
     assert plan["pinned"], "some layers are pinned"
     for layer in plan["pinned"]:
         assert set(layer["dtypes"]) <= {"FLOAT", "HALF", "BF16"}, layer
@@ -177,7 +177,7 @@ def test_fp16_pins_only_floating_point_layers(standin, model, onnx_files, vit_b_
 
 
 def test_fp32_engine_clears_tf32(standin, onnx_files, tmp_path):
-    plan, record, _ = _build(onnx_files[0], tmp_path, precision="fp32", max_batch=2)
+    plan, record, _ = _build(onnx_files[0], tmp_path, precision="fp32")
     assert "TF32" not in plan["flags"] and "FP16" not in plan["flags"]
     assert record["tf32"] is False and record["precision"] == "fp32"
     assert not plan["pinned"]
@@ -186,12 +186,12 @@ def test_fp32_engine_clears_tf32(standin, onnx_files, tmp_path):
 def test_timing_cache_from_another_gpu_is_replaced(standin, onnx_files, tmp_path):
     cache = tmp_path / "timing.cache"
     cache.write_bytes(standin.timing_cache_blob(gpu="Another GPU"))
-    _, _, lines = _build(onnx_files[0], tmp_path, max_batch=2, timing_cache=str(cache))
+    _, _, lines = _build(onnx_files[0], tmp_path, timing_cache=str(cache))
     warning = [line for line in lines if line.startswith("WARNING")]
     assert len(warning) == 1 and str(cache) in warning[0] and "fresh" in warning[0]
     fields = json.loads(cache.read_bytes()[len(standin.TIMING_CACHE_MAGIC):])
     assert fields["gpu"] == standin.GPU, "the cache now belongs to this GPU"
-    _, _, lines = _build(onnx_files[0], tmp_path, max_batch=2, timing_cache=str(cache))
+    _, _, lines = _build(onnx_files[0], tmp_path, timing_cache=str(cache))
     assert not [line for line in lines if line.startswith("WARNING")]
     assert any("loaded" in line for line in lines)
 
@@ -199,13 +199,13 @@ def test_timing_cache_from_another_gpu_is_replaced(standin, onnx_files, tmp_path
 def test_damaged_timing_cache_is_replaced(standin, onnx_files, tmp_path):
     cache = tmp_path / "timing.cache"
     cache.write_bytes(b"not a timing cache")
-    _, _, lines = _build(onnx_files[0], tmp_path, max_batch=2, timing_cache=str(cache))
+    _, _, lines = _build(onnx_files[0], tmp_path, timing_cache=str(cache))
     assert any(line.startswith("WARNING") for line in lines)
     assert cache.read_bytes().startswith(standin.TIMING_CACHE_MAGIC)
 
 
 def test_progress_monitor_follows_tensorrt_signature(standin, onnx_files, tmp_path):
-    _, _, lines = _build(onnx_files[0], tmp_path, max_batch=2)
+    _, _, lines = _build(onnx_files[0], tmp_path)
     assert "  Building engine (2 steps)" in lines
     assert any(line.startswith("  Tactic selection (") and line.endswith(" in Building engine") for line in lines)
     assert not any("None" in line for line in lines)
