@@ -148,6 +148,7 @@ def private_directory(path):
     """Creates ``path`` (mode 0700), or checks that an existing one is a real directory owned
     by this user and closed to others. Raises CacheDirectoryError otherwise."""
     try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         os.mkdir(path, 0o700)
     except FileExistsError:
         pass
