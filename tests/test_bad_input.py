@@ -11,6 +11,8 @@ from tritonclient.utils import InferenceServerException
 from samtriton import InvalidInput, SamPredictor
 from samtriton import contract as C
 
+from bad_files import jpeg, png
+
 
 def _request_counts(server):
     """Per-model request counts, once settled: Triton updates its statistics just after it
@@ -293,39 +295,13 @@ def test_request_size_limit(predictor, server):
 
 # --- image files decoded by the server (session model, set_image_file) ---------------------
 
-def _png(width, height, complete):
-    """A grayscale PNG of width x height zeros: with ``complete``, a real decompression bomb
-    (~100 KB that decode to width x height bytes, x3 as RGB); else its header and a stub."""
-    import struct
-    import zlib
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    compressor, row = zlib.compressobj(9), b"\x00" * (width + 1)  # filter byte + one byte per pixel
-    rows = b"".join(compressor.compress(row) for _ in range(height)) if complete else compressor.compress(row)
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows + compressor.flush())
-            + chunk(b"IEND", b""))
-
-
-def _jpeg(image):
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, "JPEG")
-    return buffer.getvalue()
-
-
 BAD_FILES = {
     # Over Pillow's hard limit (2 x MAX_IMAGE_PIXELS): Pillow raises DecompressionBombError at the header.
-    "bomb 20000x20000": lambda images: _png(20000, 20000, complete=False),
+    "bomb 20000x20000": lambda images: png(20000, 20000, complete=False),
     # Over MAX_IMAGE_PIXELS only: Pillow merely warns, and decodes 100 KB into 300 MB.
-    "bomb 10000x10000": lambda images: _png(10000, 10000, complete=True),
+    "bomb 10000x10000": lambda images: png(10000, 10000, complete=True),
     # The header is whole (the size reads fine), the data stops half-way.
-    "truncated JPEG": lambda images: _jpeg(images["chelsea"])[: len(_jpeg(images["chelsea"])) // 2],
+    "truncated JPEG": lambda images: jpeg(images["chelsea"])[: len(jpeg(images["chelsea"])) // 2],
 }
 
 
@@ -336,7 +312,7 @@ def test_set_image_file_rejects_bombs_and_truncated_files(server, images, case):
     with SamPredictor(server.grpc_url, model="mobilesam") as predictor:
         with pytest.raises(InvalidInput, match="encoded_image"):
             predictor.set_image_file(data)
-        predictor.set_image_file(_jpeg(images["coffee"]))  # the server keeps serving
+        predictor.set_image_file(jpeg(images["coffee"]))  # the server keeps serving
         assert predictor.predict(point_coords=POINT, point_labels=np.array([1]))[0].shape[0] == 3
 
 
@@ -353,7 +329,7 @@ def test_server_rejects_raw_bad_image_files_and_stays_up(server, images, case):
 
     with pytest.raises(InferenceServerException, match="encoded_image"):
         client.infer("mobilesam_session", request(data))
-    good = client.infer("mobilesam_session", request(_jpeg(images["rocket"])), outputs=[
+    good = client.infer("mobilesam_session", request(jpeg(images["rocket"])), outputs=[
         grpcclient.InferRequestedOutput("original_size")])
     assert good.as_numpy("original_size").tolist() == list(images["rocket"].shape[:2])
     client.close()

@@ -73,3 +73,23 @@ def test_image_from_path_and_pil(tmp_path):
     np.testing.assert_array_equal(to_rgb_uint8(Image.fromarray(rgb)), rgb)
     Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(tmp_path / "g16.png")
     np.testing.assert_array_equal(to_rgb_uint8(tmp_path / "g16.png"), np.repeat(rgb[..., :1], 3, axis=2))
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_decompression_bombs_are_invalid_input(tmp_path):
+    """Pillow raises DecompressionBombError (not OSError) past 2x its pixel limit and only
+    warns past 1x: a file read here and bytes decoded on the server both give InvalidInput."""
+    from bad_files import png
+
+    from samtriton import InvalidInput
+    from samtriton.transforms import decode_image, encoded_image_size, max_decoded_pixels
+
+    huge, large = png(20000, 20000, complete=False), png(10000, 10000, complete=True)
+    assert 10000 * 10000 > max_decoded_pixels() and 20000 * 20000 > 2 * max_decoded_pixels()
+    (tmp_path / "huge.png").write_bytes(huge)
+    with pytest.raises(InvalidInput, match="image: cannot read"):
+        to_rgb_uint8(tmp_path / "huge.png")
+    for data in (huge, large):
+        for read in (encoded_image_size, decode_image):
+            with pytest.raises(InvalidInput, match="encoded_image: .*pixels"):
+                read(data)
