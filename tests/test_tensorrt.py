@@ -56,7 +56,7 @@ def test_engine_matches_onnxruntime(onnx_files, images, tmp_path, precision, max
 
     from samtriton.export.tensorrt_engine import EngineOptions, build_engine
 
-    plan = build_engine(onnx_files[0], tmp_path / "model.plan", EngineOptions(precision=precision, opt_batch=2, max_batch=2))
+    plan = build_engine(onnx_files[0], tmp_path / "model.plan", EngineOptions(precision=precision, max_batch=2))
     engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan.read_bytes())
     context = engine.create_execution_context()
     encoder = ort.InferenceSession(str(onnx_files[0]), providers=["CPUExecutionProvider"])
