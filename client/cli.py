@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -25,7 +26,8 @@ def _export(args) -> int:
         name=args.name, encoder_backend=args.encoder_backend, decoder_backend=args.decoder_backend,
         max_encoder_batch=args.max_batch_size, encoder_instances=args.encoder_instances,
         decoder_instances=args.decoder_instances, ort_threads=args.ort_threads,
-        session_instances=args.session_instances, session_cache_mib=args.session_cache_mib)
+        session_instances=args.session_instances, session_cache_mib=args.session_cache_mib,
+        session_cache_dir=os.path.abspath(args.session_cache_dir) if args.session_cache_dir else "")
     engine = None
     if args.encoder_backend == "tensorrt":
         try:
@@ -58,7 +60,7 @@ def _serve(args) -> int:
                             metrics_port=args.metrics_port, host=args.host,
                             startup_timeout=args.startup_timeout, log_verbose=args.log_verbose,
                             tls_cert=args.grpc_tls_cert, tls_key=args.grpc_tls_key,
-                            tls_client_ca=args.grpc_tls_client_ca)
+                            tls_client_ca=args.grpc_tls_client_ca, session_cache_dir=args.session_cache_dir)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -315,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--session-instances", type=int, default=2, help="session model instances (share one cache)")
     export.add_argument("--session-cache-mib", type=int, default=C.DEFAULT_SESSION_CACHE_MIB,
                         help="embeddings the session model keeps on /dev/shm, in MiB (4 MiB per image)")
+    export.add_argument("--session-cache-dir", default="",
+                        help="the session cache's directory for every server of this repository on a host "
+                             "(default: each server its own under /dev/shm; servers given one directory share it)")
     trt = export.add_argument_group("TensorRT engine (--encoder-backend tensorrt)")
     trt.add_argument("--precision", default="fp16", choices=("fp16", "fp32"),
                      help="fp16 keeps normalization/softmax layers in fp32 (default: %(default)s)")
@@ -338,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--grpc-tls-cert", help="PEM server certificate: serve gRPC over TLS")
     serve.add_argument("--grpc-tls-key", help="PEM private key of --grpc-tls-cert")
     serve.add_argument("--grpc-tls-client-ca", help="PEM CA: require client certificates signed by it (mutual TLS)")
+    serve.add_argument("--session-cache-dir", default=None,
+                       help="this server's session cache directory, created private (mode 0700); default: the "
+                            "repository's setting, else one of the server's own under /dev/shm")
     serve.set_defaults(func=_serve)
 
     segment = sub.add_parser("segment", help="segment images by points and boxes on a running server")

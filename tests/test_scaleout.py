@@ -111,6 +111,7 @@ def test_kill_a_replica_mid_run(cold, scaleout_images):
     that lived on it are encoded again, each once, on their next replica."""
     urls = cold.urls
     victim = cold.servers[0]
+    victim_cache = server_cache_directory(victim)
     survivors = [u for u in urls if u != victim.grpc_url]
     before = encodes(survivors)
     killed = threading.Event()
@@ -135,6 +136,11 @@ def test_kill_a_replica_mid_run(cold, scaleout_images):
     owned_by_victim = expected_owners(work.image_ids, urls)[victim.grpc_url]
     assert moved == owned_by_victim, f"only the victim's {owned_by_victim} images encoded again, each once"
     assert work.score_spread() <= 1e-5
+    # The dead server's cache directory is swept when a server starts on this host again.
+    assert victim_cache.exists()
+    cold.restart_dead()
+    assert not victim_cache.exists(), "a killed server's cache directory is swept at start"
+    assert server_cache_directory(victim).exists()
 
 
 def test_async_client_affinity_and_fail_over(cold, scaleout_images):
@@ -264,3 +270,45 @@ def test_one_client_shared_by_threads_survives_a_kill(cold, scaleout_images):
     assert len(done) == 8 * 12
     assert not errors, errors[:3]
     assert {u for u, _ in backend.endpoint_failures} == {victim.grpc_url}
+
+
+def test_serve_session_cache_dir_option(repository, tmp_path):
+    """``samtriton serve --session-cache-dir``: the server uses that directory, created
+    private, and removes it when it stops (no other server holds it)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from samtriton.server import free_port
+
+    cache = tmp_path / "deep" / "sessions"
+    grpc_port = free_port()
+    command = [sys.executable, "-m", "samtriton.cli", "serve", "--repository", str(repository),
+               "--grpc-port", str(grpc_port), "--http-port", str(free_port()), "--metrics-port", str(free_port()),
+               "--session-cache-dir", str(cache)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        line = ""
+        while "Triton is serving" not in line and time.monotonic() < deadline and process.poll() is None:
+            line = process.stdout.readline()
+        assert "Triton is serving" in line, line
+        assert stat.S_IMODE(cache.stat().st_mode) == 0o700
+        with SamPredictor(f"127.0.0.1:{grpc_port}", model="mobilesam") as predictor:
+            predictor.set_image(np.full((64, 96, 3), 90, np.uint8))
+            assert (cache / f"{predictor.image_id}.npz").exists()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    assert not cache.exists(), "the last server using the directory removed it"
+
+
+def test_export_session_cache_dir_option():
+    from samtriton.export.repository import RepositoryOptions, session_config
+
+    config = session_config(RepositoryOptions(name="sam", session_cache_dir="/var/cache/samtriton"))
+    assert config.parameters["session_cache_dir"].string_value == "/var/cache/samtriton"
+    assert "session_cache_dir" not in session_config(RepositoryOptions(name="sam")).parameters
+    with pytest.raises(ValueError, match="session_cache_dir"):
+        RepositoryOptions(session_cache_dir="relative/dir")
