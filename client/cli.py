@@ -37,8 +37,9 @@ def _export(args) -> int:
             return 2
     try:
         export(args.model_type, args.repository, checkpoint=args.checkpoint, options=options,
-               allow_unverified=args.allow_unverified, engine=engine)
-    except TensorRTUnavailable as exc:
+               allow_unverified=args.allow_unverified, engine=engine, hf_model=args.hf_model,
+               reference_decoder=args.reference_decoder, return_single_mask=args.return_single_mask)
+    except (TensorRTUnavailable, ValueError, FileNotFoundError) as exc:  # bad arguments or files: one line
         print(f"samtriton export: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -304,8 +305,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     export = sub.add_parser("export", help="checkpoint -> ONNX / TensorRT -> Triton model repository")
-    export.add_argument("--model-type", required=True, choices=C.MODEL_TYPES)
-    export.add_argument("--checkpoint", help="checkpoint path; default: download the official one (sha256-checked)")
+    export.add_argument("--model-type", choices=C.MODEL_TYPES,
+                        help="architecture of a segment-anything / MobileSAM checkpoint (required for those; "
+                             "not for a transformers SamModel directory or --hf-model)")
+    export.add_argument("--checkpoint",
+                        help="a segment-anything / MobileSAM state dict (.pth / .pt), or a transformers SamModel "
+                             "directory (config.json + model.safetensors or pytorch_model.bin); default: download "
+                             "the official --model-type checkpoint (sha256-checked)")
+    export.add_argument("--hf-model", help="a transformers SamModel on the Hugging Face hub, e.g. "
+                                           "facebook/sam-vit-base (downloaded with huggingface_hub; default: none)")
     export.add_argument("--repository", required=True, help="model repository directory to write into")
     export.add_argument("--name", default=C.DEFAULT_MODEL_NAME, help="deployment name (default: %(default)s)")
     export.add_argument("--encoder-backend", default="python", choices=("tensorrt", "onnxruntime", "python"))
@@ -330,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     trt.add_argument("--timing-cache", help="timing cache file, read if present and updated")
     export.add_argument("--allow-unverified", action="store_true",
                         help="accept a --checkpoint whose sha256 is not the official one (e.g. fine-tuned weights)")
+    export.add_argument("--reference-decoder", action="store_true",
+                        help="also write REPOSITORY/NAME_reference_decoder.onnx with segment-anything's own ONNX "
+                             "decoder interface (its web demo's inputs; masks at orig_im_size) (default: off)")
+    export.add_argument("--return-single-mask", action="store_true",
+                        help="with --reference-decoder: one mask per call, as segment-anything's "
+                             "export script's --return-single-mask (default: all 4 masks)")
     export.set_defaults(func=_export)
 
     serve = sub.add_parser("serve", help="run the embedded tritonserver on a model repository")

@@ -28,8 +28,11 @@ class EncoderWithPreprocess(nn.Module):
     def __init__(self, sam):
         super().__init__()
         self.image_encoder = sam.image_encoder
-        self.register_buffer("pixel_mean", torch.tensor(C.PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(C.PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+        # The model's own normalization: a Hugging Face fine-tune may carry other statistics.
+        mean = getattr(sam, "pixel_mean", torch.tensor(C.PIXEL_MEAN))
+        std = getattr(sam, "pixel_std", torch.tensor(C.PIXEL_STD))
+        self.register_buffer("pixel_mean", mean.detach().float().reshape(1, 3, 1, 1).clone(), persistent=False)
+        self.register_buffer("pixel_std", std.detach().float().reshape(1, 3, 1, 1).clone(), persistent=False)
 
     def forward(self, image: torch.Tensor, input_size: torch.Tensor) -> torch.Tensor:
         # Cast before anything else: TensorRT's ONNX parser accepts uint8 only as a network
