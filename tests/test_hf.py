@@ -87,7 +87,8 @@ def hf_server(hf_dir, tmp_path_factory):
     from samtriton.server import EmbeddedTriton, free_port
 
     repo = tmp_path_factory.mktemp("hf_repository")
-    assert main(["export", "--checkpoint", str(hf_dir), "--repository", str(repo), "--name", NAME]) == 0
+    assert main(["export", "--checkpoint", str(hf_dir), "--repository", str(repo), "--name", NAME,
+                 "--reference-decoder"]) == 0
     metadata = json.loads((repo / f"{NAME}.export.json").read_text())
     assert metadata["model_type"] == "hf_sam" and metadata["architecture"]["hidden_size"] == 96
     with EmbeddedTriton(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()) as server:
@@ -154,6 +155,21 @@ def test_served_hf_model_matches_transformers(comparisons, case):
     # Random weights must still give masks worth comparing: neither empty nor the whole image.
     coverage = np.concatenate([comparisons[name, case][2] for name in IMAGES])
     assert ((coverage > 0.01) & (coverage < 0.99)).any(), coverage
+
+
+def test_reference_decoder_is_written_beside_the_repository(hf_server):
+    """--reference-decoder: REPOSITORY/NAME_reference_decoder.onnx, masks at orig_im_size."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(hf_server.repository / f"{NAME}_reference_decoder.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    masks, scores, low_res = session.run(None, {
+        "image_embeddings": np.zeros((1, 256, 64, 64), np.float32),
+        "point_coords": np.array([[[300.0, 200.0], [0.0, 0.0]]], np.float32),
+        "point_labels": np.array([[1, -1]], np.float32),
+        "mask_input": np.zeros((1, 1, 256, 256), np.float32), "has_mask_input": np.zeros(1, np.float32),
+        "orig_im_size": np.array([300, 451], np.float32)})
+    assert masks.shape == (1, 4, 300, 451) and scores.shape == (1, 4) and low_res.shape == (1, 4, 256, 256)
 
 
 def test_pytorch_model_bin_gives_the_same_weights(hf_dir, tmp_path):
