@@ -1,4 +1,4 @@
-"""The ``samtriton`` command: export, serve, segment.
+"""The ``samtriton`` command: export, serve, segment, bench, annotate.
 
 Subcommands import what they need when they run, so ``samtriton segment`` never loads torch.
 """
@@ -238,6 +238,24 @@ def _image_paths(inputs: List[str], missing_ok: bool = False):
     return (paths, missing) if missing_ok else paths
 
 
+def _annotate(args) -> int:
+    try:
+        from .annotate.app import serve
+    except ImportError as exc:
+        print(f"samtriton annotate: {exc}; install the app's dependencies: pip install 'samtriton[annotate]'",
+              file=sys.stderr)
+        return 2
+    amg = dict(points_per_side=args.points_per_side, points_per_batch=args.points_per_batch,
+               pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh)
+    try:
+        return serve(args.images, args.url, args.model, args.out, host=args.host, port=args.port,
+                     timeout=args.timeout, label_studio_url=args.label_studio_url,
+                     label_studio_token=os.environ.get("LABEL_STUDIO_API_KEY", ""), amg_options=amg)
+    except ValueError as exc:  # no images, two images with one name
+        print(f"samtriton annotate: {exc}", file=sys.stderr)
+        return 2
+
+
 def _bench_server(args) -> int:
     from . import bench
 
@@ -300,6 +318,31 @@ def _bench_amg(args) -> int:
     return 0
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default: appended unless the help text already says it; a flag's is "off"."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        if action.required:
+            return f"{text} (required)"
+        if action.default is None:
+            return f"{text} (default: not set)"
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return f"{text} (default: {'on' if action.default else 'off'})"
+        return text + " (default: %(default)s)"
+
+
+def parsers(parser: argparse.ArgumentParser):
+    """``parser`` and all its subcommands' parsers, depth first."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases repeat a parser
+                yield from parsers(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="samtriton", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -316,11 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
                                            "facebook/sam-vit-base (downloaded with huggingface_hub; default: none)")
     export.add_argument("--repository", required=True, help="model repository directory to write into")
     export.add_argument("--name", default=C.DEFAULT_MODEL_NAME, help="deployment name (default: %(default)s)")
-    export.add_argument("--encoder-backend", default="python", choices=("tensorrt", "onnxruntime", "python"))
-    export.add_argument("--decoder-backend", default="python", choices=("onnxruntime", "python"))
+    export.add_argument("--encoder-backend", default="python", choices=("tensorrt", "onnxruntime", "python"),
+                        help="Triton backend of the image encoder: python (ONNX Runtime in the python backend, "
+                             "the embedded server), onnxruntime or tensorrt (NVIDIA's Triton container)")
+    export.add_argument("--decoder-backend", default="python", choices=("onnxruntime", "python"),
+                        help="Triton backend of the prompt decoder")
     export.add_argument("--max-batch-size", type=int, default=C.MAX_ENCODER_BATCH, help="encoder max batch")
-    export.add_argument("--encoder-instances", type=int, default=1)
-    export.add_argument("--decoder-instances", type=int, default=1)
+    export.add_argument("--encoder-instances", type=int, default=1, help="encoder model instances")
+    export.add_argument("--decoder-instances", type=int, default=1, help="decoder model instances")
     export.add_argument("--ort-threads", type=int, default=0, help="ONNX Runtime threads per python model (0: all)")
     export.add_argument("--session-instances", type=int, default=2, help="session model instances (share one cache)")
     export.add_argument("--session-cache-mib", type=int, default=C.DEFAULT_SESSION_CACHE_MIB,
@@ -331,10 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     trt = export.add_argument_group("TensorRT engine (--encoder-backend tensorrt)")
     trt.add_argument("--precision", default="fp16", choices=("fp16", "fp32"),
                      help="fp16 keeps normalization/softmax layers in fp32 (default: %(default)s)")
-    trt.add_argument("--min-batch", type=int, default=1)
+    trt.add_argument("--min-batch", type=int, default=1, help="smallest batch of the engine's profile")
     trt.add_argument("--opt-batch", type=int, default=None, help="default: 4, clamped into --min-batch..--max-batch")
     trt.add_argument("--max-batch", type=int, default=None, help="default: --max-batch-size")
-    trt.add_argument("--workspace-gib", type=float, default=4.0)
+    trt.add_argument("--workspace-gib", type=float, default=4.0, help="TensorRT builder workspace, GiB")
     trt.add_argument("--timing-cache", help="timing cache file, read if present and updated")
     export.add_argument("--allow-unverified", action="store_true",
                         help="accept a --checkpoint whose sha256 is not the official one (e.g. fine-tuned weights)")
@@ -347,13 +393,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=_export)
 
     serve = sub.add_parser("serve", help="run the embedded tritonserver on a model repository")
-    serve.add_argument("--repository", required=True)
+    serve.add_argument("--repository", required=True, help="model repository written by samtriton export")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    serve.add_argument("--grpc-port", type=int, default=8001)
-    serve.add_argument("--http-port", type=int, default=8000)
-    serve.add_argument("--metrics-port", type=int, default=8002)
-    serve.add_argument("--startup-timeout", type=float, default=180.0)
-    serve.add_argument("--log-verbose", type=int, default=0)
+    serve.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (the client's)")
+    serve.add_argument("--http-port", type=int, default=8000, help="Triton's HTTP port")
+    serve.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port")
+    serve.add_argument("--startup-timeout", type=float, default=180.0,
+                       help="seconds to wait for every model to be ready")
+    serve.add_argument("--log-verbose", type=int, default=0, help="tritonserver --log-verbose level")
     serve.add_argument("--grpc-tls-cert", help="PEM server certificate: serve gRPC over TLS")
     serve.add_argument("--grpc-tls-key", help="PEM private key of --grpc-tls-cert")
     serve.add_argument("--grpc-tls-client-ca", help="PEM CA: require client certificates signed by it (mutual TLS)")
@@ -364,32 +411,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     segment = sub.add_parser("segment", help="segment images by points and boxes on a running server")
     segment.add_argument("images", nargs="+", help="image files or folders")
-    segment.add_argument("--url", default="127.0.0.1:8001")
-    segment.add_argument("--model", default=C.DEFAULT_MODEL_NAME)
+    segment.add_argument("--url", default="127.0.0.1:8001", help="the server's gRPC address HOST:PORT")
+    segment.add_argument("--model", default=C.DEFAULT_MODEL_NAME, help="deployment name on the server")
     segment.add_argument("--point", action="append", help="foreground point x,y (repeatable)")
     segment.add_argument("--negative-point", action="append", help="background point x,y (repeatable)")
     segment.add_argument("--box", action="append", help="box x0,y0,x1,y1 (repeatable)")
     segment.add_argument("--cutout", action="store_true", help="also write RGBA cut-outs")
     segment.add_argument("--auto", action="store_true", help="automatic mask generation (all masks)")
-    segment.add_argument("--points-per-side", type=int, default=32)
-    segment.add_argument("--points-per-batch", type=int, default=64)
-    segment.add_argument("--pred-iou-thresh", type=float, default=0.88)
-    segment.add_argument("--stability-score-thresh", type=float, default=0.95)
-    segment.add_argument("--crop-n-layers", type=int, default=0)
-    segment.add_argument("--min-mask-region-area", type=int, default=0)
-    segment.add_argument("--timeout", type=float, default=60.0)
+    segment.add_argument("--points-per-side", type=int, default=32, help="--auto: grid points per image side")
+    segment.add_argument("--points-per-batch", type=int, default=64, help="--auto: prompts per request")
+    segment.add_argument("--pred-iou-thresh", type=float, default=0.88,
+                         help="--auto: drop masks whose predicted IoU is lower")
+    segment.add_argument("--stability-score-thresh", type=float, default=0.95,
+                         help="--auto: drop masks whose stability score is lower")
+    segment.add_argument("--crop-n-layers", type=int, default=0, help="--auto: layers of image crops (0: none)")
+    segment.add_argument("--min-mask-region-area", type=int, default=0,
+                         help="--auto: remove holes and islands smaller than this, in pixels (needs OpenCV)")
+    segment.add_argument("--timeout", type=float, default=60.0, help="seconds per server call")
     segment.add_argument("--out", required=True, help="output directory")
     segment.set_defaults(func=_segment)
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     server_bench = bench_sub.add_parser(
         "server", aliases=["gpu"], help="throughput of a running deployment (encoder, decoder, end to end)")
-    server_bench.add_argument("--url", default="127.0.0.1:8001")
-    server_bench.add_argument("--model", default=C.DEFAULT_MODEL_NAME)
-    server_bench.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16])
-    server_bench.add_argument("--prompts", type=int, default=64)
-    server_bench.add_argument("--repeats", type=int, default=3)
-    server_bench.add_argument("--clients", type=int, default=4)
+    server_bench.add_argument("--url", default="127.0.0.1:8001", help="the server's gRPC address HOST:PORT")
+    server_bench.add_argument("--model", default=C.DEFAULT_MODEL_NAME, help="deployment name on the server")
+    server_bench.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16], help="encoder batch sizes to time")
+    server_bench.add_argument("--prompts", type=int, default=64, help="prompts per decoder request")
+    server_bench.add_argument("--repeats", type=int, default=3, help="timed calls per measurement")
+    server_bench.add_argument("--clients", type=int, default=4, help="concurrent clients of the end-to-end run")
     server_bench.add_argument("--image", help="image to use (default: a random 1024x768 image)")
     server_bench.set_defaults(func=_bench_server)
     compare = bench_sub.add_parser(
@@ -398,25 +448,50 @@ def build_parser() -> argparse.ArgumentParser:
     where = compare.add_mutually_exclusive_group()
     where.add_argument("--url", default="127.0.0.1:8001", help="a running samtriton server")
     where.add_argument("--repository", help="serve this model repository on the embedded tritonserver instead")
-    compare.add_argument("--model", default=C.DEFAULT_MODEL_NAME)
-    compare.add_argument("--model-type", default="vit_t", choices=C.MODEL_TYPES)
+    compare.add_argument("--model", default=C.DEFAULT_MODEL_NAME, help="deployment name on the server")
+    compare.add_argument("--model-type", default="vit_t", choices=C.MODEL_TYPES, help="the reference's model type")
     compare.add_argument("--checkpoint", help="reference checkpoint (default: the official one)")
     compare.add_argument("--repeats", type=int, default=5, help="timed calls per operation and image (median)")
-    compare.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
+    compare.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8],
+                         help="concurrent client counts of the sweep")
     compare.add_argument("--rounds", type=int, default=3, help="images (and batched predicts) per client")
-    compare.add_argument("--batch-prompts", type=int, default=64)
+    compare.add_argument("--batch-prompts", type=int, default=64, help="prompts of the batched predict")
     compare.add_argument("--amg-points-per-side", type=int, help="also time automatic mask generation")
     compare.add_argument("--out", default="out/bench", help="writes bench.json, bench.md, bench.png here")
     compare.set_defaults(func=_bench_compare)
     amg_bench = bench_sub.add_parser("amg", help="automatic mask generation vs the in-process reference")
-    amg_bench.add_argument("images", nargs="+")
-    amg_bench.add_argument("--url", default="127.0.0.1:8001")
-    amg_bench.add_argument("--model", default=C.DEFAULT_MODEL_NAME)
-    amg_bench.add_argument("--model-type", default="vit_t", choices=C.MODEL_TYPES)
+    amg_bench.add_argument("images", nargs="+", help="image files or folders")
+    amg_bench.add_argument("--url", default="127.0.0.1:8001", help="the server's gRPC address HOST:PORT")
+    amg_bench.add_argument("--model", default=C.DEFAULT_MODEL_NAME, help="deployment name on the server")
+    amg_bench.add_argument("--model-type", default="vit_t", choices=C.MODEL_TYPES, help="the reference's model type")
     amg_bench.add_argument("--checkpoint", help="reference checkpoint (default: the official one)")
-    amg_bench.add_argument("--points-per-side", type=int, default=32)
+    amg_bench.add_argument("--points-per-side", type=int, default=32, help="grid points per image side")
     amg_bench.add_argument("--markdown", help="also write the table to this file")
     amg_bench.set_defaults(func=_bench_amg)
+
+    annotate = sub.add_parser("annotate", help="web app: click-to-segment annotation, and a Label Studio ML backend",
+                              description="Annotate images in the browser on a running samtriton server (session "
+                                          "mode: the embedding stays on the server, a click sends the prompts). "
+                                          "The same URL is a Label Studio ML backend (/health, /setup, /predict).")
+    annotate.add_argument("images", nargs="+", help="image files or folders to serve (only these are read)")
+    annotate.add_argument("--url", default="127.0.0.1:8001", help="the samtriton Triton server's gRPC address")
+    annotate.add_argument("--model", default=C.DEFAULT_MODEL_NAME, help="deployment name on the server")
+    annotate.add_argument("--out", required=True,
+                          help="directory for accepted objects, masks, cut-outs and coco.json (only this is written)")
+    annotate.add_argument("--host", default="127.0.0.1", help="address the app binds (loopback: this machine only)")
+    annotate.add_argument("--port", type=int, default=8080, help="the app's HTTP port")
+    annotate.add_argument("--timeout", type=float, default=60.0, help="seconds per server call")
+    annotate.add_argument("--points-per-side", type=int, default=16, help="automatic masks: grid points per side")
+    annotate.add_argument("--points-per-batch", type=int, default=64, help="automatic masks: prompts per request")
+    annotate.add_argument("--pred-iou-thresh", type=float, default=0.88, help="automatic masks: predicted IoU cut")
+    annotate.add_argument("--stability-score-thresh", type=float, default=0.95,
+                          help="automatic masks: stability score cut")
+    annotate.add_argument("--label-studio-url", default="",
+                          help="Label Studio's URL, to fetch task images that are not served here (its API token "
+                               "from $LABEL_STUDIO_API_KEY); default: only served images")
+    annotate.set_defaults(func=_annotate)
+    for each in parsers(parser):
+        each.formatter_class = HelpFormatter
     return parser
 
 
