@@ -53,7 +53,7 @@ function drawMask() {
   const ctx = layer("mask-layer");
   ctx.clearRect(0, 0, state.width, state.height);
   if (state.pred) {
-    ctx.putImageData(paintRuns(ctx, state.pred.masks[state.candidate], [30, 144, 255], 130), 0, 0);
+    ctx.putImageData(paintRuns(ctx, state.pred.masks[state.candidate], [30, 144, 255], 150), 0, 0);
     $("candidate").textContent = `${state.candidate + 1}/${state.pred.masks.length} ` +
       `(${state.pred.scores[state.candidate].toFixed(3)})`;
   } else {
@@ -89,7 +89,7 @@ function drawObjects() {
   const sctx = scratch.getContext("2d");
   state.objects.forEach((obj, i) => {
     const color = COLORS[i % COLORS.length];
-    sctx.putImageData(paintRuns(sctx, obj.runs, color, 90), 0, 0);
+    sctx.putImageData(paintRuns(sctx, obj.runs, color, 120), 0, 0);
     ctx.drawImage(scratch, 0, 0);
     const li = document.createElement("li");
     li.dataset.id = obj.id;
