@@ -46,9 +46,12 @@ def download_hf_model(repo_id: str, revision: Optional[str] = None) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise ImportError("--hf-model needs huggingface_hub: pip install 'samtriton[hf]'") from None
-    path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS))
-    if not any((path / name).exists() for name in WEIGHT_FILES):  # older repositories: .bin only
-        path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS_BIN))
+    try:
+        path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS))
+        if not any((path / name).exists() for name in WEIGHT_FILES):  # older repositories: .bin only
+            path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS_BIN))
+    except OSError as exc:  # offline and not cached, unknown repository, no access
+        raise FileNotFoundError(f"--hf-model {repo_id}: {exc}") from None
     return path
 
 

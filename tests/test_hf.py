@@ -224,3 +224,12 @@ def test_hf_model_resolves_through_the_hub_cache(hf_dir, tmp_path):
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == [str(snapshot), "96"]
+
+
+def test_hf_model_not_reachable_is_one_line(tmp_path):
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "empty_hub"), HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-m", "samtriton.cli", "export", "--hf-model", "samtriton-test/absent",
+                             "--repository", str(tmp_path / "r")], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith("samtriton export: --hf-model samtriton-test/absent:"), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
