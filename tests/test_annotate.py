@@ -225,3 +225,31 @@ def test_browser_click_box_accept_export_reload(app, folders, predictor, images)
         driver.quit()
     log = app.log()
     assert "click image=astronaut.png points=1 box=False" in log and "predict_ms=" in log
+
+
+def test_accepted_objects_survive_a_killed_app(server, folders, tmp_path):
+    """Objects are on disk when the accept returns: after kill -9, a new app lists them; delete
+    removes an object and its files."""
+    out = tmp_path / "out"
+    with running_app(server.grpc_url, folders / "photos", out, tmp_path / "first.log") as first:
+        status, pred = first.request("POST", "/api/predict", {"image": "chelsea.jpg",
+                                                              "points": [{"x": 180, "y": 120, "label": 1}]})
+        assert status == 200, pred
+        for label, index in (("cat", pred["best"]), ("other", (pred["best"] + 1) % 3)):
+            status, answer = first.request("POST", "/api/objects", {"image": "chelsea.jpg", "label": label,
+                                                                    "mask": {"id": pred["id"], "index": index}})
+            assert status == 201, answer
+        first.process.kill()
+        first.process.wait()
+    with running_app(server.grpc_url, folders / "photos", out, tmp_path / "second.log") as second:
+        status, listed = second.request("GET", "/api/objects?image=chelsea.jpg")
+        assert status == 200 and [o["label"] for o in listed["objects"]] == ["cat", "other"]
+        assert sum(listed["objects"][0]["runs"][1::2]) == listed["objects"][0]["area"] > 0
+        other = listed["objects"][1]
+        assert second.request("DELETE", f"/api/objects?image=chelsea.jpg&id={other['id']}") == (
+            200, {"deleted": other["id"]})
+        assert not (out / other["mask"]).exists() and not (out / other["cutout"]).exists()
+        assert [o["label"] for o in second.request("GET", "/api/objects?image=chelsea.jpg")[1]["objects"]] == ["cat"]
+        assert second.request("DELETE", f"/api/objects?image=chelsea.jpg&id={other['id']}")[0] == 404
+    # Only --out was written: the served folder holds the two photos, nothing else.
+    assert sorted(p.name for p in (folders / "photos").iterdir()) == ["astronaut.png", "chelsea.jpg"]
