@@ -119,9 +119,10 @@ class Annotator:
         with self._lock:
             self._use(key, load)
             start = time.perf_counter()
-            generator = SamAutomaticMaskGenerator(self.predictor, **self.amg_options)
-            records = generator.generate(image)
-            self._current = None  # the generator set its own images (crops) on the predictor
+            try:
+                records = SamAutomaticMaskGenerator(self.predictor, **self.amg_options).generate(image)
+            finally:  # the generator sets its own images (crops) on the predictor, even when it fails
+                self._current = None
             elapsed = time.perf_counter() - start
         records.sort(key=lambda r: -r["area"])
         masks = np.array([r["segmentation"] for r in records], dtype=bool).reshape(-1, *image.shape[:2])
