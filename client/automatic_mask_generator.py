@@ -147,7 +147,10 @@ class SamAutomaticMaskGenerator:
     def _process_crop(self, crop, encoded, input_size, crop_box, layer_idx, orig_size) -> Dict[str, Any]:
         crop_size = crop.shape[:2]
         points_for_image = self.point_grids[layer_idx] * np.array(crop_size)[None, ::-1]
-        batches = [points for (points,) in amg.batch_iterator(self.points_per_batch, points_for_image)]
+        # At most the contract's prompts x crop pixels per request (the results do not depend
+        # on the batch size: the reference's points_per_batch is only a memory knob too).
+        per_batch = max(1, min(self.points_per_batch, C.MAX_AMG_PROMPT_PIXELS // (crop_size[0] * crop_size[1])))
+        batches = [points for (points,) in amg.batch_iterator(per_batch, points_for_image)]
         with ThreadPoolExecutor(self.requests_in_flight) as pool:
             parts = list(pool.map(lambda p: self._process_batch(p, encoded, input_size, crop_size, crop_box,
                                                                 orig_size), batches))

@@ -209,6 +209,16 @@ AMG = ModelSpec(
     batching=False,
 )
 
+# The AMG filter alone (export/amg_filter.py): the decoder's outputs for a batch in, the kept
+# masks out. Served as its own model only where the decoder runs on a GPU (onnxruntime or
+# TensorRT); with the python decoder the AMG and session stages run the graph in-process.
+AMG_FILTER = ModelSpec(
+    suffix="_amg_filter",
+    inputs=(LOW_RES_MASKS, IOU_PREDICTIONS, INPUT_SIZE, CROP_SIZE, AMG_THRESHOLDS),
+    outputs=(KEPT_INDEX, KEPT_IOU, KEPT_STABILITY, KEPT_MASKS),
+    batching=False,
+)
+
 # --- Session: the embedding stays on the server ------------------------------------------
 # A python-backend model holds embeddings in an LRU cache (bounded in bytes) under an image
 # id. A request that carries an image (raw, or JPEG/PNG bytes) encodes it (through BLS to
@@ -303,6 +313,14 @@ MAX_IMAGE_SIDE = 16384
 # One request's tensors, in bytes: the largest request the shape limits allow (256 prompts
 # with mask inputs, 68 MiB) fits. tritonserver has no message-size flag; the server's shape limits bound it.
 MAX_REQUEST_BYTES = 80 * 1024 * 1024
+# Automatic mask generation: prompts x crop pixels per request (64 points on a 4.2 MP crop,
+# 16 on a 4096 x 4096 one). It bounds the work and the response (at most 3 masks a prompt,
+# 1 bit a pixel: 96 MiB); the client splits its point batches to fit.
+MAX_AMG_PROMPT_PIXELS = 2 ** 28
+# Working memory of the AMG filter per request, by default (model parameter amg_filter_mib):
+# the filter runs over chunks of masks that fit it, whatever the prompts and crop size.
+DEFAULT_AMG_FILTER_MIB = 256
+AMG_FILTER_FILENAME = "amg_filter.onnx"  # written beside the decoder's model.onnx
 
 MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "vit_t")
 DEFAULT_MODEL_NAME = "sam"

@@ -81,7 +81,7 @@ def check_encoder_inputs(image: np.ndarray, input_size: np.ndarray) -> None:
                            f"equal to {C.IMAGE_SIZE}, got {input_size.tolist()}")
 
 
-def check_amg_inputs(input_size, crop_size, thresholds):
+def check_amg_inputs(input_size, crop_size, thresholds, prompts=None):
     check_array(C.INPUT_SIZE.name, input_size, np.int64, 1)
     check_array(C.CROP_SIZE.name, crop_size, np.int64, 1)
     check_array(C.AMG_THRESHOLDS.name, thresholds, np.float32, 1)
@@ -92,3 +92,15 @@ def check_amg_inputs(input_size, crop_size, thresholds):
         raise InvalidInput(f"crop_size: expected (height, width) in 1..{C.MAX_IMAGE_SIDE}, got {crop_size.tolist()}")
     if thresholds.shape != (3,) or not np.all(np.isfinite(thresholds)):
         raise InvalidInput(f"amg_thresholds: expected 3 finite numbers, got {thresholds.tolist()}")
+    if prompts is not None:
+        check_amg_work(int(prompts), crop_size)
+
+
+def check_amg_work(prompts, crop_size):
+    """Prompts x crop pixels of one automatic-mask-generation request within the contract's cap."""
+    work = int(prompts) * int(crop_size[0]) * int(crop_size[1])
+    if work > C.MAX_AMG_PROMPT_PIXELS:
+        raise InvalidInput(f"point_coords / crop_size: {prompts} prompts x {int(crop_size[0])}x{int(crop_size[1])} "
+                           f"crop pixels = {work}; at most {C.MAX_AMG_PROMPT_PIXELS} per request (send at most "
+                           f"{max(1, C.MAX_AMG_PROMPT_PIXELS // (int(crop_size[0]) * int(crop_size[1])))} prompts "
+                           "for this crop)")

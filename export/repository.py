@@ -26,6 +26,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from samtriton import contract as C
+from samtriton.export.amg_filter import write_graph as write_amg_filter
 
 ENCODER_BACKENDS = ("tensorrt", "onnxruntime", "python")
 DECODER_BACKENDS = ("onnxruntime", "python")
@@ -55,6 +56,8 @@ class RepositoryOptions:
     # The session cache's directory (absolute). Empty: each server its own, under /dev/shm.
     # A directory set here is shared by every server that serves this repository on a host.
     session_cache_dir: str = ""
+    # Working memory of the AMG filter per request (it runs over chunks of masks that fit).
+    amg_filter_mib: int = C.DEFAULT_AMG_FILTER_MIB
 
     def __post_init__(self):
         if self.encoder_backend not in ENCODER_BACKENDS:
@@ -144,7 +147,27 @@ def amg_config(options: RepositoryOptions) -> mc.ModelConfig:
     config = mc.ModelConfig(name=spec.served_name(options.name), max_batch_size=0, backend="python")
     _io(config, spec)
     _instances(config, options.amg_instances, gpu=False)
+    _amg_filter_parameters(config, options)
     return config
+
+
+def amg_filter_config(options: RepositoryOptions) -> mc.ModelConfig:
+    """The AMG filter graph as its own model beside a GPU decoder, so the upscaling and the
+    stability scores run on the GPU and only kept masks (bits) come back to the stages."""
+    spec = C.AMG_FILTER
+    config = mc.ModelConfig(name=spec.served_name(options.name), max_batch_size=0)
+    _backend(config, "onnxruntime", options)
+    _io(config, spec)
+    _instances(config, options.decoder_instances, gpu=True)
+    return config
+
+
+def _amg_filter_parameters(config: mc.ModelConfig, options: RepositoryOptions) -> None:
+    """Where the AMG filter runs for a stage: in its stub next to the python decoder, else the
+    GPU model NAME_amg_filter; and its working memory per request."""
+    config.parameters["amg_filter_mib"].string_value = str(options.amg_filter_mib)
+    if options.decoder_backend != "python":
+        config.parameters["amg_filter_model"].string_value = C.AMG_FILTER.served_name(options.name)
 
 
 def session_config(options: RepositoryOptions) -> mc.ModelConfig:
@@ -159,6 +182,7 @@ def session_config(options: RepositoryOptions) -> mc.ModelConfig:
     if options.decoder_backend == "python":  # CPU: run the decoder graph inside the session stub
         config.parameters["decoder_in_process"].string_value = "true"
         config.parameters["ort_intra_op_threads"].string_value = str(options.ort_threads)
+    _amg_filter_parameters(config, options)
     return config
 
 
@@ -222,6 +246,10 @@ def write_repository(repo: Path, encoder_onnx: Path, decoder_onnx: Path, options
     decoder_sources = {"model.py": _python_model_source("decoder")} if options.decoder_backend == "python" else {}
     config = decoder_config(options)
     written[config.name] = _write_model(repo, config, {ONNX_FILENAME: decoder_onnx}, decoder_sources)
+    amg_filter = write_amg_filter(written[config.name] / MODEL_VERSION / C.AMG_FILTER_FILENAME)
+    if options.decoder_backend != "python":
+        config = amg_filter_config(options)
+        written[config.name] = _write_model(repo, config, {ONNX_FILENAME: amg_filter}, {})
 
     config = ensemble_config(options)
     written[config.name] = _write_model(repo, config, {}, {})

@@ -11,15 +11,17 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from samtriton import contract as C
-from samtriton.amg import kept_mask_outputs
-from samtriton.export.python_models.runtime import call_model, respond_each
+from samtriton.export.python_models.runtime import AmgFilter, call_model, respond_each
 from samtriton.validation import check_amg_inputs, check_decoder_inputs
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.name = json.loads(args["model_config"])["name"]
-        self.decoder = self.name[: -len(C.AMG.suffix)] + C.DECODER.suffix
+        config = json.loads(args["model_config"])
+        self.name = config["name"]
+        base = self.name[: -len(C.AMG.suffix)]
+        self.decoder = C.DECODER.served_name(base)
+        self.amg_filter = AmgFilter(config, args["model_repository"], base)
 
     def execute(self, requests):
         return respond_each(self.name, requests, self._one)
@@ -32,11 +34,11 @@ class TritonPythonModel:
         mask_input = np.zeros((k, 1, C.LOW_RES_SIZE, C.LOW_RES_SIZE), np.float32)
         has_mask = np.zeros(k, np.float32)
         check_decoder_inputs(embedding, coords, labels, mask_input, has_mask)
-        check_amg_inputs(input_size, crop_size, thresholds)
+        check_amg_inputs(input_size, crop_size, thresholds, prompts=k)
         feeds = [embedding, coords, labels, mask_input, has_mask]
         decoded = call_model(self.decoder, {spec.name: value for spec, value in zip(C.DECODER.inputs, feeds)},
                              [spec.name for spec in C.DECODER.outputs], self.name)
-        outputs = kept_mask_outputs(decoded[C.LOW_RES_MASKS.name], decoded[C.IOU_PREDICTIONS.name], input_size,
-                                    crop_size, thresholds)
+        outputs = self.amg_filter(decoded[C.LOW_RES_MASKS.name], decoded[C.IOU_PREDICTIONS.name], input_size,
+                                  crop_size, thresholds)
         return pb_utils.InferenceResponse(
             output_tensors=[pb_utils.Tensor(spec.name, outputs[spec.name]) for spec in C.AMG.outputs])

@@ -19,11 +19,11 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from samtriton import contract as C
-from samtriton.amg import kept_mask_outputs
 from samtriton.errors import InvalidInput
 from samtriton.export.python_models.embedding_cache import (EmbeddingCache, cache_directory, default_root,
                                                             sweep_orphans)
-from samtriton.export.python_models.runtime import ModelError, call_model, onnx_session, respond_each, run_decoder
+from samtriton.export.python_models.runtime import (AmgFilter, ModelError, call_model, onnx_session, respond_each,
+                                                    run_decoder)
 from samtriton.transforms import decode_image, preprocess
 from samtriton.validation import check_amg_inputs, check_array, check_decoder_inputs, check_encoder_inputs
 
@@ -50,6 +50,7 @@ class TritonPythonModel:
 
             path = os.path.join(args["model_repository"], os.pardir, self.decoder, "1", "model.onnx")
             self.local_decoder = onnx_session(os.path.normpath(path), config)
+        self.amg_filter = AmgFilter(config, args["model_repository"], base)
 
     def finalize(self):
         self.cache.close()  # the directory goes when no live instance or server uses it
@@ -149,9 +150,9 @@ class TritonPythonModel:
         if mask_input is not None or has_mask is not None or multimask is not None:
             raise InvalidInput("mask_input / has_mask_input / multimask_output: not used with amg_thresholds "
                                "(AMG keeps the three multimask outputs of single-point prompts)")
-        check_amg_inputs(input_size, crop_size, thresholds)
+        check_amg_inputs(input_size, crop_size, thresholds, prompts=coords.shape[0] if coords.ndim == 3 else 0)
         low_res, iou = self._decode(embedding, coords, labels, None, None, None)
-        return kept_mask_outputs(low_res, iou, input_size, crop_size, thresholds)
+        return self.amg_filter(low_res, iou, input_size, crop_size, thresholds)
 
     def _decode(self, embedding, coords, labels, mask_input, has_mask, multimask):
         k = coords.shape[0] if coords.ndim == 3 else 0
