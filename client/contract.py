@@ -210,8 +210,8 @@ AMG = ModelSpec(
 )
 
 # The AMG filter alone (export/amg_filter.py): the decoder's outputs for a batch in, the kept
-# masks out. Served as its own model only where the decoder runs on a GPU (onnxruntime or
-# TensorRT); with the python decoder the AMG and session stages run the graph in-process.
+# masks out. Served as its own model only where the decoder runs on a GPU (onnxruntime);
+# with the python decoder the AMG and session stages filter in numpy, in their stubs.
 AMG_FILTER = ModelSpec(
     suffix="_amg_filter",
     inputs=(LOW_RES_MASKS, IOU_PREDICTIONS, INPUT_SIZE, CROP_SIZE, AMG_THRESHOLDS),
@@ -320,7 +320,6 @@ MAX_AMG_PROMPT_PIXELS = 2 ** 28
 # Working memory of the AMG filter per request, by default (model parameter amg_filter_mib):
 # the filter runs over chunks of masks that fit it, whatever the prompts and crop size.
 DEFAULT_AMG_FILTER_MIB = 256
-AMG_FILTER_FILENAME = "amg_filter.onnx"  # written beside the decoder's model.onnx
 
 MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "vit_t")
 DEFAULT_MODEL_NAME = "sam"

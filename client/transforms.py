@@ -195,6 +195,12 @@ def _upscale_matrix(original: int, resized: int) -> np.ndarray:
     return matrix
 
 
+def upscale_matrix(original: int, resized: int) -> np.ndarray:
+    """The [original, 256] float32 matrix that upscales low-res logits along one axis as
+    Sam.postprocess_masks does (256 -> 1024, crop to ``resized``, -> ``original``)."""
+    return _upscale_matrix(original, resized)
+
+
 def postprocess_masks(low_res_masks: np.ndarray, input_size: Tuple[int, int],
                       original_size: Tuple[int, int]) -> np.ndarray:
     """Low-res logits [..., 256, 256] -> logits [..., H, W] at the original image size."""

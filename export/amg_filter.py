@@ -1,5 +1,5 @@
-"""The AMG filter as an ONNX graph, written next to the decoder: automatic mask generation's
-per-batch work after the decoder, where the decoder runs.
+"""The AMG filter as an ONNX graph, served as NAME_amg_filter beside a GPU decoder: automatic
+mask generation's per-batch work after the decoder, where the decoder runs.
 
 SamAutomaticMaskGenerator._process_batch, for one batch of point prompts: keep the three
 multimask outputs, drop masks whose predicted IoU is under ``pred_iou_thresh`` (before
@@ -10,9 +10,10 @@ threshold, and return the kept masks binarized and packed 8 pixels a byte (np.pa
 order). Only kept masks leave the graph, in bits. A threshold <= 0 disables its filter, as
 in the reference.
 
-ONNX Runtime runs it on the CPU with its threads; on a GPU deployment TensorRT or ONNX
-Runtime CUDA runs it beside the decoder (the graph is opset 17, with data-dependent output
-sizes from NonZero). Built with onnx.helper: no torch needed.
+On a GPU deployment ONNX Runtime CUDA (or TensorRT) runs it beside the decoder (opset 17,
+data-dependent output sizes from NonZero). On CPU the python stages use the numpy port
+instead (``samtriton.amg.kept_mask_outputs``), which measured faster there; the graph's
+numbers are tested against it with ONNX Runtime on CPU. Built with onnx.helper: no torch.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from onnx import TensorProto, helper, numpy_helper
 from samtriton import contract as C
 
 OPSET = 17
-FILENAME = C.AMG_FILTER_FILENAME
 
 
 def _const(name, value, dtype=None):

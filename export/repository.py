@@ -246,10 +246,10 @@ def write_repository(repo: Path, encoder_onnx: Path, decoder_onnx: Path, options
     decoder_sources = {"model.py": _python_model_source("decoder")} if options.decoder_backend == "python" else {}
     config = decoder_config(options)
     written[config.name] = _write_model(repo, config, {ONNX_FILENAME: decoder_onnx}, decoder_sources)
-    amg_filter = write_amg_filter(written[config.name] / MODEL_VERSION / C.AMG_FILTER_FILENAME)
-    if options.decoder_backend != "python":
+    if options.decoder_backend != "python":  # the AMG filter where the decoder runs (the GPU)
         config = amg_filter_config(options)
-        written[config.name] = _write_model(repo, config, {ONNX_FILENAME: amg_filter}, {})
+        written[config.name] = _write_model(repo, config, {}, {})
+        write_amg_filter(written[config.name] / MODEL_VERSION / ONNX_FILENAME)
 
     config = ensemble_config(options)
     written[config.name] = _write_model(repo, config, {}, {})

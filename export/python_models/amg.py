@@ -21,7 +21,7 @@ class TritonPythonModel:
         self.name = config["name"]
         base = self.name[: -len(C.AMG.suffix)]
         self.decoder = C.DECODER.served_name(base)
-        self.amg_filter = AmgFilter(config, args["model_repository"], base)
+        self.amg_filter = AmgFilter(config)
 
     def execute(self, requests):
         return respond_each(self.name, requests, self._one)

@@ -18,7 +18,7 @@ def load(args):
     return config["name"], onnx_session(path, config)
 
 
-def onnx_session(path, config, arena=True):
+def onnx_session(path, config):
     """An ONNX Runtime CPU session with the model's ``ort_intra_op_threads`` (0: one per CPU
     this process may run on; ONNX Runtime's own default, physical cores, measured 1.6x
     slower for the decoder inside the stub on a 2-core machine)."""
@@ -29,9 +29,6 @@ def onnx_session(path, config, arena=True):
     # host they take the cores other models (and co-located clients) need. Off unless asked.
     spinning = config.get("parameters", {}).get("ort_allow_spinning", {}).get("string_value", "0")
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning == "1" else "0")
-    # Without the arena, large one-off tensors (the AMG filter's upscaled masks) go back to the
-    # system after each run instead of staying reserved by every instance.
-    options.enable_cpu_mem_arena = arena
     return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
 
 
@@ -113,62 +110,58 @@ def run_decoder(session, output_names, feeds):
 
 
 class AmgFilter:
-    """Automatic mask generation's filtering of one point batch (the graph of
-    ``samtriton.export.amg_filter``), where the decoder runs: in this process with ONNX
-    Runtime next to the python decoder, or through BLS to NAME_amg_filter on a GPU
-    deployment (model parameter ``amg_filter_model``). The batch goes through in chunks of
-    prompts whose masks fit ``amg_filter_mib`` of working memory, so a request's peak memory
-    does not grow with prompts x crop pixels."""
+    """Automatic mask generation's filtering of one point batch, in bounded memory: at most
+    ``amg_filter_mib`` of working memory (model parameter), whatever the prompts x crop pixels.
+    Where the decoder runs on a GPU (model parameter ``amg_filter_model``), the graph of
+    ``samtriton.export.amg_filter`` does it there through BLS, over chunks of prompts whose
+    masks fit, and only kept masks come back, in bits. Beside the python decoder on a CPU,
+    numpy does it here, a tile of rows at a time (``samtriton.amg.kept_mask_outputs``): on CPU
+    it measured faster than the graph under ONNX Runtime, whose extra passes over full-size
+    masks are memory-bound."""
 
-    # Bytes one mask needs inside the graph: the 1024 x 1024 upscale and its crop (float32),
-    # then per crop pixel the logits, two comparisons, their int32 casts and the packing.
-    FIXED_BYTES = 8 * C.IMAGE_SIZE * C.IMAGE_SIZE
-    BYTES_PER_PIXEL = 20
-
-    def __init__(self, config, model_directory, base):
+    def __init__(self, config):
         parameters = config.get("parameters", {})
         self.caller = config["name"]
         self.budget = int(parameters.get("amg_filter_mib", {}).get(
             "string_value", C.DEFAULT_AMG_FILTER_MIB)) * 2**20
         self.model = parameters.get("amg_filter_model", {}).get("string_value") or None
-        self.session = None
-        if self.model is None:
-            path = os.path.join(model_directory, os.pardir, C.DECODER.served_name(base), "1",
-                                C.AMG_FILTER_FILENAME)
-            self.session = onnx_session(os.path.normpath(path), config, arena=False)
         self.output_names = [spec.name for spec in C.AMG_FILTER.outputs]
-
-    def chunks(self, iou, crop_size, thresholds):
-        """[start, stop) prompt ranges whose IoU-passing masks fit the budget (at least one prompt each)."""
-        iou_thresh = float(thresholds[0])
-        scores = iou[:, C.MULTIMASK_SLICE]
-        passing = (scores > iou_thresh).sum(axis=1) if iou_thresh > 0 else np.full(len(iou), scores.shape[1])
-        per_mask = self.FIXED_BYTES + self.BYTES_PER_PIXEL * int(crop_size[0]) * int(crop_size[1])
-        ranges, start, used = [], 0, 0
-        for k, count in enumerate(passing):
-            cost = int(count) * per_mask
-            if k > start and used + cost > self.budget:
-                ranges.append((start, k))
-                start, used = k, 0
-            used += cost
-        ranges.append((start, len(iou)))
-        return ranges
 
     def __call__(self, low_res, iou, input_size, crop_size, thresholds):
         """``contract.AMG``'s outputs for the batch (kept index into the K x 3 multimask outputs)."""
+        from samtriton.amg import kept_mask_outputs
+
+        if self.model is None:
+            return kept_mask_outputs(low_res, iou, input_size, crop_size, thresholds, work_bytes=self.budget)
         parts = []
-        for start, stop in self.chunks(iou, crop_size, thresholds):
+        for start, stop in prompt_chunks(iou, crop_size, thresholds, self.budget):
             feeds = {C.LOW_RES_MASKS.name: np.ascontiguousarray(low_res[start:stop]),
                      C.IOU_PREDICTIONS.name: np.ascontiguousarray(iou[start:stop]),
                      C.INPUT_SIZE.name: np.asarray(input_size, np.int64).reshape(2),
                      C.CROP_SIZE.name: np.asarray(crop_size, np.int64).reshape(2),
                      C.AMG_THRESHOLDS.name: np.asarray(thresholds, np.float32).reshape(3)}
-            if self.session is not None:
-                out = dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
-            else:
-                out = call_model(self.model, feeds, self.output_names, self.caller)
+            out = call_model(self.model, feeds, self.output_names, self.caller)
             out[C.KEPT_INDEX.name] = out[C.KEPT_INDEX.name] + 3 * start
             parts.append(out)
         if len(parts) == 1:
             return parts[0]
         return {name: np.concatenate([p[name] for p in parts]) for name in self.output_names}
+
+
+def prompt_chunks(iou, crop_size, thresholds, budget_bytes):
+    """[start, stop) prompt ranges whose masks past the IoU threshold fit ``budget_bytes`` in
+    the filter graph (the 1024 x 1024 intermediate, then ~20 bytes a crop pixel); at least
+    one prompt each."""
+    iou_thresh = float(thresholds[0])
+    scores = iou[:, C.MULTIMASK_SLICE]
+    passing = (scores > iou_thresh).sum(axis=1) if iou_thresh > 0 else np.full(len(scores), scores.shape[1])
+    per_mask = 8 * C.IMAGE_SIZE * C.IMAGE_SIZE + 20 * int(crop_size[0]) * int(crop_size[1])
+    ranges, start, used = [], 0, 0
+    for k, count in enumerate(passing):
+        cost = int(count) * per_mask
+        if k > start and used + cost > budget_bytes:
+            ranges.append((start, k))
+            start, used = k, 0
+        used += cost
+    ranges.append((start, len(scores)))
+    return ranges

@@ -50,7 +50,7 @@ class TritonPythonModel:
 
             path = os.path.join(args["model_repository"], os.pardir, self.decoder, "1", "model.onnx")
             self.local_decoder = onnx_session(os.path.normpath(path), config)
-        self.amg_filter = AmgFilter(config, args["model_repository"], base)
+        self.amg_filter = AmgFilter(config)
 
     def finalize(self):
         self.cache.close()  # the directory goes when no live instance or server uses it
