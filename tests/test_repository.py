@@ -106,3 +106,26 @@ def test_session_model(written):
 def test_session_cache_must_hold_an_embedding():
     with pytest.raises(ValueError, match="session_cache_mib"):
         RepositoryOptions(session_cache_mib=1)
+
+
+def test_amg_filter_model_beside_a_gpu_decoder(written):
+    """With a GPU decoder the AMG filter graph is its own onnxruntime model on the GPU and the
+    python stages are told to call it; with the python decoder they filter in their stubs."""
+    import onnx
+
+    repo, options = written
+    name = C.AMG_FILTER.served_name(options.name)
+    stages = [parse_config((repo / spec.served_name(options.name) / "config.pbtxt").read_text())
+              for spec in (C.AMG, C.SESSION)]
+    if options.decoder_backend == "python":
+        assert not (repo / name).exists()
+        assert all("amg_filter_model" not in stage.parameters for stage in stages)
+        return
+    config = parse_config((repo / name / "config.pbtxt").read_text())
+    assert config.platform == "onnxruntime_onnx" and config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    assert _dims(config.input) == _expected(C.AMG_FILTER.inputs)
+    assert _dims(config.output) == _expected(C.AMG_FILTER.outputs)
+    graph = onnx.load(str(repo / name / "1" / "model.onnx"))
+    assert [i.name for i in graph.graph.input] == [s.name for s in C.AMG_FILTER.inputs]
+    assert [o.name for o in graph.graph.output] == [s.name for s in C.AMG_FILTER.outputs]
+    assert all(stage.parameters["amg_filter_model"].string_value == name for stage in stages)
