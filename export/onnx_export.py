@@ -162,11 +162,21 @@ def _stamp_contract_shapes(path: Path, model_spec) -> None:
 
 
 def _move_weights_to_external_data(path: Path) -> None:
+    """All weights into one ``NAME.data`` file beside the graph. Past 2 GB the exporter has
+    already written one file per tensor: those are removed once merged (ViT-H: 2.5 GB)."""
     import onnx
+    from onnx.external_data_helper import uses_external_data
 
+    location = path.name + ".data"
+    before = onnx.load(str(path), load_external_data=False)
+    per_tensor = {entry.value for tensor in before.graph.initializer if uses_external_data(tensor)
+                  for entry in tensor.external_data if entry.key == "location"} - {location}
+    del before
     model = onnx.load(str(path))
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=path.name + ".data", size_threshold=1024, convert_attribute=True)
+                    location=location, size_threshold=1024, convert_attribute=True)
+    for name in per_tensor:
+        (path.parent / name).unlink(missing_ok=True)
 
 
 def is_tinyvit(sam) -> bool:
