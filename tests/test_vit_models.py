@@ -16,7 +16,6 @@ external data in the python backend. Their figures go to docs/benchmarks.md.
 import gc
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -56,17 +55,21 @@ def tree_bytes(path):
 
 
 def export_and_measure(model_type, checkpoint, repo, name):
-    """The CLI in a child process: (seconds, peak resident MiB of the export process)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """The CLI in a child process: (seconds, peak resident MiB of that process, as it reports
+    its own ru_maxrss: RUSAGE_CHILDREN would give the largest child of the whole run)."""
+    args = ["export", "--model-type", model_type, "--checkpoint", str(checkpoint), "--allow-unverified",
+            "--repository", str(repo), "--name", name]
+    code = ("import resource, sys\n"
+            "from samtriton.cli import main\n"
+            "rc = main(sys.argv[1:])\n"
+            "print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+            "sys.exit(rc)\n")
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "samtriton.cli", "export", "--model-type", model_type,
-                             "--checkpoint", str(checkpoint), "--allow-unverified", "--repository", str(repo),
-                             "--name", name], capture_output=True, text=True, timeout=3600)
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=3600)
     seconds = time.perf_counter() - start
     assert result.returncode == 0, result.stderr[-3000:]
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    # ru_maxrss of children is the largest child so far: only a new maximum is this export's.
-    return seconds, (peak / 1024 if peak > before else float("nan"))
+    peak_kib = int(next(line.split()[1] for line in result.stderr.splitlines() if line.startswith("PEAK_RSS_KIB")))
+    return seconds, peak_kib / 1024
 
 
 class EndToEnd:
