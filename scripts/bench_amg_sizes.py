@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""Automatic mask generation at three photo sizes, samtriton vs the in-process reference in
+one run, plus the per-batch filtering time before/after the tiled filter:
+
+    .venv/bin/python scripts/bench_amg_sizes.py --checkpoint ~/.cache/samtriton/checkpoints/mobile_sam.pt
+
+Cases: 512 x 512 (astronaut) at the reference's defaults, a 3 MP photo (coffee scaled to
+1536 x 2304) at defaults, a 12 MP photo (coffee scaled to 3000 x 4500) at points_per_side 16.
+For each: time, masks (count, matched at IoU >= 0.9, mean matched IoU), the serving
+processes' peak RSS growth, bytes on the wire. The reference runs with points_per_batch 16 on
+12 MP (it holds a batch's upscaled masks at once: 64 prompts would take 9 GB); results do not
+depend on the batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _photo(name, size):
+    from PIL import Image
+    from skimage import data
+
+    image = getattr(data, name)()
+    return image if size is None else np.asarray(Image.fromarray(image).resize(size[::-1], Image.BICUBIC))
+
+
+def _server_processes(server):
+    pids = [server.process.pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            if any(line.startswith("PPid:") and int(line.split()[1]) == server.process.pid
+                   for line in status.splitlines()):
+                pids.append(int(entry.name))
+    return pids
+
+
+def _kib(pid, field):
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in text.splitlines() if line.startswith(field + ":")))
+
+
+def _match(ours, reference):
+    from helpers import mask_iou  # tests/helpers.py
+
+    ious = []
+    for ref in reference:
+        ious.append(max((mask_iou(ref["segmentation"], o["segmentation"]) for o in ours), default=0.0))
+    ious = np.asarray(ious)
+    return int((ious >= 0.9).sum()), float(ious[ious >= 0.9].mean()) if (ious >= 0.9).any() else 0.0
+
+
+def filter_times(sam, image, batch=64, before=True):
+    """One batch of ``batch`` grid points through the reference decoder, then the server's
+    filtering of it before (the whole-batch port, ``filter_batch``) and after (tiled)."""
+    import torch
+    from mobile_sam import SamPredictor
+
+    from samtriton.amg import filter_batch, kept_mask_outputs
+    from samtriton.transforms import ResizeLongestSide
+
+    predictor = SamPredictor(sam)
+    predictor.set_image(image)
+    h, w = image.shape[:2]
+    side = int(np.sqrt(batch))
+    grid = np.stack(np.meshgrid(np.linspace(0.05, 0.95, side) * w, np.linspace(0.05, 0.95, side) * h), -1)
+    coords = predictor.transform.apply_coords(grid.reshape(-1, 2), (h, w))
+    start = time.perf_counter()
+    with torch.no_grad():
+        _, iou, low_res = predictor.predict_torch(torch.as_tensor(coords[:, None, :], dtype=torch.float32),
+                                                  torch.ones(len(coords), 1, dtype=torch.int64),
+                                                  multimask_output=True, return_logits=True)
+    reference_decoder_s = time.perf_counter() - start
+    low_res = np.concatenate([low_res[:, :1].numpy(), low_res.numpy()], axis=1)
+    iou = np.concatenate([iou[:, :1].numpy(), iou.numpy()], axis=1)
+    input_size = ResizeLongestSide(1024).get_preprocess_shape(h, w, 1024)
+    if before:  # the whole-batch port holds every passing mask in float32: 8.5 GB at 12 MP
+        start = time.perf_counter()
+        filter_batch(low_res, iou, input_size, (h, w), 0.88, 0.95, 1.0)
+        before = time.perf_counter() - start
+    else:
+        before = float("nan")
+    start = time.perf_counter()
+    kept_mask_outputs(low_res, iou, np.array(input_size), np.array((h, w)), np.array([0.88, 0.95, 1.0], np.float32))
+    after = time.perf_counter() - start
+    passing = int((iou[:, 1:] > 0.88).sum())
+    return dict(before_s=before, after_s=after, passing=passing, masks=3 * len(coords),
+                reference_decoder_s=reference_decoder_s)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="MobileSAM checkpoint (mobile_sam.pt)")
+    parser.add_argument("--cases", nargs="+", type=int, default=[0, 1, 2], help="which cases (0: 512, 1: 3 MP, 2: 12 MP)")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT / "tests"))
+    from samtriton import SamAutomaticMaskGenerator, SamPredictor
+    from samtriton.export.checkpoints import load_sam
+    from samtriton.export.onnx_export import export_decoder, export_encoder
+    from samtriton.export.repository import RepositoryOptions, write_repository
+    from samtriton.server import EmbeddedTriton, free_port
+
+    cases = [("512 x 512, defaults", _photo("astronaut", None), {}, {}),
+             ("3 MP (1536 x 2304), defaults", _photo("coffee", (1536, 2304)), {}, {}),
+             ("12 MP (3000 x 4500), points_per_side 16", _photo("coffee", (3000, 4500)), dict(points_per_side=16),
+              dict(points_per_batch=16))]
+    sam = load_sam("vit_t", args.checkpoint)  # also makes the reference packages importable
+    from mobile_sam import SamAutomaticMaskGenerator as Reference
+
+    rows, filters = [], []
+    with tempfile.TemporaryDirectory(prefix="samtriton-amg-bench-") as work:
+        work = Path(work)
+        encoder = export_encoder(sam, work / "onnx" / "encoder" / "model.onnx")
+        decoder = export_decoder(sam, work / "onnx" / "decoder" / "model.onnx")
+        write_repository(work / "repository", encoder, decoder, RepositoryOptions(name="sam"))
+        with EmbeddedTriton(work / "repository", grpc_port=free_port(), http_port=free_port(),
+                            metrics_port=free_port()) as server, \
+                SamPredictor(server.grpc_url, model="sam", timeout=1200) as predictor:
+            for label, image, settings, reference_extra in [cases[i] for i in args.cases]:
+                pids = _server_processes(server)
+                for pid in pids:
+                    Path(f"/proc/{pid}/clear_refs").write_text("5")
+                rss = {pid: _kib(pid, "VmRSS") for pid in pids}
+                generator = SamAutomaticMaskGenerator(predictor, **settings)
+                start = time.perf_counter()
+                ours = generator.generate(image)
+                ours_s = time.perf_counter() - start
+                growth = sum(_kib(pid, "VmHWM") - rss[pid] for pid in pids) / 1024
+                start = time.perf_counter()
+                reference = Reference(sam, **settings, **reference_extra).generate(image)
+                reference_s = time.perf_counter() - start
+                matched, mean_iou = _match(ours, reference)
+                rows.append((label, ours_s, reference_s, len(ours), len(reference), matched, mean_iou, growth,
+                             generator.bytes_sent / 2**20, generator.bytes_received / 2**20))
+                filters.append((label, filter_times(sam, image, before=image.size < 20_000_000)))
+                print(rows[-1], filters[-1], flush=True)
+    print("\n| case | samtriton s | reference s | ratio | masks (samtriton / reference / matched >= 0.9) "
+          "| mean matched IoU | server peak RSS growth MiB | MiB sent / received |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, ours_s, ref_s, n_ours, n_ref, matched, mean_iou, growth, sent, received in rows:
+        print(f"| {label} | {ours_s:.1f} | {ref_s:.1f} | {ours_s / ref_s:.2f} | {n_ours} / {n_ref} / {matched} | "
+              f"{mean_iou:.3f} | {growth:.0f} | {sent:.1f} / {received:.1f} |")
+    print("\n| case | masks past pred_iou_thresh (of 192) | filtering before s | after s | reference decoder s |")
+    print("|---|---|---|---|---|")
+    for label, f in filters:
+        print(f"| {label} | {f['passing']} | {f['before_s']:.2f} | {f['after_s']:.2f} | "
+              f"{f['reference_decoder_s']:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
