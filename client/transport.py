@@ -238,6 +238,19 @@ def _is_connection_error(exc: InferenceServerException) -> bool:
     return isinstance(exc.__cause__, (ConnectionError, OSError))
 
 
+def _model_missing(call: Call, url: str) -> ModelNotReady:
+    return ModelNotReady(f"{call.model_name} at {url} is not ready; load it or check the deployment name")
+
+
+def _send_failed(channels: "Channels", channel: "_Channel", exc: InferenceServerException, call: Call, url: str,
+                 timeout: float) -> SamTritonError:
+    """A failed send as samtriton's error; an unreachable endpoint gets a fresh channel."""
+    error = translate(exc, call, url, timeout)
+    if isinstance(error, ServerUnavailable):
+        channels.renew(url, channel)
+    return error
+
+
 class Channels:
     """Each endpoint's current client. ``renew`` gives an endpoint a fresh one (a channel that
     saw its server die waits out gRPC's reconnect backoff; a new one connects as soon as the
@@ -359,8 +372,7 @@ class Transport:
         except ImageNotCached:
             if call.resend is None:
                 if not self._model_ready(url, call, deadline):
-                    raise ModelNotReady(f"{call.model_name} at {url} is not ready; load it or check the deployment "
-                                        "name") from None
+                    raise _model_missing(call, url) from None
                 raise
             logger.info("samtriton: %s holds no embedding for %s; sending the image again", url, call.image_id)
             self._send(url, call.resend, deadline)
@@ -381,10 +393,7 @@ class Transport:
         try:
             return self._infer(channel, url, call, deadline)
         except InferenceServerException as exc:
-            error = translate(exc, call, url, self.options.timeout)
-            if isinstance(error, ServerUnavailable):
-                self.channels.renew(url, channel)
-            raise error from None
+            raise _send_failed(self.channels, channel, exc, call, url, self.options.timeout) from None
         finally:
             self.channels.release(channel)
 
@@ -513,8 +522,7 @@ class AsyncTransport:
         except ImageNotCached:
             if call.resend is None:
                 if not await self._model_ready(url, call, deadline):
-                    raise ModelNotReady(f"{call.model_name} at {url} is not ready; load it or check the deployment "
-                                        "name") from None
+                    raise _model_missing(call, url) from None
                 raise
             logger.info("samtriton: %s holds no embedding for %s; sending the image again", url, call.image_id)
             await self._send(url, call.resend, deadline)
@@ -544,10 +552,7 @@ class AsyncTransport:
                                                 client_timeout=max(deadline - time.monotonic(), 0.001))
             return {name: result.as_numpy(name) for name in call.outputs}
         except InferenceServerException as exc:
-            error = translate(exc, call, url, self.options.timeout)
-            if isinstance(error, ServerUnavailable):
-                self.channels.renew(url, channel)
-            raise error from None
+            raise _send_failed(self.channels, channel, exc, call, url, self.options.timeout) from None
         finally:
             self.channels.release(channel)
 
