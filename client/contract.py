@@ -153,6 +153,18 @@ DECODER = ModelSpec(
     batching=False,  # one embedding + K prompts has no common batch axis
 )
 
+# The decoder for automatic mask generation's point batches (export/amg_decoder.py): point
+# prompts without a mask input, the decoder's outputs, reordered for the CPU. Its graph lies
+# beside the decoder's (NAME_decoder/1/AMG_DECODER_FILE); the session stage runs it in its
+# stub next to the python decoder. Not a served model of its own.
+AMG_DECODER = ModelSpec(
+    suffix="_amg_decoder",
+    inputs=(DECODER_IMAGE_EMBEDDINGS, POINT_COORDS, POINT_LABELS),
+    outputs=(LOW_RES_MASKS, IOU_PREDICTIONS),
+    batching=False,
+)
+AMG_DECODER_FILE = "amg_decoder.onnx"
+
 # --- Ensemble: image + prompts -> masks in one call ---------------------------------------
 # Not batching: the encoder (a batching member) is called with batch 1, which is why the
 # ensemble's image carries an explicit leading 1.

@@ -33,6 +33,22 @@ def check_finite(name: str, value: np.ndarray) -> None:
 
 def check_decoder_inputs(image_embeddings, point_coords, point_labels, mask_input, has_mask_input) -> int:
     """Validate one decoder request; returns the prompt count K."""
+    k = check_point_prompts(image_embeddings, point_coords, point_labels)
+    check_array(C.MASK_INPUT.name, mask_input, np.float32, 4)
+    if mask_input.shape != (k, 1, C.LOW_RES_SIZE, C.LOW_RES_SIZE):
+        raise InvalidInput(f"mask_input: expected shape [{k}, 1, {C.LOW_RES_SIZE}, {C.LOW_RES_SIZE}], "
+                           f"got {list(mask_input.shape)}")
+    check_finite("mask_input", mask_input)
+    check_array(C.HAS_MASK_INPUT.name, has_mask_input, np.float32, 1)
+    if has_mask_input.shape != (k,):
+        raise InvalidInput(f"has_mask_input: expected shape [{k}], got {list(has_mask_input.shape)}")
+    if not np.all(np.isin(has_mask_input, (0.0, 1.0))):
+        raise InvalidInput("has_mask_input: values must be 0 or 1")
+    return k
+
+
+def check_point_prompts(image_embeddings, point_coords, point_labels) -> int:
+    """Validate one embedding + K point prompts; returns K."""
     check_array(C.DECODER_IMAGE_EMBEDDINGS.name, image_embeddings, np.float32, 4)
     if tuple(image_embeddings.shape) != C.DECODER_IMAGE_EMBEDDINGS.dims:
         raise InvalidInput(f"image_embeddings: expected shape {list(C.DECODER_IMAGE_EMBEDDINGS.dims)} "
@@ -54,16 +70,6 @@ def check_decoder_inputs(image_embeddings, point_coords, point_labels, mask_inpu
     if not np.all(np.isin(point_labels, C.VALID_LABELS)):
         bad = np.unique(point_labels[~np.isin(point_labels, C.VALID_LABELS)])[:5]
         raise InvalidInput(f"point_labels: values must be in {list(C.VALID_LABELS)}, got {bad.tolist()}")
-    check_array(C.MASK_INPUT.name, mask_input, np.float32, 4)
-    if mask_input.shape != (k, 1, C.LOW_RES_SIZE, C.LOW_RES_SIZE):
-        raise InvalidInput(f"mask_input: expected shape [{k}, 1, {C.LOW_RES_SIZE}, {C.LOW_RES_SIZE}], "
-                           f"got {list(mask_input.shape)}")
-    check_finite("mask_input", mask_input)
-    check_array(C.HAS_MASK_INPUT.name, has_mask_input, np.float32, 1)
-    if has_mask_input.shape != (k,):
-        raise InvalidInput(f"has_mask_input: expected shape [{k}], got {list(has_mask_input.shape)}")
-    if not np.all(np.isin(has_mask_input, (0.0, 1.0))):
-        raise InvalidInput("has_mask_input: values must be 0 or 1")
     return k
 
 

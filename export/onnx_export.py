@@ -4,6 +4,8 @@
   pixel normalization and padding folded into the graph and a dynamic batch axis.
 - Decoder: prompt encoder + mask decoder for ONE embedding and K prompts, returning all 4
   low-resolution masks and IoU predictions; upscaling is left to the client.
+- Beside the decoder, ``amg_decoder.onnx``: the same decoder for point prompts without a
+  mask input, reordered for automatic mask generation's batches (export/amg_decoder.py).
 """
 
 from __future__ import annotations
@@ -196,6 +198,8 @@ def export_encoder(sam, path: os.PathLike) -> Path:
 
 
 def export_decoder(sam, path: os.PathLike) -> Path:
+    """The decoder's graph at ``path``, and the AMG point-batch decoder beside it
+    (``contract.AMG_DECODER_FILE``)."""
     module = PromptDecoder(sam).eval()
     k, n = 2, 3
     args = (
@@ -205,4 +209,19 @@ def export_decoder(sam, path: os.PathLike) -> Path:
         torch.zeros((k, 1, C.LOW_RES_SIZE, C.LOW_RES_SIZE)),
         torch.zeros((k,)),
     )
-    return _export(module, args, Path(path), C.DECODER, large=False)
+    path = _export(module, args, Path(path), C.DECODER, large=False)
+    export_amg_decoder(module, path.parent / C.AMG_DECODER_FILE)
+    return path
+
+
+def export_amg_decoder(prompt_decoder: PromptDecoder, path: os.PathLike) -> Path:
+    from samtriton.export.amg_decoder import AmgPromptDecoder
+
+    module = AmgPromptDecoder(prompt_decoder).eval()
+    k, n = 2, 2
+    args = (
+        torch.zeros(C.DECODER_IMAGE_EMBEDDINGS.dims, dtype=torch.float32),
+        torch.randint(0, C.IMAGE_SIZE, (k, n, 2)).float(),
+        torch.tensor([[1.0, -1.0]] * k),
+    )
+    return _export(module, args, Path(path), C.AMG_DECODER, large=False)

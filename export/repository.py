@@ -244,8 +244,12 @@ def write_repository(repo: Path, encoder_onnx: Path, decoder_onnx: Path, options
         _copy_with_external_data(encoder_onnx, written[config.name] / "encoder.onnx")
 
     decoder_sources = {"model.py": _python_model_source("decoder")} if options.decoder_backend == "python" else {}
+    decoder_files: Dict[str, Optional[Path]] = {ONNX_FILENAME: decoder_onnx}
+    amg_decoder = Path(decoder_onnx).parent / C.AMG_DECODER_FILE
+    if options.decoder_backend == "python" and amg_decoder.exists():  # run by the session stub on CPU
+        decoder_files[C.AMG_DECODER_FILE] = amg_decoder
     config = decoder_config(options)
-    written[config.name] = _write_model(repo, config, {ONNX_FILENAME: decoder_onnx}, decoder_sources)
+    written[config.name] = _write_model(repo, config, decoder_files, decoder_sources)
     if options.decoder_backend != "python":  # the AMG filter where the decoder runs (the GPU)
         config = amg_filter_config(options)
         written[config.name] = _write_model(repo, config, {}, {})

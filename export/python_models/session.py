@@ -25,7 +25,8 @@ from samtriton.export.python_models.embedding_cache import (EmbeddingCache, cach
 from samtriton.export.python_models.runtime import (AmgFilter, ModelError, call_model, onnx_session, respond_each,
                                                     run_decoder)
 from samtriton.transforms import decode_image, preprocess
-from samtriton.validation import check_amg_inputs, check_array, check_decoder_inputs, check_encoder_inputs
+from samtriton.validation import (check_amg_inputs, check_array, check_decoder_inputs, check_encoder_inputs,
+                                  check_point_prompts)
 
 
 class TritonPythonModel:
@@ -45,11 +46,14 @@ class TritonPythonModel:
         sweep_orphans(default_root(), keep={self.cache.directory})
         # With the python decoder, run its ONNX graph here: a BLS hop to another stub costs
         # as much as the decoder itself on CPU. Other decoder backends are called via BLS.
-        self.local_decoder = None
+        # Automatic mask generation's point batches (no mask input) take the decoder reordered
+        # for them (export/amg_decoder.py) where the export wrote it: about half the work.
+        self.local_decoder = self.amg_decoder = None
         if config.get("parameters", {}).get("decoder_in_process", {}).get("string_value") == "true":
-
-            path = os.path.join(args["model_repository"], os.pardir, self.decoder, "1", "model.onnx")
-            self.local_decoder = onnx_session(os.path.normpath(path), config)
+            version_dir = os.path.normpath(os.path.join(args["model_repository"], os.pardir, self.decoder, "1"))
+            self.local_decoder = onnx_session(os.path.join(version_dir, "model.onnx"), config)
+            if os.path.exists(os.path.join(version_dir, C.AMG_DECODER_FILE)):
+                self.amg_decoder = onnx_session(os.path.join(version_dir, C.AMG_DECODER_FILE), config)
         self.amg_filter = AmgFilter(config)
 
     def finalize(self):
@@ -151,7 +155,12 @@ class TritonPythonModel:
             raise InvalidInput("mask_input / has_mask_input / multimask_output: not used with amg_thresholds "
                                "(AMG keeps the three multimask outputs of single-point prompts)")
         check_amg_inputs(input_size, crop_size, thresholds, prompts=coords.shape[0] if coords.ndim == 3 else 0)
-        low_res, iou = self._decode(embedding, coords, labels, None, None, None)
+        if self.amg_decoder is not None:
+            check_point_prompts(embedding, coords, labels)
+            low_res, iou = run_decoder(self.amg_decoder, [spec.name for spec in C.AMG_DECODER.outputs], {
+                spec.name: value for spec, value in zip(C.AMG_DECODER.inputs, (embedding, coords, labels))})
+        else:
+            low_res, iou = self._decode(embedding, coords, labels, None, None, None)
         return self.amg_filter(low_res, iou, input_size, crop_size, thresholds)
 
     def _decode(self, embedding, coords, labels, mask_input, has_mask, multimask):
