@@ -311,3 +311,24 @@ def _banded_upscale(rows: np.ndarray, logits: np.ndarray, cols_t: np.ndarray,
     for o0, o1, i0, i1 in column_blocks:
         np.matmul(scaled[:, :, i0:i1], cols_t[i0:i1, o0:o1], out=out[:, :, o0:o1])
     return out
+
+
+def prompt_chunks(iou, crop_size, thresholds, budget_bytes):
+    """[start, stop) prompt ranges whose masks past the IoU threshold fit ``budget_bytes`` in
+    the filter graph (the 1024 x 1024 intermediate, then ~20 bytes a crop pixel); at least
+    one prompt each."""
+    from . import contract as C
+
+    iou_thresh = float(thresholds[0])
+    scores = iou[:, C.MULTIMASK_SLICE]
+    passing = (scores > iou_thresh).sum(axis=1) if iou_thresh > 0 else np.full(len(scores), scores.shape[1])
+    per_mask = 8 * C.IMAGE_SIZE * C.IMAGE_SIZE + 20 * int(crop_size[0]) * int(crop_size[1])
+    ranges, start, used = [], 0, 0
+    for k, count in enumerate(passing):
+        cost = int(count) * per_mask
+        if k > start and used + cost > budget_bytes:
+            ranges.append((start, k))
+            start, used = k, 0
+        used += cost
+    ranges.append((start, len(scores)))
+    return ranges

@@ -148,6 +148,7 @@ def amg_config(options: RepositoryOptions) -> mc.ModelConfig:
     _io(config, spec)
     _instances(config, options.amg_instances, gpu=False)
     _amg_filter_parameters(config, options)
+    _in_process_decoder(config, options)
     return config
 
 
@@ -179,11 +180,17 @@ def session_config(options: RepositoryOptions) -> mc.ModelConfig:
     config.parameters["session_cache_mib"].string_value = str(options.session_cache_mib)
     if options.session_cache_dir:
         config.parameters["session_cache_dir"].string_value = options.session_cache_dir
-    if options.decoder_backend == "python":  # CPU: run the decoder graph inside the session stub
-        config.parameters["decoder_in_process"].string_value = "true"
-        config.parameters["ort_intra_op_threads"].string_value = str(options.ort_threads)
+    _in_process_decoder(config, options)
     _amg_filter_parameters(config, options)
     return config
+
+
+def _in_process_decoder(config: mc.ModelConfig, options: RepositoryOptions) -> None:
+    """CPU (python decoder): a stage runs the decoder's graphs inside its own stub; a BLS hop
+    to the decoder's stub costs about as much as a click's decoding."""
+    if options.decoder_backend == "python":
+        config.parameters["decoder_in_process"].string_value = "true"
+        config.parameters["ort_intra_op_threads"].string_value = str(options.ort_threads)
 
 
 def config_text(config: mc.ModelConfig) -> str:

@@ -58,6 +58,8 @@ def test_backends_and_files(written):
     else:
         assert (repo / "seg_encoder" / "1" / "model.onnx").exists()
     assert (repo / "seg_encoder" / "1" / "model.py").exists() == (options.encoder_backend == "python")
+    # The AMG decoder graph goes where the stages run the decoder in their stubs (CPU).
+    assert (repo / "seg_decoder" / "1" / C.AMG_DECODER_FILE).exists() == (options.decoder_backend == "python")
     assert (repo / "seg_decoder" / "1" / "model.py").exists() == (options.decoder_backend == "python")
 
 
@@ -99,8 +101,10 @@ def test_session_model(written):
     assert optional == {s.name for s in C.SESSION.inputs if s.optional} and "image_id" not in optional
     assert session.parameters["session_cache_mib"].string_value == str(options.session_cache_mib)
     # The python decoder runs inside the session stub; any other decoder backend is reached through BLS.
-    in_process = session.parameters["decoder_in_process"].string_value == "true"
-    assert in_process == (options.decoder_backend == "python")
+    for stage in ("seg_session", "seg_amg"):
+        config = parse_config((repo / stage / "config.pbtxt").read_text())
+        in_process = config.parameters["decoder_in_process"].string_value == "true"
+        assert in_process == (options.decoder_backend == "python"), stage
 
 
 def test_session_cache_must_hold_an_embedding():

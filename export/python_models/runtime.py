@@ -109,6 +109,22 @@ def run_decoder(session, output_names, feeds):
     return session.run(output_names, feeds, _SHRINK if prompts > LARGE_DECODER_RUN else None)
 
 
+def in_process_amg_decoder(args, config, decoder_name):
+    """An ONNX Runtime session on the AMG decoder graph (export/amg_decoder.py) written beside
+    the python decoder's, for a stage that runs the decoder in its own stub; else None."""
+    if config.get("parameters", {}).get("decoder_in_process", {}).get("string_value") != "true":
+        return None
+    path = os.path.normpath(os.path.join(args["model_repository"], os.pardir, decoder_name, "1",
+                                         C.AMG_DECODER_FILE))
+    return onnx_session(path, config) if os.path.exists(path) else None
+
+
+def run_amg_decoder(session, embedding, coords, labels):
+    """(low_res_masks, iou_predictions) of K point prompts (no mask input) on one embedding."""
+    return run_decoder(session, [spec.name for spec in C.AMG_DECODER.outputs],
+                       {spec.name: value for spec, value in zip(C.AMG_DECODER.inputs, (embedding, coords, labels))})
+
+
 class AmgFilter:
     """Automatic mask generation's filtering of one point batch, in bounded memory: at most
     ``amg_filter_mib`` of working memory (model parameter), whatever the prompts x crop pixels.
@@ -129,7 +145,7 @@ class AmgFilter:
 
     def __call__(self, low_res, iou, input_size, crop_size, thresholds):
         """``contract.AMG``'s outputs for the batch (kept index into the K x 3 multimask outputs)."""
-        from samtriton.amg import kept_mask_outputs
+        from samtriton.amg import kept_mask_outputs, prompt_chunks
 
         if self.model is None:
             return kept_mask_outputs(low_res, iou, input_size, crop_size, thresholds, work_bytes=self.budget)
@@ -146,22 +162,3 @@ class AmgFilter:
         if len(parts) == 1:
             return parts[0]
         return {name: np.concatenate([p[name] for p in parts]) for name in self.output_names}
-
-
-def prompt_chunks(iou, crop_size, thresholds, budget_bytes):
-    """[start, stop) prompt ranges whose masks past the IoU threshold fit ``budget_bytes`` in
-    the filter graph (the 1024 x 1024 intermediate, then ~20 bytes a crop pixel); at least
-    one prompt each."""
-    iou_thresh = float(thresholds[0])
-    scores = iou[:, C.MULTIMASK_SLICE]
-    passing = (scores > iou_thresh).sum(axis=1) if iou_thresh > 0 else np.full(len(scores), scores.shape[1])
-    per_mask = 8 * C.IMAGE_SIZE * C.IMAGE_SIZE + 20 * int(crop_size[0]) * int(crop_size[1])
-    ranges, start, used = [], 0, 0
-    for k, count in enumerate(passing):
-        cost = int(count) * per_mask
-        if k > start and used + cost > budget_bytes:
-            ranges.append((start, k))
-            start, used = k, 0
-        used += cost
-    ranges.append((start, len(scores)))
-    return ranges

@@ -22,8 +22,8 @@ from samtriton import contract as C
 from samtriton.errors import InvalidInput
 from samtriton.export.python_models.embedding_cache import (EmbeddingCache, cache_directory, default_root,
                                                             sweep_orphans)
-from samtriton.export.python_models.runtime import (AmgFilter, ModelError, call_model, onnx_session, respond_each,
-                                                    run_decoder)
+from samtriton.export.python_models.runtime import (AmgFilter, ModelError, call_model, in_process_amg_decoder,
+                                                    onnx_session, respond_each, run_amg_decoder, run_decoder)
 from samtriton.transforms import decode_image, preprocess
 from samtriton.validation import (check_amg_inputs, check_array, check_decoder_inputs, check_encoder_inputs,
                                   check_point_prompts)
@@ -48,12 +48,11 @@ class TritonPythonModel:
         # as much as the decoder itself on CPU. Other decoder backends are called via BLS.
         # Automatic mask generation's point batches (no mask input) take the decoder reordered
         # for them (export/amg_decoder.py) where the export wrote it: about half the work.
-        self.local_decoder = self.amg_decoder = None
+        self.local_decoder = None
         if config.get("parameters", {}).get("decoder_in_process", {}).get("string_value") == "true":
-            version_dir = os.path.normpath(os.path.join(args["model_repository"], os.pardir, self.decoder, "1"))
-            self.local_decoder = onnx_session(os.path.join(version_dir, "model.onnx"), config)
-            if os.path.exists(os.path.join(version_dir, C.AMG_DECODER_FILE)):
-                self.amg_decoder = onnx_session(os.path.join(version_dir, C.AMG_DECODER_FILE), config)
+            path = os.path.join(args["model_repository"], os.pardir, self.decoder, "1", "model.onnx")
+            self.local_decoder = onnx_session(os.path.normpath(path), config)
+        self.amg_decoder = in_process_amg_decoder(args, config, self.decoder)
         self.amg_filter = AmgFilter(config)
 
     def finalize(self):
@@ -157,8 +156,7 @@ class TritonPythonModel:
         check_amg_inputs(input_size, crop_size, thresholds, prompts=coords.shape[0] if coords.ndim == 3 else 0)
         if self.amg_decoder is not None:
             check_point_prompts(embedding, coords, labels)
-            low_res, iou = run_decoder(self.amg_decoder, [spec.name for spec in C.AMG_DECODER.outputs], {
-                spec.name: value for spec, value in zip(C.AMG_DECODER.inputs, (embedding, coords, labels))})
+            low_res, iou = run_amg_decoder(self.amg_decoder, embedding, coords, labels)
         else:
             low_res, iou = self._decode(embedding, coords, labels, None, None, None)
         return self.amg_filter(low_res, iou, input_size, crop_size, thresholds)
