@@ -14,8 +14,9 @@ fp32 with TF32 off, at three crop sizes (512 x 512, 3 MP 1536 x 2304, 12 MP 3000
   in the stage's prompt chunks (``samtriton.amg.prompt_chunks``, 256 MiB) and whole, with
   the kept bits copied to the host (what the client receives).
 
-The graph's kept masks are checked against ``samtriton.amg.kept_mask_outputs`` (numpy, the
-CPU filter) on the same decoder outputs. Prints a markdown table, writes JSON.
+The graph's kept masks on the GPU are checked against the same graph under ONNX Runtime on the
+CPU (which tests/test_amg_filter.py holds equal to the numpy filter) on the same decoder
+outputs. Prints a markdown table, writes JSON.
 
     # here (repository root, project .venv): stage the reference packages, checkpoint,
     # images (scripts/gpu_check.py --stage) and onnx2torch
@@ -122,11 +123,10 @@ def main(argv=None) -> int:
     import torch
 
     from samtriton import contract as C
-    from samtriton.amg import kept_mask_outputs, prompt_chunks
+    from samtriton.amg import prompt_chunks
     from samtriton.export.amg_decoder import AmgPromptDecoder
     from samtriton.export.amg_filter import build_graph
     from samtriton.export.onnx_export import PromptDecoder
-    from samtriton.transforms import ResizeLongestSide
 
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -145,13 +145,17 @@ def main(argv=None) -> int:
     k = args.prompts
     side = int(round(k ** 0.5))
     filter_graph = convert(build_graph()).to(device).eval()
+    import onnxruntime
+
+    cpu_graph = onnxruntime.InferenceSession(build_graph().SerializeToString(), providers=["CPUExecutionProvider"])
     exported, amg_decoder = PromptDecoder(sam).eval(), None
     amg_decoder = AmgPromptDecoder(exported).eval()
     rows, document = [], {"environment": {"gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                                           "torch": torch.__version__, "tf32": False, "prompts": k}, "crops": []}
     for label in args.crops:
         crop = CROPS[label]
-        input_size = ResizeLongestSide(C.IMAGE_SIZE).get_preprocess_shape(crop[0], crop[1], C.IMAGE_SIZE)
+        scale = C.IMAGE_SIZE / max(crop)  # ResizeLongestSide.get_preprocess_shape
+        input_size = (int(crop[0] * scale + 0.5), int(crop[1] * scale + 0.5))
         predictor.original_size, predictor.input_size = crop, input_size
         grid = np.stack(np.meshgrid((np.arange(side) + 0.5) / side * crop[1], (np.arange(side) + 0.5) / side * crop[0]),
                         -1).reshape(-1, 2)
@@ -196,9 +200,11 @@ def main(argv=None) -> int:
             kept, chunked_s = timed(lambda: filter_chunked(low_amg, iou_amg), device, args.repeats)
             _, whole_s = timed(lambda: filter_whole(low_amg, iou_amg), device, args.repeats)
             peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-        # The graph on the GPU vs the CPU filter (numpy) on the same decoder outputs.
-        cpu = kept_mask_outputs(low_amg.cpu().numpy(), iou_amg.cpu().numpy(), np.array(input_size), np.array(crop),
-                                np.array(THRESHOLDS, np.float32))
+        # The graph on the GPU vs the same graph under ONNX Runtime on the CPU, same decoder outputs.
+        cpu = dict(zip([spec.name for spec in C.AMG_FILTER.outputs], cpu_graph.run(None, {
+            C.LOW_RES_MASKS.name: low_amg.cpu().numpy(), C.IOU_PREDICTIONS.name: iou_amg.cpu().numpy(),
+            C.INPUT_SIZE.name: np.array(input_size, np.int64), C.CROP_SIZE.name: np.array(crop, np.int64),
+            C.AMG_THRESHOLDS.name: np.array(THRESHOLDS, np.float32)})))
         same_index = np.array_equal(kept[0].numpy(), cpu[C.KEPT_INDEX.name])
         bits_gpu, bits_cpu = kept[3].numpy(), cpu[C.KEPT_MASKS.name]
         differing = (float(np.unpackbits(bits_gpu ^ bits_cpu).mean()) if same_index and bits_gpu.shape == bits_cpu.shape
@@ -219,7 +225,7 @@ def main(argv=None) -> int:
     print(f"\nGPU: {document['environment']['gpu']}, torch {torch.__version__}, fp32 (TF32 off), {k} prompts\n")
     print("| crop | reference batch ms (decoder + upscale all + filter) | exported decoder ms | AMG decoder ms "
           "| filter graph ms (chunks / whole, bits to host) | ours ms (AMG decoder + chunks) | ratio | kept (ours / ref) "
-          "| graph = CPU filter (index, bits differing, stability diff) |")
+          "| GPU graph = CPU graph (index, bits differing, stability diff) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for e in rows:
         ours = e["amg_decoder_s"] + e["filter_chunked_s"]

@@ -1,4 +1,4 @@
-"""The AMG stage's filtering on its own: the tiled numpy filter the CPU server runs, and the
+"""The AMG stage's filtering on its own: the windowed numpy filter the CPU server runs, and the
 ONNX graph a GPU deployment runs beside its decoder, both against the straightforward port
 of the reference (``samtriton.amg.filter_batch``, tested function by function against
 segment-anything), on the real MobileSAM decoder's outputs for a real photograph."""
@@ -9,13 +9,18 @@ import numpy as np
 import pytest
 
 from samtriton import contract as C
-from samtriton.amg import filter_batch, kept_mask_outputs
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from samtriton.amg import filter_batch, flat_bits, kept_mask_outputs
 
 THRESHOLDS = np.array([0.88, 0.95, 1.0], np.float32)  # the reference's defaults
 CROPS = {  # crop size (h, w) -> the encoder's input size for it
     "512 x 512": ((512, 512), (1024, 1024)),
     "427 x 640": ((427, 640), (683, 1024)),
     "3 MP": ((1536, 2048), (768, 1024)),
+    # Rows that do not start on a byte (453 % 8 = 5: a byte boundary every 8 rows; 301 rows).
+    "301 x 453": ((301, 453), (680, 1024)),
 }
 
 
@@ -44,21 +49,24 @@ def _reference(low_res, iou, input_size, crop_size, thresholds):
     return index, scores, stability, np.packbits(masks.reshape(len(masks), int(np.prod(crop_size))), axis=1)
 
 
-def _assert_same(out, expected, max_bit_fraction=0.0):
+def _assert_same(out, expected, max_bit_fraction=0.0, stability_atol=1e-4):
     index, scores, stability, packed = expected
     np.testing.assert_array_equal(out[C.KEPT_INDEX.name], index)
     np.testing.assert_allclose(out[C.KEPT_IOU.name], scores, atol=1e-6)
-    np.testing.assert_allclose(out[C.KEPT_STABILITY.name], stability, atol=1e-4)
+    np.testing.assert_allclose(out[C.KEPT_STABILITY.name], stability, atol=stability_atol)
     assert out[C.KEPT_MASKS.name].shape == packed.shape and out[C.KEPT_MASKS.name].dtype == np.uint8
     differing = np.count_nonzero(np.unpackbits(out[C.KEPT_MASKS.name], axis=1) != np.unpackbits(packed, axis=1))
     assert differing <= max_bit_fraction * max(packed.size * 8, 1)
 
 
 @pytest.mark.parametrize("crop", list(CROPS))
-@pytest.mark.parametrize("work_bytes", [256 * 2**20, 2**20])
-def test_tiled_filter_equals_the_reference_port(decoded, crop, work_bytes):
+@pytest.mark.parametrize("work_bytes, threads", [(256 * 2**20, 1), (2**20, 1), (256 * 2**20, 2)])
+def test_windowed_filter_equals_the_reference_port(decoded, crop, work_bytes, threads):
+    """Windows off the masks' edges decided by their inputs' range, edge windows upscaled:
+    the same masks, bit for bit, and stability scores as upscaling every pixel."""
     crop_size, input_size = CROPS[crop]
-    out = kept_mask_outputs(*decoded, np.array(input_size), np.array(crop_size), THRESHOLDS, work_bytes=work_bytes)
+    out = kept_mask_outputs(*decoded, np.array(input_size), np.array(crop_size), THRESHOLDS, work_bytes=work_bytes,
+                            threads=threads)
     assert len(out[C.KEPT_INDEX.name]) > 5, "real masks pass the reference's thresholds"
     _assert_same(out, _reference(*decoded, input_size, crop_size, THRESHOLDS))
 
@@ -69,6 +77,13 @@ def test_thresholds_that_keep_nothing_or_everything(decoded, thresholds):
     crop_size, input_size = CROPS["427 x 640"]
     expected = _reference(*decoded, input_size, crop_size, thresholds)
     _assert_same(kept_mask_outputs(*decoded, np.array(input_size), np.array(crop_size), thresholds), expected)
+
+
+@given(height=st.integers(1, 40), width=st.integers(1, 70), seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=200, deadline=None)
+def test_rows_packed_alone_join_into_the_flat_bit_stream(height, width, seed):
+    mask = np.random.default_rng(seed).random((height, width)) > 0.5
+    np.testing.assert_array_equal(flat_bits(np.packbits(mask, axis=1), width), np.packbits(mask.reshape(-1)))
 
 
 def test_filter_memory_does_not_grow_with_prompts_times_pixels(decoded):
@@ -102,6 +117,8 @@ def test_gpu_filter_graph_matches_under_onnxruntime(decoded, crop):
                  C.AMG_THRESHOLDS.name: thresholds}
         names = [spec.name for spec in C.AMG_FILTER.outputs]
         out = dict(zip(names, session.run(names, feeds)))
-        # Resize and the composed matrices round differently by ~1e-7: a pixel sitting on 0
-        # may flip; the masks may not differ otherwise.
-        _assert_same(out, _reference(*decoded, input_size, crop_size, thresholds), max_bit_fraction=1e-5)
+        # Resize and the composed matrices round differently by ~1e-7: a pixel sitting on 0 or
+        # on +-offset may flip (on 301 x 453 one mask's stability moved by 1.7e-4: a few of its
+        # pixels); the masks may not differ otherwise.
+        _assert_same(out, _reference(*decoded, input_size, crop_size, thresholds), max_bit_fraction=1e-5,
+                     stability_atol=1e-3)
