@@ -93,10 +93,12 @@ def upscale_channels_last(upscaling, keys, side):
     # ConvTranspose weight (in, out, 2, 2) -> (in, [a, b, out]).
     w1 = first.weight.permute(0, 2, 3, 1).reshape(first.in_channels, 4 * first.out_channels)
     # 2-D products so that the bias is added inside the GEMM (ONNX Runtime fuses MatMul + Add).
-    x = (keys.reshape(-1, first.in_channels) @ w1 + first.bias.repeat(4)).reshape(k, side * side * 4, first.out_channels)
+    x = keys.reshape(-1, first.in_channels) @ w1 + first.bias.repeat(4)
+    x = x.reshape(k, side * side * 4, first.out_channels)
     x = act1(nn.functional.layer_norm(x, (first.out_channels,), norm.weight, norm.bias, norm.eps))
     w2 = second.weight.permute(0, 2, 3, 1).reshape(second.in_channels, 4 * second.out_channels)
-    x = (x.reshape(-1, second.in_channels) @ w2 + second.bias.repeat(4)).reshape(k, side * side * 16, second.out_channels)
+    x = x.reshape(-1, second.in_channels) @ w2 + second.bias.repeat(4)
+    x = x.reshape(k, side * side * 16, second.out_channels)
     return act2(x)
 
 

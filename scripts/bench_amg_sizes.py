@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Automatic mask generation at three photo sizes, samtriton vs the in-process reference in
-one run, plus the per-batch filtering time before/after the tiled filter:
+one run, plus per batch the filtering before/after the windowed filter and its share of the
+server's work next to the served AMG decoder:
 
     .venv/bin/python scripts/bench_amg_sizes.py --checkpoint ~/.cache/samtriton/checkpoints/mobile_sam.pt
 
@@ -62,12 +63,32 @@ def _match(ours, reference):
     return int((ious >= 0.9).sum()), float(ious[ious >= 0.9].mean()) if (ious >= 0.9).any() else 0.0
 
 
-def filter_times(sam, image, batch=64, before=True):
-    """One batch of ``batch`` grid points through the reference decoder, then the server's
-    filtering of it before (the whole-batch port, ``filter_batch``) and after (tiled)."""
+def _timed(fn, repeats=3):
+    """(result, median wall s, median CPU s of this process) over ``repeats`` runs after one warm-up."""
+    import statistics
+
+    result = fn()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        result = fn()
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return result, statistics.median(wall), statistics.median(cpu)
+
+
+def filter_times(sam, image, amg_decoder, batch=64, before=True):
+    """One batch of ``batch`` grid points: the reference decoder; the served AMG decoder graph
+    (ONNX Runtime, the stub's settings); the server's filtering of the batch before (the
+    whole-batch port, ``filter_batch``) and after (``kept_mask_outputs``, as the stub calls it);
+    and the filtering's share of the two, in wall and in CPU time."""
+    import os
+
+    import onnxruntime as ort
     import torch
     from mobile_sam import SamPredictor
 
+    from samtriton import contract as C
     from samtriton.amg import filter_batch, kept_mask_outputs
     from samtriton.transforms import ResizeLongestSide
 
@@ -79,12 +100,19 @@ def filter_times(sam, image, batch=64, before=True):
     coords = predictor.transform.apply_coords(grid.reshape(-1, 2), (h, w))
     start = time.perf_counter()
     with torch.no_grad():
-        _, iou, low_res = predictor.predict_torch(torch.as_tensor(coords[:, None, :], dtype=torch.float32),
-                                                  torch.ones(len(coords), 1, dtype=torch.int64),
-                                                  multimask_output=True, return_logits=True)
+        predictor.predict_torch(torch.as_tensor(coords[:, None, :], dtype=torch.float32),
+                                torch.ones(len(coords), 1, dtype=torch.int64), multimask_output=True, return_logits=True)
     reference_decoder_s = time.perf_counter() - start
-    low_res = np.concatenate([low_res[:, :1].numpy(), low_res.numpy()], axis=1)
-    iou = np.concatenate([iou[:, :1].numpy(), iou.numpy()], axis=1)
+    threads = len(os.sched_getaffinity(0))
+    options = ort.SessionOptions()  # as runtime.onnx_session sets them in the stub
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(amg_decoder), sess_options=options, providers=["CPUExecutionProvider"])
+    feeds = {C.DECODER_IMAGE_EMBEDDINGS.name: predictor.features.numpy(),
+             C.POINT_COORDS.name: np.concatenate([coords[:, None, :], np.zeros((len(coords), 1, 2))], 1).astype(
+                 np.float32),
+             C.POINT_LABELS.name: np.tile(np.array([[C.LABEL_FOREGROUND, C.LABEL_PAD]], np.float32), (len(coords), 1))}
+    (low_res, iou), decoder_s, decoder_cpu = _timed(lambda: session.run(None, feeds))
     input_size = ResizeLongestSide(1024).get_preprocess_shape(h, w, 1024)
     if before:  # the whole-batch port holds every passing mask in float32: 8.5 GB at 12 MP
         start = time.perf_counter()
@@ -92,12 +120,12 @@ def filter_times(sam, image, batch=64, before=True):
         before = time.perf_counter() - start
     else:
         before = float("nan")
-    start = time.perf_counter()
-    kept_mask_outputs(low_res, iou, np.array(input_size), np.array((h, w)), np.array([0.88, 0.95, 1.0], np.float32))
-    after = time.perf_counter() - start
+    _, after, after_cpu = _timed(lambda: kept_mask_outputs(low_res, iou, np.array(input_size), np.array((h, w)),
+                                                           np.array([0.88, 0.95, 1.0], np.float32), threads=threads))
     passing = int((iou[:, 1:] > 0.88).sum())
-    return dict(before_s=before, after_s=after, passing=passing, masks=3 * len(coords),
-                reference_decoder_s=reference_decoder_s)
+    return dict(before_s=before, after_s=after, after_cpu_s=after_cpu, passing=passing, masks=3 * len(coords),
+                reference_decoder_s=reference_decoder_s, decoder_s=decoder_s, decoder_cpu_s=decoder_cpu,
+                share_wall=after / (after + decoder_s), share_cpu=after_cpu / (after_cpu + decoder_cpu))
 
 
 def main(argv=None) -> int:
@@ -107,6 +135,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "tests"))
     from samtriton import SamAutomaticMaskGenerator, SamPredictor
+    from samtriton import contract as C
     from samtriton.export.checkpoints import load_sam
     from samtriton.export.onnx_export import export_decoder, export_encoder
     from samtriton.export.repository import RepositoryOptions, write_repository
@@ -144,7 +173,8 @@ def main(argv=None) -> int:
                 matched, mean_iou = _match(ours, reference)
                 rows.append((label, ours_s, reference_s, len(ours), len(reference), matched, mean_iou, growth,
                              generator.bytes_sent / 2**20, generator.bytes_received / 2**20))
-                filters.append((label, filter_times(sam, image, before=image.size < 20_000_000)))
+                filters.append((label, filter_times(sam, image, decoder.parent / C.AMG_DECODER_FILE,
+                                                    before=image.size < 20_000_000)))
                 print(rows[-1], filters[-1], flush=True)
     print("\n| case | samtriton s | reference s | ratio | masks (samtriton / reference / matched >= 0.9) "
           "| mean matched IoU | server peak RSS growth MiB | MiB sent / received |")
@@ -152,11 +182,12 @@ def main(argv=None) -> int:
     for label, ours_s, ref_s, n_ours, n_ref, matched, mean_iou, growth, sent, received in rows:
         print(f"| {label} | {ours_s:.1f} | {ref_s:.1f} | {ours_s / ref_s:.2f} | {n_ours} / {n_ref} / {matched} | "
               f"{mean_iou:.3f} | {growth:.0f} | {sent:.1f} / {received:.1f} |")
-    print("\n| case | masks past pred_iou_thresh (of 192) | filtering before s | after s | reference decoder s |")
-    print("|---|---|---|---|---|")
+    print("\n| case | masks past pred_iou_thresh (of 192) | filtering before s | after s | AMG decoder s "
+          "| filtering's share, wall / CPU | reference decoder s |")
+    print("|---|---|---|---|---|---|---|")
     for label, f in filters:
-        print(f"| {label} | {f['passing']} | {f['before_s']:.2f} | {f['after_s']:.2f} | "
-              f"{f['reference_decoder_s']:.2f} |")
+        print(f"| {label} | {f['passing']} | {f['before_s']:.2f} | {f['after_s']:.2f} | {f['decoder_s']:.2f} | "
+              f"{f['share_wall']:.0%} / {f['share_cpu']:.0%} | {f['reference_decoder_s']:.2f} |")
     return 0
 
 

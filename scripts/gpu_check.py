@@ -252,6 +252,22 @@ def images_per_s(encoder, x, batch, warmup, repeats, device):
         return "OOM"
 
 
+class MixedPrecision:
+    """The fp32 encoder called under ``torch.autocast(fp16)``; its modules for the hooks."""
+
+    def __init__(self, encoder, device):
+        self.encoder, self.device = encoder, device
+
+    def named_modules(self):
+        return self.encoder.named_modules()
+
+    def __call__(self, x):
+        import torch
+
+        with torch.autocast(self.device.type, dtype=torch.float16):
+            return self.encoder(x)
+
+
 def check_model(model_type, args, device, padded, sizes):
     import torch
 
@@ -266,9 +282,14 @@ def check_model(model_type, args, device, padded, sizes):
     result["images_per_s"]["fp32"] = {str(b): images_per_s(encoder, x, b, args.warmup, args.repeats, device)
                                       for b in args.batches}
     for name in args.precisions:
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[name]
-        low = copy.deepcopy(encoder).to(dtype)
-        out, nonfinite = watched_forward(low, x.to(dtype), lambda t: not bool(torch.isfinite(t).all()))
+        if name == "fp16-mixed":
+            # fp16 products with normalizations, softmax, reductions, powers and exponentials
+            # kept in fp32 (autocast's policy): what the TensorRT build's FP32 pinning aims at.
+            low, low_x = MixedPrecision(encoder, device), x
+        else:
+            dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[name]
+            low, low_x = copy.deepcopy(encoder).to(dtype), x.to(dtype)
+        out, nonfinite = watched_forward(low, low_x, lambda t: not bool(torch.isfinite(t).all()))
         out = out.float()
         diff = (out - reference).abs()
         finite = bool(torch.isfinite(out).all())
@@ -283,7 +304,7 @@ def check_model(model_type, args, device, padded, sizes):
             "masks_compared": int(len(ious)) if ious is not None else 0,
             "nonfinite_outputs": {"count": len(nonfinite), "modules": nonfinite[:LISTED]},
         }
-        result["images_per_s"][name] = {str(b): images_per_s(low, x.to(dtype), b, args.warmup, args.repeats, device)
+        result["images_per_s"][name] = {str(b): images_per_s(low, low_x, b, args.warmup, args.repeats, device)
                                         for b in args.batches}
         del low, out
     del sam, encoder, reference
@@ -341,8 +362,9 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
     parser.add_argument("--checkpoint", help="MobileSAM's checkpoint (default: the staged one)")
     parser.add_argument("--models", nargs="+", choices=MODELS, help="default: all three (--quick: vit_t)")
-    parser.add_argument("--precisions", nargs="+", choices=("fp16", "bf16"),
-                        help="default: fp16 bf16 (on CPU: bf16, as CPU fp16 kernels are emulated)")
+    parser.add_argument("--precisions", nargs="+", choices=("fp16", "bf16", "fp16-mixed"),
+                        help="default: fp16 fp16-mixed bf16 (fp16-mixed: fp16 under autocast, norms and softmax "
+                             "in fp32; on CPU: bf16, as CPU fp16 kernels are emulated)")
     parser.add_argument("--batches", type=int, nargs="+", help="throughput batch sizes (default: 1 8; --quick: 1)")
     parser.add_argument("--images", type=int, help="images compared (default: 3; --quick: 1)")
     parser.add_argument("--quick", action="store_true", help="vit_t, one image, batch 1, no warm-up: a smoke run")
@@ -365,7 +387,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"gpu_check: --device {args.device} but this torch ({torch.__version__}) sees no CUDA "
                          "device; use --device cpu for a smoke run")
     args.models = args.models or (["vit_t"] if args.quick else list(MODELS))
-    args.precisions = args.precisions or (["bf16"] if device.type == "cpu" else ["fp16", "bf16"])
+    args.precisions = args.precisions or (["bf16"] if device.type == "cpu" else ["fp16", "fp16-mixed", "bf16"])
     args.batches = args.batches or ([1] if args.quick else [1, 8])
     count = args.images or (1 if args.quick else 3)
     args.warmup, args.repeats = (0, 1) if args.quick else (2, 5)
