@@ -361,25 +361,30 @@ def _kept_mask_outputs(low_res_masks, iou_predictions, input_size, crop_size, th
     threads = max(1, min(int(threads), len(index)))
     work_bytes = max(2**20, min(work_bytes // threads, TILE_BYTES))
     rows, cols = _windows(height, h), _windows(width, w)
-    parts = np.array_split(index, threads)
+    parts = [np.arange(k, len(index), threads) for k in range(threads)]  # interleaved: even work per thread
+    counts = np.zeros((2, len(index)), np.int64)  # pixels over +offset, over -offset
+    above_zero = np.zeros((len(index), len(rows.out0), len(cols.out0)), bool)
+    edge_of_zero = np.zeros_like(above_zero)
+
+    def count(part):
+        counts[:, part], above_zero[part], edge_of_zero[part] = _window_counts(logits, index[part], rows, cols, offset,
+                                                                               work_bytes)
+
     with _pool(threads) as pool:
-        found = list(pool.map(lambda part: _window_counts(logits, part, rows, cols, offset, work_bytes), parts))
-        counts = np.concatenate([f[0] for f in found], axis=1)  # pixels over +offset, over -offset
-        above_zero = np.concatenate([f[1] for f in found])
-        edge_of_zero = np.concatenate([f[2] for f in found])
+        list(pool.map(count, parts))
         with np.errstate(invalid="ignore", divide="ignore"):
             stability = (counts[0] / counts[1]).astype(np.float32)
         keep = np.ones(len(index), bool) if stability_thresh <= 0.0 else stability >= stability_thresh
         kept = np.flatnonzero(keep)
         packed = np.empty((len(kept), (height * width + 7) // 8), np.uint8)
 
-        def pack(part):
-            for out in part:
+        def pack(outputs):
+            for out in outputs:
                 i = kept[out]
                 _mask_bits(logits[index[i]], above_zero[i], edge_of_zero[i], rows, cols, height, width, work_bytes,
                            packed[out])
 
-        list(pool.map(pack, np.array_split(np.arange(len(kept)), threads)))
+        list(pool.map(pack, [np.arange(k, len(kept), threads) for k in range(threads)]))
     index = index[kept]
     return {C.KEPT_INDEX.name: index.astype(np.int64), C.KEPT_IOU.name: scores[index].astype(np.float32),
             C.KEPT_STABILITY.name: stability[kept], C.KEPT_MASKS.name: packed}

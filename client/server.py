@@ -187,6 +187,19 @@ class EmbeddedTriton:
         except OSError:
             return False
 
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of Prometheus metric ``name`` over the series carrying ``labels``, from this
+        server's /metrics (Triton's own, and the counters samtriton's stages add); 0 if none."""
+        with urllib.request.urlopen(f"http://{self.host}:{self.metrics_port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        wanted = [f'{key}="{value}"' for key, value in labels.items()]
+        total = 0.0
+        for line in text.splitlines():
+            series, _, value = line.rpartition(" ")
+            if series.split("{")[0] == name and all(label in series for label in wanted):
+                total += float(value)
+        return total
+
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:

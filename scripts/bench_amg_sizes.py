@@ -53,6 +53,16 @@ def _kib(pid, field):
     return int(next(line.split()[1] for line in text.splitlines() if line.startswith(field + ":")))
 
 
+def _server_counters(server):
+    """Seconds the server spent on AMG (the session stage's compute time less the encoder's,
+    which the stage waits on for each crop), and the stage's decode / filter counters."""
+    session = server.metric("nv_inference_compute_infer_duration_us", model="sam_session") / 1e6
+    encoder = server.metric("nv_inference_compute_infer_duration_us", model="sam_encoder") / 1e6
+    return {"amg_s": session - encoder,
+            "decode_s": server.metric("samtriton_amg_decode_seconds", model="sam_session"),
+            "filter_s": server.metric("samtriton_amg_filter_seconds", model="sam_session")}
+
+
 def _match(ours, reference):
     from helpers import mask_iou  # tests/helpers.py
 
@@ -163,9 +173,11 @@ def main(argv=None) -> int:
                     Path(f"/proc/{pid}/clear_refs").write_text("5")
                 rss = {pid: _kib(pid, "VmRSS") for pid in pids}
                 generator = SamAutomaticMaskGenerator(predictor, **settings)
+                counters = _server_counters(server)
                 start = time.perf_counter()
                 ours = generator.generate(image)
                 ours_s = time.perf_counter() - start
+                counters = {key: value - counters[key] for key, value in _server_counters(server).items()}
                 growth = sum(_kib(pid, "VmHWM") - rss[pid] for pid in pids) / 1024
                 start = time.perf_counter()
                 reference = Reference(sam, **settings, **reference_extra).generate(image)
@@ -173,8 +185,8 @@ def main(argv=None) -> int:
                 matched, mean_iou = _match(ours, reference)
                 rows.append((label, ours_s, reference_s, len(ours), len(reference), matched, mean_iou, growth,
                              generator.bytes_sent / 2**20, generator.bytes_received / 2**20))
-                filters.append((label, filter_times(sam, image, decoder.parent / C.AMG_DECODER_FILE,
-                                                    before=image.size < 20_000_000)))
+                filters.append((label, dict(filter_times(sam, image, decoder.parent / C.AMG_DECODER_FILE,
+                                                         before=image.size < 20_000_000), **counters)))
                 print(rows[-1], filters[-1], flush=True)
     print("\n| case | samtriton s | reference s | ratio | masks (samtriton / reference / matched >= 0.9) "
           "| mean matched IoU | server peak RSS growth MiB | MiB sent / received |")
@@ -188,6 +200,13 @@ def main(argv=None) -> int:
     for label, f in filters:
         print(f"| {label} | {f['passing']} | {f['before_s']:.2f} | {f['after_s']:.2f} | {f['decoder_s']:.2f} | "
               f"{f['share_wall']:.0%} / {f['share_cpu']:.0%} | {f['reference_decoder_s']:.2f} |")
+    print("\nIn the server, over the case's samtriton run (Triton metrics: the session stage's "
+          "compute time less the encoder's, and the stage's own decode / filter counters):\n")
+    print("| case | server AMG s | decoding s | filtering s | filtering's share |")
+    print("|---|---|---|---|---|")
+    for label, f in filters:
+        print(f"| {label} | {f['amg_s']:.1f} | {f['decode_s']:.1f} | {f['filter_s']:.1f} | "
+              f"{f['filter_s'] / f['amg_s']:.0%} |")
     return 0
 
 

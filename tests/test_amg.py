@@ -115,6 +115,20 @@ def test_server_returns_only_kept_masks(predictor, images):
     assert generator.bytes_received < naive / 4
 
 
+def test_server_counts_decoding_and_filtering_seconds(server, predictor, images):
+    """The AMG stages add the seconds they decode and filter to Triton metrics, so the
+    filtering's share of the server's AMG time can be read off /metrics."""
+    names = ("samtriton_amg_decode_seconds", "samtriton_amg_filter_seconds")
+    before = [server.metric(name, model="mobilesam_session") for name in names]
+    compute = server.metric("nv_inference_compute_infer_duration_us", model="mobilesam_session")
+    SamAutomaticMaskGenerator(predictor, points_per_side=8).generate(images["coffee"])
+    decode, filtering = (server.metric(name, model="mobilesam_session") - b for name, b in zip(names, before))
+    compute = (server.metric("nv_inference_compute_infer_duration_us", model="mobilesam_session") - compute) / 1e6
+    print(f"\nAMG on the server: decode {decode:.2f} s, filter {filtering:.2f} s, session compute {compute:.2f} s")
+    assert decode > 0 and filtering > 0
+    assert decode + filtering < compute
+
+
 def test_session_and_stateless_paths_agree_and_session_sends_no_embeddings(server, predictor, images):
     """The suite's parity cases run in session mode (the default); the stateless path (the
     embedding sent with each point batch to NAME_amg) must give the same masks."""

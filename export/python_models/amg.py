@@ -13,8 +13,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from samtriton import contract as C
-from samtriton.export.python_models.runtime import (AmgFilter, call_model, in_process_amg_decoder, respond_each,
-                                                    run_amg_decoder)
+from samtriton.export.python_models.runtime import (AmgFilter, AmgTimes, call_model, in_process_amg_decoder,
+                                                    respond_each, run_amg_decoder)
 from samtriton.validation import check_amg_inputs, check_decoder_inputs, check_point_prompts
 
 
@@ -26,6 +26,7 @@ class TritonPythonModel:
         self.decoder = C.DECODER.served_name(base)
         self.amg_filter = AmgFilter(config)
         self.amg_decoder = in_process_amg_decoder(args, config, self.decoder)
+        self.amg_times = AmgTimes(self.name)
 
     def execute(self, requests):
         return respond_each(self.name, requests, self._one)
@@ -37,7 +38,7 @@ class TritonPythonModel:
         if self.amg_decoder is not None:
             k = check_point_prompts(embedding, coords, labels)
             check_amg_inputs(input_size, crop_size, thresholds, prompts=k)
-            low_res, iou = run_amg_decoder(self.amg_decoder, embedding, coords, labels)
+            decode = lambda: run_amg_decoder(self.amg_decoder, embedding, coords, labels)  # noqa: E731
         else:
             k = len(coords)
             mask_input = np.zeros((k, 1, C.LOW_RES_SIZE, C.LOW_RES_SIZE), np.float32)
@@ -45,9 +46,12 @@ class TritonPythonModel:
             check_decoder_inputs(embedding, coords, labels, mask_input, has_mask)
             check_amg_inputs(input_size, crop_size, thresholds, prompts=k)
             feeds = [embedding, coords, labels, mask_input, has_mask]
-            decoded = call_model(self.decoder, {spec.name: value for spec, value in zip(C.DECODER.inputs, feeds)},
-                                 [spec.name for spec in C.DECODER.outputs], self.name)
-            low_res, iou = decoded[C.LOW_RES_MASKS.name], decoded[C.IOU_PREDICTIONS.name]
-        outputs = self.amg_filter(low_res, iou, input_size, crop_size, thresholds)
+
+            def decode():
+                decoded = call_model(self.decoder, {spec.name: value for spec, value in zip(C.DECODER.inputs, feeds)},
+                                     [spec.name for spec in C.DECODER.outputs], self.name)
+                return decoded[C.LOW_RES_MASKS.name], decoded[C.IOU_PREDICTIONS.name]
+        outputs = self.amg_times.run(decode, lambda low_res, iou: self.amg_filter(low_res, iou, input_size, crop_size,
+                                                                                   thresholds))
         return pb_utils.InferenceResponse(
             output_tensors=[pb_utils.Tensor(spec.name, outputs[spec.name]) for spec in C.AMG.outputs])

@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -107,6 +108,37 @@ _SHRINK.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 def run_decoder(session, output_names, feeds):
     prompts = len(feeds[C.POINT_COORDS.name])
     return session.run(output_names, feeds, _SHRINK if prompts > LARGE_DECODER_RUN else None)
+
+
+class AmgTimes:
+    """Seconds a stage's automatic mask generation spends decoding and filtering, exported as
+    Triton metrics (counters ``samtriton_amg_decode_seconds`` and ``samtriton_amg_filter_seconds``,
+    label ``model``; every instance adds to the same counter): with Triton's own
+    ``nv_inference_compute_infer_duration_us`` they tell what share of the server's AMG time
+    the filtering takes. Without metrics (``--allow-metrics=false``) they count nothing."""
+
+    NAMES = ("samtriton_amg_decode_seconds", "samtriton_amg_filter_seconds")
+
+    def __init__(self, model_name):
+        self.counters = None
+        try:
+            self.families = [pb_utils.MetricFamily(name=name, description=f"seconds spent {what} in AMG batches",
+                                                   kind=pb_utils.MetricFamily.COUNTER)
+                             for name, what in zip(self.NAMES, ("decoding", "filtering"))]
+            self.counters = [family.Metric(labels={"model": model_name}) for family in self.families]
+        except Exception:  # noqa: BLE001 - metrics off, or a backend without custom metrics
+            self.counters = None
+
+    def run(self, decode, filter_batch):
+        """``filter_batch(*decode())``, each timed into its counter."""
+        start = time.perf_counter()
+        decoded = decode()
+        middle = time.perf_counter()
+        result = filter_batch(*decoded)
+        if self.counters is not None:
+            self.counters[0].increment(middle - start)
+            self.counters[1].increment(time.perf_counter() - middle)
+        return result
 
 
 def in_process_amg_decoder(args, config, decoder_name):

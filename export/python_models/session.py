@@ -22,8 +22,9 @@ from samtriton import contract as C
 from samtriton.errors import InvalidInput
 from samtriton.export.python_models.embedding_cache import (EmbeddingCache, cache_directory, default_root,
                                                             sweep_orphans)
-from samtriton.export.python_models.runtime import (AmgFilter, ModelError, call_model, in_process_amg_decoder,
-                                                    onnx_session, respond_each, run_amg_decoder, run_decoder)
+from samtriton.export.python_models.runtime import (AmgFilter, AmgTimes, ModelError, call_model,
+                                                    in_process_amg_decoder, onnx_session, respond_each,
+                                                    run_amg_decoder, run_decoder)
 from samtriton.transforms import decode_image, preprocess
 from samtriton.validation import (check_amg_inputs, check_array, check_decoder_inputs, check_encoder_inputs,
                                   check_point_prompts)
@@ -54,6 +55,7 @@ class TritonPythonModel:
             self.local_decoder = onnx_session(os.path.normpath(path), config)
         self.amg_decoder = in_process_amg_decoder(args, config, self.decoder)
         self.amg_filter = AmgFilter(config)
+        self.amg_times = AmgTimes(self.name)
 
     def finalize(self):
         self.cache.close()  # the directory goes when no live instance or server uses it
@@ -156,10 +158,11 @@ class TritonPythonModel:
         check_amg_inputs(input_size, crop_size, thresholds, prompts=coords.shape[0] if coords.ndim == 3 else 0)
         if self.amg_decoder is not None:
             check_point_prompts(embedding, coords, labels)
-            low_res, iou = run_amg_decoder(self.amg_decoder, embedding, coords, labels)
+            decode = lambda: run_amg_decoder(self.amg_decoder, embedding, coords, labels)  # noqa: E731
         else:
-            low_res, iou = self._decode(embedding, coords, labels, None, None, None)
-        return self.amg_filter(low_res, iou, input_size, crop_size, thresholds)
+            decode = lambda: self._decode(embedding, coords, labels, None, None, None)  # noqa: E731
+        return self.amg_times.run(decode, lambda low_res, iou: self.amg_filter(low_res, iou, input_size, crop_size,
+                                                                                thresholds))
 
     def _decode(self, embedding, coords, labels, mask_input, has_mask, multimask):
         k = coords.shape[0] if coords.ndim == 3 else 0
