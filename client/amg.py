@@ -239,8 +239,9 @@ def filter_batch(low_res_masks: np.ndarray, iou_predictions: np.ndarray, input_s
 
 
 TILE_BYTES = 16 * 2**20
-# Margin, relative to a mask's largest |logit|, beyond which a window's value range decides
-# a comparison whatever the rounding: float32 sums of <= 8 weighted taps err by < 1e-6 of it.
+# Margin, relative to the largest |logit| a window reads, beyond which the window's input
+# range decides a comparison whatever the rounding: float32 sums of <= 8 weighted taps (their
+# weights summing to 1 within float32) err by < 1e-6 of it.
 CERTAIN_MARGIN = 1e-5
 
 
