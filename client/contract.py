@@ -330,8 +330,11 @@ MAX_REQUEST_BYTES = 80 * 1024 * 1024
 # 1 bit a pixel: 96 MiB); the client splits its point batches to fit.
 MAX_AMG_PROMPT_PIXELS = 2 ** 28
 # Working memory of the AMG filter per request, by default (model parameter amg_filter_mib):
-# the filter runs over chunks of masks that fit it, whatever the prompts and crop size.
+# the filter runs over chunks of masks that fit it, whatever the prompts and crop size. On a
+# GPU (the NAME_amg_filter graph) each chunk is a call: 256 MiB chunks cost 3.6x at 512 x 512
+# and 2.6x at 3 MP against 2048 MiB (H100, docs/deployment.md), so GPU repositories get more.
 DEFAULT_AMG_FILTER_MIB = 256
+DEFAULT_AMG_FILTER_MIB_GPU = 2048
 
 MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "vit_t")
 DEFAULT_MODEL_NAME = "sam"

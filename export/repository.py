@@ -57,7 +57,8 @@ class RepositoryOptions:
     # A directory set here is shared by every server that serves this repository on a host.
     session_cache_dir: str = ""
     # Working memory of the AMG filter per request (it runs over chunks of masks that fit).
-    amg_filter_mib: int = C.DEFAULT_AMG_FILTER_MIB
+    # None: contract.DEFAULT_AMG_FILTER_MIB on CPU, DEFAULT_AMG_FILTER_MIB_GPU beside a GPU decoder.
+    amg_filter_mib: Optional[int] = None
 
     def __post_init__(self):
         if self.encoder_backend not in ENCODER_BACKENDS:
@@ -166,7 +167,9 @@ def amg_filter_config(options: RepositoryOptions) -> mc.ModelConfig:
 def _amg_filter_parameters(config: mc.ModelConfig, options: RepositoryOptions) -> None:
     """Where the AMG filter runs for a stage: in its stub next to the python decoder, else the
     GPU model NAME_amg_filter; and its working memory per request."""
-    config.parameters["amg_filter_mib"].string_value = str(options.amg_filter_mib)
+    mib = options.amg_filter_mib or (C.DEFAULT_AMG_FILTER_MIB if options.decoder_backend == "python"
+                                     else C.DEFAULT_AMG_FILTER_MIB_GPU)
+    config.parameters["amg_filter_mib"].string_value = str(mib)
     if options.decoder_backend != "python":
         config.parameters["amg_filter_model"].string_value = C.AMG_FILTER.served_name(options.name)
 

@@ -115,6 +115,8 @@ def main(argv=None) -> int:
     parser.add_argument("--crops", nargs="+", choices=list(CROPS), default=list(CROPS))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--filter-mib", type=int, nargs="*", default=[1024, 4096],
+                        help="other amg_filter_mib budgets to time the chunked filter at")
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(args.stage_dir / "packages"))
@@ -184,9 +186,9 @@ def main(argv=None) -> int:
             def decode_amg():
                 return amg_decoder(embedding, coords, labels)
 
-            def filter_chunked(low_res, iou):
+            def filter_chunked(low_res, iou, mib=C.DEFAULT_AMG_FILTER_MIB):
                 parts = []
-                for start, stop in prompt_chunks(iou.cpu().numpy(), crop, THRESHOLDS, C.DEFAULT_AMG_FILTER_MIB * 2**20):
+                for start, stop in prompt_chunks(iou.cpu().numpy(), crop, THRESHOLDS, mib * 2**20):
                     out = filter_graph(low_res[start:stop], iou[start:stop], *sizes)
                     parts.append([out[0] + 3 * start] + [t for t in out[1:]])
                 return [torch.cat(p).cpu() for p in zip(*parts)]
@@ -199,6 +201,8 @@ def main(argv=None) -> int:
             (low_amg, iou_amg), amg_s = timed(decode_amg, device, args.repeats)
             kept, chunked_s = timed(lambda: filter_chunked(low_amg, iou_amg), device, args.repeats)
             _, whole_s = timed(lambda: filter_whole(low_amg, iou_amg), device, args.repeats)
+            by_budget = {mib: timed(lambda: filter_chunked(low_amg, iou_amg, mib), device, args.repeats)[1]
+                         for mib in args.filter_mib}
             peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
         # The graph on the GPU vs the same graph under ONNX Runtime on the CPU, same decoder outputs.
         cpu = dict(zip([spec.name for spec in C.AMG_FILTER.outputs], cpu_graph.run(None, {
@@ -213,7 +217,7 @@ def main(argv=None) -> int:
                     "iou_max_abs_diff": float((iou_amg - iou_exp).abs().max())}
         entry = dict(crop=label, crop_size=crop, reference_s=ref_s, reference_kept=int(len(ref_out[1])),
                      exported_decoder_s=exported_s, amg_decoder_s=amg_s, filter_chunked_s=chunked_s,
-                     filter_whole_s=whole_s, kept=int(len(kept[0])), kept_equal_cpu_index=same_index,
+                     filter_whole_s=whole_s, filter_by_budget_s=by_budget, kept=int(len(kept[0])), kept_equal_cpu_index=same_index,
                      kept_bits_differing=differing,
                      stability_max_abs_diff=float(np.abs(kept[2].numpy() - cpu[C.KEPT_STABILITY.name]).max())
                      if same_index and len(kept[2]) else 0.0,
@@ -233,6 +237,13 @@ def main(argv=None) -> int:
               f"{e['amg_decoder_s'] * 1e3:.1f} | {e['filter_chunked_s'] * 1e3:.1f} / {e['filter_whole_s'] * 1e3:.1f} | "
               f"{ours * 1e3:.1f} | {ours / e['reference_s']:.2f} | {e['kept']} / {e['reference_kept']} | "
               f"{e['kept_equal_cpu_index']}, {e['kept_bits_differing']:.2e}, {e['stability_max_abs_diff']:.1e} |")
+    if args.filter_mib:
+        print("\n| crop | " + " | ".join(f"filter ms at amg_filter_mib {mib}" for mib in
+                                          [C.DEFAULT_AMG_FILTER_MIB] + args.filter_mib) + " | whole batch |")
+        print("|---|" + "---|" * (len(args.filter_mib) + 2))
+        for e in rows:
+            times = [e["filter_chunked_s"]] + [e["filter_by_budget_s"][mib] for mib in args.filter_mib]
+            print(f"| {e['crop']} | " + " | ".join(f"{t * 1e3:.1f}" for t in times) + f" | {e['filter_whole_s'] * 1e3:.1f} |")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(document, indent=2) + "\n")
     return 0

@@ -121,6 +121,9 @@ def test_amg_filter_model_beside_a_gpu_decoder(written):
     name = C.AMG_FILTER.served_name(options.name)
     stages = [parse_config((repo / spec.served_name(options.name) / "config.pbtxt").read_text())
               for spec in (C.AMG, C.SESSION)]
+    # Its working memory: the CPU stub's, or larger chunks (fewer calls) for the GPU graph.
+    budget = C.DEFAULT_AMG_FILTER_MIB if options.decoder_backend == "python" else C.DEFAULT_AMG_FILTER_MIB_GPU
+    assert all(stage.parameters["amg_filter_mib"].string_value == str(budget) for stage in stages)
     if options.decoder_backend == "python":
         assert not (repo / name).exists()
         assert all("amg_filter_model" not in stage.parameters for stage in stages)
