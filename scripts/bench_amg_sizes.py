@@ -6,7 +6,8 @@ server's work next to the served AMG decoder:
     .venv/bin/python scripts/bench_amg_sizes.py --checkpoint ~/.cache/samtriton/checkpoints/mobile_sam.pt
 
 Cases: 512 x 512 (astronaut) at the reference's defaults, a 3 MP photo (coffee scaled to
-1536 x 2304) at defaults, a 12 MP photo (coffee scaled to 3000 x 4500) at points_per_side 16.
+1536 x 2304) at defaults, a 12 MP photo (coffee scaled to 3000 x 4500) at points_per_side 16,
+and (``--cases 3``) the 3 MP photo with crop_n_layers 1 at points_per_side 16.
 For each: time, masks (count, matched at IoU >= 0.9, mean matched IoU), the serving
 processes' peak RSS growth, bytes on the wire. The reference runs with points_per_batch 16 on
 12 MP (it holds a batch's upscaled masks at once: 64 prompts would take 9 GB); results do not
@@ -141,7 +142,8 @@ def filter_times(sam, image, amg_decoder, batch=64, before=True):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="MobileSAM checkpoint (mobile_sam.pt)")
-    parser.add_argument("--cases", nargs="+", type=int, default=[0, 1, 2], help="which cases (0: 512, 1: 3 MP, 2: 12 MP)")
+    parser.add_argument("--cases", nargs="+", type=int, default=[0, 1, 2],
+                        help="which cases (0: 512, 1: 3 MP, 2: 12 MP, 3: 3 MP with a layer of crops)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "tests"))
     from samtriton import SamAutomaticMaskGenerator, SamPredictor
@@ -154,7 +156,9 @@ def main(argv=None) -> int:
     cases = [("512 x 512, defaults", _photo("astronaut", None), {}, {}),
              ("3 MP (1536 x 2304), defaults", _photo("coffee", (1536, 2304)), {}, {}),
              ("12 MP (3000 x 4500), points_per_side 16", _photo("coffee", (3000, 4500)), dict(points_per_side=16),
-              dict(points_per_batch=16))]
+              dict(points_per_batch=16)),
+             ("3 MP (1536 x 2304), crop_n_layers 1, points_per_side 16", _photo("coffee", (1536, 2304)),
+              dict(crop_n_layers=1, points_per_side=16), {})]
     sam = load_sam("vit_t", args.checkpoint)  # also makes the reference packages importable
     from mobile_sam import SamAutomaticMaskGenerator as Reference
 

@@ -23,6 +23,8 @@ CASES = {
     # A phone-photo size: the coffee photograph scaled to 1400 x 2100 (2.9 MP). 16 points per
     # batch keep the reference's upscaled masks (it holds a batch's all at once) near 0.5 GB.
     "coffee_3mp": ("coffee_3mp", dict(points_per_side=8, points_per_batch=16)),
+    # The same photo with a layer of crops: four ~1 MP crops besides the whole image.
+    "coffee_3mp_crops": ("coffee_3mp", dict(crop_n_layers=1, points_per_side=6, points_per_batch=16)),
 }
 
 
