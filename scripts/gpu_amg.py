@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     import onnxruntime
 
     cpu_graph = onnxruntime.InferenceSession(build_graph().SerializeToString(), providers=["CPUExecutionProvider"])
-    exported, amg_decoder = PromptDecoder(sam).eval(), None
+    exported = PromptDecoder(sam).eval()
     amg_decoder = AmgPromptDecoder(exported).eval()
     rows, document = [], {"environment": {"gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                                           "torch": torch.__version__, "tf32": False, "prompts": k}, "crops": []}

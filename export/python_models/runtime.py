@@ -24,13 +24,28 @@ def onnx_session(path, config):
     this process may run on; ONNX Runtime's own default, physical cores, measured 1.6x
     slower for the decoder inside the stub on a 2-core machine)."""
     options = ort.SessionOptions()
-    threads = int(config.get("parameters", {}).get("ort_intra_op_threads", {}).get("string_value", "0"))
-    options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+    options.intra_op_num_threads = intra_op_threads(config)
     # Spinning worker threads shave microseconds on an idle many-core GPU host; on a small CPU
     # host they take the cores other models (and co-located clients) need. Off unless asked.
     spinning = config.get("parameters", {}).get("ort_allow_spinning", {}).get("string_value", "0")
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning == "1" else "0")
     return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def intra_op_threads(config):
+    """The model's ``ort_intra_op_threads``, or one per CPU this process may run on."""
+    threads = int(config.get("parameters", {}).get("ort_intra_op_threads", {}).get("string_value", "0"))
+    return threads or len(os.sched_getaffinity(0))
+
+
+def decoder_in_process(config):
+    """Whether a stage runs the decoder's graphs in its own stub (the python decoder, on CPU)."""
+    return config.get("parameters", {}).get("decoder_in_process", {}).get("string_value") == "true"
+
+
+def decoder_graph_path(args, decoder_name, filename):
+    """A file of the decoder model's version directory, beside the calling model's."""
+    return os.path.normpath(os.path.join(args["model_repository"], os.pardir, decoder_name, "1", filename))
 
 
 class ModelError(Exception):
@@ -144,10 +159,9 @@ class AmgTimes:
 def in_process_amg_decoder(args, config, decoder_name):
     """An ONNX Runtime session on the AMG decoder graph (export/amg_decoder.py) written beside
     the python decoder's, for a stage that runs the decoder in its own stub; else None."""
-    if config.get("parameters", {}).get("decoder_in_process", {}).get("string_value") != "true":
+    if not decoder_in_process(config):
         return None
-    path = os.path.normpath(os.path.join(args["model_repository"], os.pardir, decoder_name, "1",
-                                         C.AMG_DECODER_FILE))
+    path = decoder_graph_path(args, decoder_name, C.AMG_DECODER_FILE)
     return onnx_session(path, config) if os.path.exists(path) else None
 
 
@@ -174,8 +188,7 @@ class AmgFilter:
             "string_value", C.DEFAULT_AMG_FILTER_MIB)) * 2**20
         self.model = parameters.get("amg_filter_model", {}).get("string_value") or None
         # As many threads as the decoder's ONNX Runtime session: the filter follows it on the same cores.
-        self.threads = int(parameters.get("ort_intra_op_threads", {}).get("string_value", "0")) \
-            or len(os.sched_getaffinity(0))
+        self.threads = intra_op_threads(config)
         self.output_names = [spec.name for spec in C.AMG_FILTER.outputs]
 
     def __call__(self, low_res, iou, input_size, crop_size, thresholds):

@@ -23,8 +23,8 @@ from samtriton.errors import InvalidInput
 from samtriton.export.python_models.embedding_cache import (EmbeddingCache, cache_directory, default_root,
                                                             sweep_orphans)
 from samtriton.export.python_models.runtime import (AmgFilter, AmgTimes, ModelError, call_model,
-                                                    in_process_amg_decoder, onnx_session, respond_each,
-                                                    run_amg_decoder, run_decoder)
+                                                    decoder_graph_path, decoder_in_process, in_process_amg_decoder,
+                                                    onnx_session, respond_each, run_amg_decoder, run_decoder)
 from samtriton.transforms import decode_image, preprocess
 from samtriton.validation import (check_amg_inputs, check_array, check_decoder_inputs, check_encoder_inputs,
                                   check_point_prompts)
@@ -50,9 +50,8 @@ class TritonPythonModel:
         # Automatic mask generation's point batches (no mask input) take the decoder reordered
         # for them (export/amg_decoder.py) where the export wrote it: about half the work.
         self.local_decoder = None
-        if config.get("parameters", {}).get("decoder_in_process", {}).get("string_value") == "true":
-            path = os.path.join(args["model_repository"], os.pardir, self.decoder, "1", "model.onnx")
-            self.local_decoder = onnx_session(os.path.normpath(path), config)
+        if decoder_in_process(config):
+            self.local_decoder = onnx_session(decoder_graph_path(args, self.decoder, "model.onnx"), config)
         self.amg_decoder = in_process_amg_decoder(args, config, self.decoder)
         self.amg_filter = AmgFilter(config)
         self.amg_times = AmgTimes(self.name)
