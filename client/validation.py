@@ -34,6 +34,12 @@ def check_finite(name: str, value: np.ndarray) -> None:
 def check_decoder_inputs(image_embeddings, point_coords, point_labels, mask_input, has_mask_input) -> int:
     """Validate one decoder request; returns the prompt count K."""
     k = check_point_prompts(image_embeddings, point_coords, point_labels)
+    check_mask_prompts(mask_input, has_mask_input, k)
+    return k
+
+
+def check_mask_prompts(mask_input, has_mask_input, k: int) -> None:
+    """Validate the mask inputs of K prompts."""
     check_array(C.MASK_INPUT.name, mask_input, np.float32, 4)
     if mask_input.shape != (k, 1, C.LOW_RES_SIZE, C.LOW_RES_SIZE):
         raise InvalidInput(f"mask_input: expected shape [{k}, 1, {C.LOW_RES_SIZE}, {C.LOW_RES_SIZE}], "
@@ -44,7 +50,6 @@ def check_decoder_inputs(image_embeddings, point_coords, point_labels, mask_inpu
         raise InvalidInput(f"has_mask_input: expected shape [{k}], got {list(has_mask_input.shape)}")
     if not np.all(np.isin(has_mask_input, (0.0, 1.0))):
         raise InvalidInput("has_mask_input: values must be 0 or 1")
-    return k
 
 
 def check_point_prompts(image_embeddings, point_coords, point_labels) -> int:
@@ -55,6 +60,11 @@ def check_point_prompts(image_embeddings, point_coords, point_labels) -> int:
                            f"(one image), got {list(image_embeddings.shape)}")
     # A NaN or inf in the embedding would come back as NaN logits, not as an error (0.1 ms).
     check_finite(C.DECODER_IMAGE_EMBEDDINGS.name, image_embeddings)
+    return check_points(point_coords, point_labels)
+
+
+def check_points(point_coords, point_labels) -> int:
+    """Validate K point prompts (coordinates and labels, without an embedding); returns K."""
     check_array(C.POINT_COORDS.name, point_coords, np.float32, 3)
     k, n, xy = point_coords.shape
     if xy != 2 or k < 1 or n < 1:

@@ -39,11 +39,29 @@ def export(model_type: Optional[str], repository: os.PathLike, checkpoint: Optio
     from .onnx_export import export_decoder, export_encoder
 
     sam, metadata = _load(source, checkpoint, hf_model, allow_unverified, log)
+    torch_model = None
+    if "torch" in (options.encoder_backend, options.decoder_backend):
+        from .torch_weights import DEFAULT_PRECISION, architecture_of
+
+        model_type = metadata["model_type"]
+        if options.torch_precision is None:
+            options = dataclasses.replace(options, torch_precision=DEFAULT_PRECISION[model_type])
+        architecture = architecture_of(sam, model_type, hf_config=metadata.pop("hf_config", None),
+                                       preprocessor=metadata.pop("preprocessor", None),
+                                       precision=options.torch_precision)
+        torch_model = (sam, architecture)
+        metadata["torch"] = {"device": options.torch_device, "precision": options.torch_precision,
+                             "compile": options.torch_compile}
+    metadata.pop("hf_config", None)
+    metadata.pop("preprocessor", None)
     with tempfile.TemporaryDirectory(prefix="samtriton-export-") as tmp:
-        log("exporting the image encoder to ONNX")
-        encoder = export_encoder(sam, Path(tmp) / "encoder" / "model.onnx")
-        log("exporting the prompt encoder + mask decoder to ONNX")
-        decoder = export_decoder(sam, Path(tmp) / "decoder" / "model.onnx")
+        encoder = decoder = None
+        if options.encoder_backend != "torch":
+            log("exporting the image encoder to ONNX")
+            encoder = export_encoder(sam, Path(tmp) / "encoder" / "model.onnx")
+        if options.decoder_backend != "torch":
+            log("exporting the prompt encoder + mask decoder to ONNX")
+            decoder = export_decoder(sam, Path(tmp) / "decoder" / "model.onnx")
         metadata.update({
             "encoder_backend": options.encoder_backend,
             "decoder_backend": options.decoder_backend,
@@ -53,7 +71,8 @@ def export(model_type: Optional[str], repository: os.PathLike, checkpoint: Optio
         if options.encoder_backend == "tensorrt":
             plan = build_engine(encoder, Path(tmp) / "encoder" / "model.plan", engine, log=log)
             metadata["tensorrt"] = json.loads(Path(str(plan) + ".json").read_text())
-        written = write_repository(Path(repository), encoder, decoder, options, metadata=metadata, encoder_plan=plan)
+        written = write_repository(Path(repository), encoder, decoder, options, metadata=metadata, encoder_plan=plan,
+                                   torch_model=torch_model)
     if reference_decoder:
         from .reference_decoder import export_reference_decoder
 
@@ -87,14 +106,16 @@ def _source(model_type: Optional[str], checkpoint, hf_model: Optional[str]) -> s
 def _load(source: str, checkpoint, hf_model: Optional[str], allow_unverified: bool, log):
     """(Sam in eval mode, the metadata naming where it came from)."""
     if source == "hf":
-        from .hf import download_hf_model, load_hf_sam, read_config
+        from .hf import download_hf_model, load_hf_sam, read_config, read_preprocessor
 
         directory = download_hf_model(hf_model) if hf_model else Path(checkpoint)
         log(f"loading the transformers SamModel from {hf_model or directory}")
         vision = read_config(directory)["vision"]
         architecture = {k: vision[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                                                "window_size", "global_attn_indexes")}
-        metadata = {"model_type": "hf_sam", "checkpoint": hf_model or str(directory), "architecture": architecture}
+        metadata = {"model_type": "hf_sam", "checkpoint": hf_model or str(directory), "architecture": architecture,
+                    # for the torch backends' sam.json (popped before the metadata is written)
+                    "hf_config": read_config(directory), "preprocessor": read_preprocessor(directory)}
         return load_hf_sam(directory), metadata
     from .checkpoints import load_sam
 

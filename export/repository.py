@@ -10,6 +10,11 @@ Backends:
 - ``onnxruntime``: ``onnxruntime_onnx`` configs for NVIDIA's Triton container (KIND_GPU).
 - ``tensorrt``: a ``tensorrt_plan`` encoder config and the engine built by
   ``tensorrt_engine.build_engine`` (KIND_GPU, dynamic batching matching its profile).
+- ``torch``: python-backend models running segment-anything's own modules in PyTorch on the
+  GPU (``torch_device`` cuda: KIND_GPU) or the CPU, weights as safetensors
+  (export/torch_weights.py, export/python_models/torch_*.py); for the embedded server on a
+  GPU machine. Beside a torch decoder, the session and AMG stages decode and filter on
+  their own device.
 """
 
 from __future__ import annotations
@@ -27,9 +32,15 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from samtriton import contract as C
 from samtriton.export.amg_filter import write_graph as write_amg_filter
+from samtriton.export.torch_weights import DECODER_PARTS, ENCODER_PARTS, write_torch_weights
 
-ENCODER_BACKENDS = ("tensorrt", "onnxruntime", "python")
-DECODER_BACKENDS = ("onnxruntime", "python")
+# The torch backends' choices, as torch_runtime (server side) accepts them.
+TORCH_PRECISIONS = ("fp32", "tf32", "fp16-mixed", "bf16")
+TORCH_COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+ENCODER_BACKENDS = ("tensorrt", "onnxruntime", "python", "torch")
+DECODER_BACKENDS = ("onnxruntime", "python", "torch")
+TORCH_DEVICES = ("cuda", "cpu")
 MODEL_VERSION = "1"
 ONNX_FILENAME = "model.onnx"
 PLAN_FILENAME = "model.plan"
@@ -59,6 +70,14 @@ class RepositoryOptions:
     # Working memory of the AMG filter per request (it runs over chunks of masks that fit).
     # None: contract.DEFAULT_AMG_FILTER_MIB on CPU, DEFAULT_AMG_FILTER_MIB_GPU beside a GPU decoder.
     amg_filter_mib: Optional[int] = None
+    # The torch backends: the device their instances run on (cuda: KIND_GPU, cpu: KIND_CPU),
+    # the encoder's precision (None: torch_runtime.DEFAULT_PRECISION of the architecture),
+    # torch.compile's mode for the encoder ("none": eager), and the device memory each
+    # session instance keeps embeddings in.
+    torch_device: str = "cuda"
+    torch_precision: Optional[str] = None
+    torch_compile: str = "none"
+    device_cache_mib: int = 4096
 
     def __post_init__(self):
         if self.encoder_backend not in ENCODER_BACKENDS:
@@ -75,6 +94,20 @@ class RepositoryOptions:
             raise ValueError(f"session_cache_dir must be an absolute path, got {self.session_cache_dir!r}")
         if not 1 <= self.max_encoder_batch <= 64:
             raise ValueError(f"max_encoder_batch must be in 1..64, got {self.max_encoder_batch}")
+        if self.torch_device not in TORCH_DEVICES:
+            raise ValueError(f"torch_device must be one of {TORCH_DEVICES}, got {self.torch_device!r}")
+        if self.torch_precision is not None and self.torch_precision not in TORCH_PRECISIONS:
+            raise ValueError(f"torch_precision must be one of {TORCH_PRECISIONS}, got {self.torch_precision!r}")
+        if self.torch_compile not in TORCH_COMPILE_MODES:
+            raise ValueError(f"torch_compile must be one of {TORCH_COMPILE_MODES}, got {self.torch_compile!r}")
+        if self.device_cache_mib < 4:
+            raise ValueError(f"device_cache_mib must hold at least one embedding (>= 4), got {self.device_cache_mib}")
+
+    @property
+    def gpu_decoder(self) -> bool:
+        """Whether the decoder (and the AMG filter beside it) runs on a GPU."""
+        return self.decoder_backend == "onnxruntime" or (self.decoder_backend == "torch"
+                                                          and self.torch_device == "cuda")
 
 
 def _tensor(spec: C.TensorSpec, cls):
@@ -101,6 +134,8 @@ def _backend(config: mc.ModelConfig, backend: str, options: RepositoryOptions) -
     if backend == "python":
         config.backend = "python"
         config.parameters["ort_intra_op_threads"].string_value = str(options.ort_threads)
+    elif backend == "torch":
+        config.backend = "python"
     elif backend == "onnxruntime":
         config.platform = "onnxruntime_onnx"
         config.default_model_filename = ONNX_FILENAME
@@ -117,10 +152,18 @@ def encoder_config(options: RepositoryOptions) -> mc.ModelConfig:
     preferred = [b for b in options.preferred_batch_sizes if b <= options.max_encoder_batch]
     config.dynamic_batching.preferred_batch_size.extend(preferred)
     config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_us
-    _instances(config, options.encoder_instances, gpu=options.encoder_backend != "python")
+    _instances(config, options.encoder_instances, gpu=_on_gpu(options.encoder_backend, options))
     if options.encoder_backend == "tensorrt":
         config.optimization.cuda.graphs = True
+    if options.encoder_backend == "torch":
+        config.parameters["torch_precision"].string_value = options.torch_precision or "fp32"
+        config.parameters["torch_compile"].string_value = options.torch_compile
+        config.parameters["torch_fused_attention"].string_value = "true"
     return config
+
+
+def _on_gpu(backend: str, options: RepositoryOptions) -> bool:
+    return backend in ("onnxruntime", "tensorrt") or (backend == "torch" and options.torch_device == "cuda")
 
 
 def decoder_config(options: RepositoryOptions) -> mc.ModelConfig:
@@ -128,7 +171,9 @@ def decoder_config(options: RepositoryOptions) -> mc.ModelConfig:
     config = mc.ModelConfig(name=spec.served_name(options.name), max_batch_size=0)
     _backend(config, options.decoder_backend, options)
     _io(config, spec)
-    _instances(config, options.decoder_instances, gpu=options.decoder_backend != "python")
+    _instances(config, options.decoder_instances, gpu=_on_gpu(options.decoder_backend, options))
+    if options.decoder_backend == "torch":  # the ensemble's embedding stays in GPU memory
+        config.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value = "no"
     return config
 
 
@@ -147,7 +192,7 @@ def amg_config(options: RepositoryOptions) -> mc.ModelConfig:
     spec = C.AMG
     config = mc.ModelConfig(name=spec.served_name(options.name), max_batch_size=0, backend="python")
     _io(config, spec)
-    _instances(config, options.amg_instances, gpu=False)
+    _instances(config, options.amg_instances, gpu=_on_gpu(_stage_backend(options), options))
     _amg_filter_parameters(config, options)
     _in_process_decoder(config, options)
     return config
@@ -167,10 +212,10 @@ def amg_filter_config(options: RepositoryOptions) -> mc.ModelConfig:
 def _amg_filter_parameters(config: mc.ModelConfig, options: RepositoryOptions) -> None:
     """Where the AMG filter runs for a stage: in its stub next to the python decoder, else the
     GPU model NAME_amg_filter; and its working memory per request."""
-    mib = options.amg_filter_mib or (C.DEFAULT_AMG_FILTER_MIB if options.decoder_backend == "python"
-                                     else C.DEFAULT_AMG_FILTER_MIB_GPU)
+    mib = options.amg_filter_mib or (C.DEFAULT_AMG_FILTER_MIB_GPU if options.gpu_decoder
+                                     else C.DEFAULT_AMG_FILTER_MIB)
     config.parameters["amg_filter_mib"].string_value = str(mib)
-    if options.decoder_backend != "python":
+    if options.decoder_backend == "onnxruntime":
         config.parameters["amg_filter_model"].string_value = C.AMG_FILTER.served_name(options.name)
 
 
@@ -179,8 +224,10 @@ def session_config(options: RepositoryOptions) -> mc.ModelConfig:
     spec = C.SESSION
     config = mc.ModelConfig(name=spec.served_name(options.name), max_batch_size=0, backend="python")
     _io(config, spec)
-    _instances(config, options.session_instances, gpu=False)
+    _instances(config, options.session_instances, gpu=_on_gpu(_stage_backend(options), options))
     config.parameters["session_cache_mib"].string_value = str(options.session_cache_mib)
+    if options.decoder_backend == "torch":
+        config.parameters["device_cache_mib"].string_value = str(options.device_cache_mib)
     if options.session_cache_dir:
         config.parameters["session_cache_dir"].string_value = options.session_cache_dir
     _in_process_decoder(config, options)
@@ -194,6 +241,14 @@ def _in_process_decoder(config: mc.ModelConfig, options: RepositoryOptions) -> N
     if options.decoder_backend == "python":
         config.parameters["decoder_in_process"].string_value = "true"
         config.parameters["ort_intra_op_threads"].string_value = str(options.ort_threads)
+    elif options.decoder_backend == "torch":  # the decoder in PyTorch, on the stage's device
+        config.parameters["decoder_in_process"].string_value = "torch"
+
+
+def _stage_backend(options: RepositoryOptions) -> str:
+    """Where the session and AMG stages run: on the torch decoder's device beside it, else
+    on the CPU (they call the decoder through BLS, or run its ONNX graph on the CPU)."""
+    return "torch" if options.decoder_backend == "torch" else "python"
 
 
 def config_text(config: mc.ModelConfig) -> str:
@@ -223,6 +278,7 @@ def _write_model(repo: Path, config: mc.ModelConfig, files: Dict[str, Optional[P
         shutil.rmtree(model_dir)
     version_dir = model_dir / MODEL_VERSION
     version_dir.mkdir(parents=True)
+    config.parameters[C.CONTRACT_VERSION_PARAMETER].string_value = C.CONTRACT_VERSION  # every model: clients check it
     (model_dir / "config.pbtxt").write_text(config_text(config))
     for target, source in files.items():
         if source is not None:
@@ -232,17 +288,27 @@ def _write_model(repo: Path, config: mc.ModelConfig, files: Dict[str, Optional[P
     return model_dir
 
 
-def write_repository(repo: Path, encoder_onnx: Path, decoder_onnx: Path, options: RepositoryOptions,
-                     metadata: Optional[dict] = None, encoder_plan: Optional[Path] = None) -> Dict[str, Path]:
-    """Write the three models under ``repo``; returns {served name: model directory}."""
+def write_repository(repo: Path, encoder_onnx: Optional[Path], decoder_onnx: Optional[Path],
+                     options: RepositoryOptions, metadata: Optional[dict] = None, encoder_plan: Optional[Path] = None,
+                     torch_model: Optional[tuple] = None) -> Dict[str, Path]:
+    """Write the models under ``repo``; returns {served name: model directory}.
+
+    ``encoder_onnx`` / ``decoder_onnx`` are the graphs of the ONNX-based backends (None for a
+    torch one); ``torch_model`` is (Sam, ``torch_weights.architecture_of`` dict) for the
+    torch backends, whose weights are written as safetensors beside their model.py."""
     repo = Path(repo)
     repo.mkdir(parents=True, exist_ok=True)
     written = {}
+    uses_torch = "torch" in (options.encoder_backend, options.decoder_backend)
+    if uses_torch and torch_model is None:
+        raise ValueError("write_repository: the torch backends need torch_model=(sam, architecture)")
 
     encoder_files: Dict[str, Optional[Path]] = {ONNX_FILENAME: encoder_onnx}
     encoder_sources = {}
     if options.encoder_backend == "python":
         encoder_sources["model.py"] = _python_model_source("encoder")
+    elif options.encoder_backend == "torch":
+        encoder_files, encoder_sources = {}, {"model.py": _python_model_source("torch_encoder")}
     elif options.encoder_backend == "tensorrt":
         # Keep the ONNX beside the engine: a new GPU model or container release needs a rebuild.
         encoder_files = {PLAN_FILENAME: encoder_plan}
@@ -252,15 +318,23 @@ def write_repository(repo: Path, encoder_onnx: Path, decoder_onnx: Path, options
     written[config.name] = _write_model(repo, config, encoder_files, encoder_sources)
     if options.encoder_backend == "tensorrt":
         _copy_with_external_data(encoder_onnx, written[config.name] / "encoder.onnx")
+    if options.encoder_backend == "torch":
+        write_torch_weights(*torch_model, written[config.name] / MODEL_VERSION, parts=ENCODER_PARTS)
 
-    decoder_sources = {"model.py": _python_model_source("decoder")} if options.decoder_backend == "python" else {}
-    decoder_files: Dict[str, Optional[Path]] = {ONNX_FILENAME: decoder_onnx}
-    amg_decoder = Path(decoder_onnx).parent / C.AMG_DECODER_FILE
-    if options.decoder_backend == "python" and amg_decoder.exists():  # run by the session stub on CPU
-        decoder_files[C.AMG_DECODER_FILE] = amg_decoder
+    if options.decoder_backend == "torch":
+        decoder_files: Dict[str, Optional[Path]] = {}
+        decoder_sources = {"model.py": _python_model_source("torch_decoder")}
+    else:
+        decoder_sources = {"model.py": _python_model_source("decoder")} if options.decoder_backend == "python" else {}
+        decoder_files = {ONNX_FILENAME: decoder_onnx}
+        amg_decoder = Path(decoder_onnx).parent / C.AMG_DECODER_FILE
+        if options.decoder_backend == "python" and amg_decoder.exists():  # run by the session stub on CPU
+            decoder_files[C.AMG_DECODER_FILE] = amg_decoder
     config = decoder_config(options)
     written[config.name] = _write_model(repo, config, decoder_files, decoder_sources)
-    if options.decoder_backend != "python":  # the AMG filter where the decoder runs (the GPU)
+    if options.decoder_backend == "torch":  # read by the decoder and by the stages running it
+        write_torch_weights(*torch_model, written[config.name] / MODEL_VERSION, parts=DECODER_PARTS)
+    if options.decoder_backend == "onnxruntime":  # the AMG filter where the decoder runs (the GPU)
         config = amg_filter_config(options)
         written[config.name] = _write_model(repo, config, {}, {})
         write_amg_filter(written[config.name] / MODEL_VERSION / ONNX_FILENAME)
