@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import types
 from pathlib import Path
@@ -85,9 +86,10 @@ class PromptDecoder(nn.Module):
         )
 
 
-def _patch_tinyvit_batch_axis(sam) -> None:
+def _patch_tinyvit_batch_axis(image_encoder) -> None:
     """TinyViT's PatchMerging reads the batch as ``len(x)``, which the tracer freezes to a
-    constant: batch 2 then fails at run time. Read it from ``x.shape[0]`` instead."""
+    constant: batch 2 then fails at run time. Read it from ``x.shape[0]`` instead.
+    Patches ``image_encoder`` in place: pass a copy, never the caller's model."""
     from mobile_sam.modeling.tiny_vit_sam import PatchMerging
 
     def forward(self, x):
@@ -99,7 +101,7 @@ def _patch_tinyvit_batch_axis(sam) -> None:
         x = self.conv3(x)
         return x.flatten(2).transpose(1, 2)
 
-    for module in sam.image_encoder.modules():
+    for module in image_encoder.modules():
         if isinstance(module, PatchMerging):
             module.forward = types.MethodType(forward, module)
 
@@ -187,9 +189,12 @@ def is_tinyvit(sam) -> bool:
 
 def export_encoder(sam, path: os.PathLike) -> Path:
     path = Path(path)
-    if is_tinyvit(sam):
-        _patch_tinyvit_batch_axis(sam)
     module = EncoderWithPreprocess(sam).eval()
+    if is_tinyvit(sam):
+        # The patch goes on a copy: the caller's model (often the reference a test compares
+        # with) keeps mobile_sam's own forward.
+        module.image_encoder = copy.deepcopy(sam.image_encoder)
+        _patch_tinyvit_batch_axis(module.image_encoder)
     image = torch.zeros((1,) + C.IMAGE.dims, dtype=torch.uint8)
     input_size = torch.tensor([[C.IMAGE_SIZE, C.IMAGE_SIZE]], dtype=torch.int64)
     n_bytes = sum(p.numel() * p.element_size() for p in module.parameters())

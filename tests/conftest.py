@@ -28,18 +28,29 @@ def checkpoint() -> Path:
 
 @pytest.fixture(scope="session")
 def reference_sam(checkpoint):
+    """The reference: MobileSAM as mobile_sam builds it, loaded for the comparisons only.
+    Never pass it to export (that is what ``export_sam`` is for): parity must be measured
+    against a model our code has not touched (tests/test_export.py checks it)."""
     from samtriton.export.checkpoints import load_sam
 
     return load_sam("vit_t", checkpoint)
 
 
 @pytest.fixture(scope="session")
-def onnx_files(reference_sam, tmp_path_factory):
+def export_sam(checkpoint):
+    """The same checkpoint loaded a second time: the model the tests export."""
+    from samtriton.export.checkpoints import load_sam
+
+    return load_sam("vit_t", checkpoint)
+
+
+@pytest.fixture(scope="session")
+def onnx_files(export_sam, tmp_path_factory):
     from samtriton.export.onnx_export import export_decoder, export_encoder
 
     out = tmp_path_factory.mktemp("onnx")
-    encoder = export_encoder(reference_sam, out / "encoder" / "model.onnx")
-    decoder = export_decoder(reference_sam, out / "decoder" / "model.onnx")
+    encoder = export_encoder(export_sam, out / "encoder" / "model.onnx")
+    decoder = export_decoder(export_sam, out / "decoder" / "model.onnx")
     return encoder, decoder
 
 

@@ -29,10 +29,10 @@ def test_official_checkpoint_is_found_in_the_cache(checkpoint, monkeypatch):
         checkpoints.official_checkpoint_path("vit_x")
 
 
-def test_large_encoder_uses_external_data(reference_sam, tmp_path, monkeypatch, images, onnx_files):
+def test_large_encoder_uses_external_data(export_sam, tmp_path, monkeypatch, images, onnx_files):
     """The ViT-H path (> 2 GB protobuf limit) exercised on MobileSAM with a lowered limit."""
     monkeypatch.setattr(onnx_export, "PROTOBUF_LIMIT", 1024)
-    path = onnx_export.export_encoder(reference_sam, tmp_path / "model.onnx")
+    path = onnx_export.export_encoder(export_sam, tmp_path / "model.onnx")
     data = tmp_path / "model.onnx.data"
     assert data.exists() and data.stat().st_size > 20 * 2**20
     assert path.stat().st_size < 2**20, "weights live outside the graph"

@@ -38,8 +38,41 @@ def test_encoder_matches_pytorch_and_batches(onnx_files, reference_predictor, im
         assert diff <= 1e-3
 
 
-def test_model_stays_in_eval_mode_after_export(reference_sam, onnx_files):
-    assert not any(m.training for m in reference_sam.modules())
+def test_model_stays_in_eval_mode_after_export(export_sam, onnx_files):
+    assert not any(m.training for m in export_sam.modules())
+
+
+def _foreign_forwards(model):
+    """Modules whose ``forward`` is not their own package's: one set on the instance (a
+    patch), or a class ``forward`` defined outside mobile_sam / segment_anything / torch."""
+    import inspect
+    from pathlib import Path
+
+    import mobile_sam
+    import segment_anything
+
+    homes = [Path(package.__file__).resolve().parent for package in (mobile_sam, segment_anything, torch)]
+    foreign = []
+    for name, module in model.named_modules():
+        if "forward" in vars(module):
+            foreign.append((name, type(module).__name__, "forward set on the instance"))
+            continue
+        source = Path(inspect.getsourcefile(type(module).forward)).resolve()
+        if not any(source.is_relative_to(home) for home in homes):
+            foreign.append((name, type(module).__name__, str(source)))
+    return foreign
+
+
+def test_reference_is_mobile_sams_own_and_export_leaves_models_untouched(reference_sam, export_sam, onnx_files):
+    """Parity is measured against an untouched reference: a separately loaded model, every
+    module running mobile_sam's (or torch's) own forward, after the export has run. The
+    exported model itself is left as it was too (the TinyViT patch goes on a copy)."""
+    assert reference_sam is not export_sam
+    assert reference_sam.image_encoder is not export_sam.image_encoder
+    assert type(reference_sam).__module__ == "mobile_sam.modeling.sam"
+    for model in (reference_sam, export_sam):
+        assert len(list(model.modules())) > 300
+        assert _foreign_forwards(model) == []
 
 
 def test_decoder_matches_pytorch_mask_decoder(onnx_files, reference_sam):
@@ -88,14 +121,14 @@ def test_vit_b_encoder_has_no_uint8_intermediate(tmp_path_factory):
     assert _uint8_intermediates(path) == []
 
 
-def test_tensorrt_repository_keeps_encoder_external_data(reference_sam, onnx_files, images, tmp_path, monkeypatch):
+def test_tensorrt_repository_keeps_encoder_external_data(export_sam, onnx_files, images, tmp_path, monkeypatch):
     """The ViT-H path (weights beside the graph), on MobileSAM with a lowered limit: the
     encoder.onnx kept beside the engine for rebuilds still loads, with its weights."""
     from samtriton.export import onnx_export
     from samtriton.export.repository import RepositoryOptions, write_repository
 
     monkeypatch.setattr(onnx_export, "PROTOBUF_LIMIT", 1024)
-    encoder = onnx_export.export_encoder(reference_sam, tmp_path / "export" / "model.onnx")
+    encoder = onnx_export.export_encoder(export_sam, tmp_path / "export" / "model.onnx")
     assert (tmp_path / "export" / "model.onnx.data").exists()
     repo = tmp_path / "repo"
     written = write_repository(repo, encoder, onnx_files[1], RepositoryOptions(name="seg", encoder_backend="tensorrt"))

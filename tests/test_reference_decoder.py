@@ -18,11 +18,11 @@ IMAGES = ("chelsea", "retina_crop", "astronaut")
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["all_masks", "single_mask"])
-def decoder(request, reference_sam, tmp_path_factory):
+def decoder(request, export_sam, tmp_path_factory):
     from samtriton.export.reference_decoder import export_reference_decoder
 
     path = tmp_path_factory.mktemp("reference_decoder") / "sam_reference_decoder.onnx"
-    export_reference_decoder(reference_sam, path, return_single_mask=request.param)
+    export_reference_decoder(export_sam, path, return_single_mask=request.param)
     return request.param, ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
