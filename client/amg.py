@@ -206,7 +206,9 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, idxs: np.ndarray, iou_thr
         if suppressed[i]:
             continue
         keep.append(i)
-        suppressed |= iou[i] > iou_threshold
+        # As torchvision: the float32 IoU compared with the threshold as a double (compared
+        # in float32, the threshold would round first: IoU 0.3 would not exceed 0.3).
+        suppressed |= iou[i].astype(np.float64) > iou_threshold
     return order[np.asarray(keep, dtype=np.int64)]
 
 

@@ -9,9 +9,11 @@ exactly those names:
 
 - ``torchvision.transforms.functional.resize`` / ``to_pil_image`` for PIL images and HWC
   uint8 arrays (torchvision's PIL path: ``img.resize((w, h), BILINEAR)``);
-- ``torchvision.ops.boxes.batched_nms`` / ``box_area``: exact versions (same keep rule as
-  torchvision: highest score first, drop boxes whose IoU with a kept box of the same
-  category exceeds the threshold), computed by ``samtriton.amg.batched_nms`` in numpy;
+- ``torchvision.ops.boxes.batched_nms`` / ``nms`` / ``box_area``: torchvision's CPU kernel and
+  coordinate trick written again in torch (a stable sort by score, highest first; a box
+  whose IoU with a kept box of its category exceeds the threshold is dropped). Deliberately
+  not ``samtriton.amg.batched_nms``: the reference's NMS must not be the code it checks
+  (both are compared with a brute-force NMS in tests/test_nms.py);
 - ``timm.models.layers.DropPath`` / ``to_2tuple`` / ``trunc_normal_`` and
   ``timm.models.registry.register_model``.
 
@@ -100,21 +102,40 @@ def box_area(boxes):
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
-def batched_nms(boxes, scores, idxs, iou_threshold: float):
-    """torchvision's batched_nms: greedy by score, per category; samtriton's numpy version."""
-    import torch
-
-    from samtriton.amg import batched_nms as numpy_batched_nms
-
-    keep = numpy_batched_nms(boxes.detach().cpu().numpy(), scores.detach().cpu().numpy(),
-                             idxs.detach().cpu().numpy(), iou_threshold)
-    return torch.as_tensor(keep, dtype=torch.int64, device=boxes.device)
-
-
 def nms(boxes, scores, iou_threshold: float):
+    """torchvision's CPU nms kernel: boxes visited by score (stable sort, highest first);
+    each one not yet suppressed is kept and suppresses the later ones whose IoU with it,
+    computed in the boxes' dtype, exceeds ``iou_threshold`` (compared as a double)."""
     import torch
 
-    return batched_nms(boxes, scores, torch.zeros(len(boxes), dtype=torch.int64), iou_threshold)
+    if boxes.numel() == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    order = torch.sort(scores, stable=True, descending=True).indices.tolist()
+    x1, y1, x2, y2 = (boxes[:, k] for k in range(4))
+    areas = box_area(boxes)
+    suppressed = torch.zeros(len(boxes), dtype=torch.bool)
+    keep = []
+    for i in order:
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        width = (torch.minimum(x2[i], x2) - torch.maximum(x1[i], x1)).clamp(min=0)
+        height = (torch.minimum(y2[i], y2) - torch.maximum(y1[i], y1)).clamp(min=0)
+        inter = width * height
+        overlap = inter / (areas[i] + areas - inter)
+        suppressed |= overlap.double() > iou_threshold
+    return torch.tensor(keep, dtype=torch.int64, device=boxes.device)
+
+
+def batched_nms(boxes, scores, idxs, iou_threshold: float):
+    """torchvision's batched_nms (its coordinate trick): each category's boxes shifted past
+    every other category's, then one ``nms``."""
+    import torch
+
+    if boxes.numel() == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    offsets = idxs.to(boxes) * (boxes.max() + torch.tensor(1).to(boxes))
+    return nms(boxes + offsets[:, None], scores, iou_threshold)
 
 
 def _install_torchvision_compat() -> None:
