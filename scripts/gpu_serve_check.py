@@ -1,0 +1,566 @@
+#!/usr/bin/env python3
+"""The GPU check of the served product: the embedded tritonserver with the torch backends on
+CUDA, measured through gRPC by clients on the same host, against the reference on the same GPU.
+
+For each model (MobileSAM with its real weights rounded to fp16 when they fit the bundle, else
+random; ViT-B and ViT-H with random weights from segment_anything's builders, built there):
+export (``--encoder-backend torch --decoder-backend torch``, the architecture's default
+precision), start ``samtriton serve``'s server, then measure
+
+- parity: masks of 3 photographs x 4 prompt cases through the session stage vs
+  ``SamPredictor`` (fp32, TF32 off) on the same GPU: mean / min mask IoU, max score difference;
+- encoder throughput: raw uint8 images to NAME_encoder from ``--concurrency`` client threads
+  (images in system shared memory, requests over gRPC), images/s; and the reference's
+  ``SamPredictor.set_image`` rate on the same GPU;
+- session clicks: one client's p50 / p99, and clicks/s from 16 concurrent clients;
+- automatic mask generation of a 3 MP photo at the reference's defaults (ViT-H by default):
+  seconds against ``SamAutomaticMaskGenerator`` on the same GPU, reference masks matched;
+- cold start (server start to ready) and the GPU's peak memory while the model is served.
+
+It writes JSON (``--json``) and a markdown table (``--markdown``).
+
+Three ways to run it:
+
+    # 1. here (the project's .venv): stage what a bare CUDA machine lacks, < 64 MiB
+    python scripts/gpu_serve_check.py stage out/gpu_bundle
+    # 2. there, from the repository root with out/gpu_bundle carried, ONE command, no network:
+    python3 scripts/gpu_serve_check.py run --bundle out/gpu_bundle --json $OUT/gpu_serve.json \\
+        --markdown $OUT/gpu_serve.md
+    # 3. CI's smoke run of the same code on the CPU device (tests/test_gpu_serve_check.py):
+    python scripts/gpu_serve_check.py run --device cpu --quick --json out/smoke.json
+
+``run --bundle`` makes a virtualenv that sees the machine's own packages (torch, numpy,
+grpcio, Pillow), installs the staged wheels into it without an index, unpacks the staged
+tritonserver (nvidia-pytriton's, without the stubs and libpython this machine does not use),
+checks the Python 3.12 stub's libraries with ldd, and re-runs itself inside that environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLE_LIMIT = 62 * 2**20  # the device tool carries 64 MiB with the working tree (~2 MiB)
+WHEELS = ("tritonclient", "python-rapidjson", "segment-anything==1.0", "mobilesam-mirror==1.0.0")
+PYTRITON = "nvidia-pytriton==0.7.0"
+STUB_VERSIONS = ("3.8", "3.9", "3.10", "3.11", "3.12", "3.13")
+PHOTOS = ("astronaut", "chelsea", "coffee")
+VENV = Path("/tmp/samtriton-gpu-venv")
+
+
+# --- staging (here) ---------------------------------------------------------------------------
+
+def stage(out: Path, checkpoint: str | None, python_version: str = "3.12") -> None:
+    """Wheels the GPU machine lacks, a slim tritonserver, MobileSAM in fp16 and three photos."""
+    out = Path(out)
+    shutil.rmtree(out, ignore_errors=True)
+    wheels = out / "wheels"
+    wheels.mkdir(parents=True)
+    download = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                "--python-version", python_version, "--implementation", "cp",
+                *[arg for tag in ("manylinux_2_35_x86_64", "manylinux_2_28_x86_64", "manylinux_2_24_x86_64",
+                                  "manylinux_2_17_x86_64", "manylinux2014_x86_64") for arg in ("--platform", tag)]]
+    subprocess.run([*download, "-d", str(wheels), *WHEELS], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(ROOT)], check=True)
+    raw = out / "raw"
+    subprocess.run([*download, "-d", str(raw), PYTRITON], check=True)
+    unused = unused_pytriton_files(python_version)
+    with zipfile.ZipFile(next(raw.glob("nvidia_pytriton-*.whl"))) as source, \
+            zipfile.ZipFile(out / "pytriton_slim.zip", "w", zipfile.ZIP_DEFLATED) as slim:
+        for item in source.infolist():
+            if not any(part in item.filename for part in unused):
+                slim.writestr(item, source.read(item.filename))
+    shutil.rmtree(raw)
+    _stage_mobilesam(out, checkpoint)
+    from PIL import Image
+    from skimage import data
+
+    (out / "photos").mkdir()
+    for name in PHOTOS:
+        Image.fromarray(getattr(data, name)()).save(out / "photos" / f"{name}.png")
+    total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"staged {out}: {total / 2**20:.1f} MiB")
+    if total > BUNDLE_LIMIT:
+        raise SystemExit(f"the bundle is {total / 2**20:.1f} MiB; the device tool carries {BUNDLE_LIMIT / 2**20:.0f}")
+
+
+def unused_pytriton_files(python_version: str):
+    """nvidia-pytriton's files a server on ``python_version`` does not use: the other
+    versions' stubs, and the libpython 3.13 that only the 3.13 stub links (31 MiB)."""
+    unused = [f"python_backend_stubs/{v}/" for v in STUB_VERSIONS if v != python_version]
+    return unused + (["libpython3-"] if python_version != "3.13" else [])
+
+
+def _stage_mobilesam(out: Path, checkpoint: str | None) -> None:
+    """MobileSAM's real weights rounded to fp16 (20 MiB; the fp32 checkpoint does not fit the
+    bundle): both the server and the reference there load these same values."""
+    import torch
+    from safetensors.torch import save_file
+
+    if checkpoint is None:
+        sys.path.insert(0, str(ROOT))
+        from samtriton.export.checkpoints import official_checkpoint_path
+
+        checkpoint = official_checkpoint_path("vit_t")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()},
+              str(out / "mobile_sam_fp16.safetensors"))
+
+
+# --- setting up there -----------------------------------------------------------------------------
+
+def setup(bundle: Path) -> None:
+    """A virtualenv over the machine's packages with the staged wheels and tritonserver;
+    then re-run this script in it."""
+    if not (VENV / "bin" / "python").exists():
+        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(VENV)], check=True)
+    python = str(VENV / "bin" / "python")
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                    *map(str, sorted((bundle / "wheels").glob("*.whl")))], check=True)
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    with zipfile.ZipFile(bundle / "pytriton_slim.zip") as slim:
+        slim.extractall(site)
+    for path in Path(site, "pytriton").rglob("*"):
+        if path.is_file() and ("bin" in path.parts or path.suffix == "" or ".so" in path.name):
+            path.chmod(0o755)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = Path(site) / "pytriton" / "tritonserver" / "python_backend_stubs" / version / "triton_python_backend_stub"
+    libdir = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+                            check=True, capture_output=True, text=True).stdout.strip()
+    env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(
+        [libdir, str(Path(site) / "nvidia_pytriton.libs"), os.environ.get("LD_LIBRARY_PATH", "")]))
+    ldd = subprocess.run(["ldd", str(stub)], capture_output=True, text=True, env=env).stdout
+    missing = [line.strip() for line in ldd.splitlines() if "not found" in line]
+    print(f"stub {stub.name} ({version}): {'missing ' + str(missing) if missing else 'all libraries found'}")
+    if missing:
+        raise SystemExit(f"the python backend stub cannot load {missing}; bring libpython{version}.so.1.0")
+
+
+# --- models -----------------------------------------------------------------------------------------
+
+def build_checkpoint(model_type: str, bundle: Path | None, out: Path, checkpoint: str | None) -> tuple[Path, str]:
+    """A state dict file for ``model_type`` (read later with weights_only=True) and what its
+    weights are: MobileSAM's real ones (fp16-rounded) where staged, else random (seed 0)."""
+    import torch
+
+    from samtriton.export.compat import ensure_reference_imports
+
+    ensure_reference_imports()
+    path = out / f"{model_type}.pth"
+    staged = bundle / "mobile_sam_fp16.safetensors" if bundle else None
+    if model_type == "vit_t" and staged is not None and staged.exists():
+        from safetensors.torch import load_file
+
+        state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(staged)).items()}
+        kind = "real (fp16-rounded)"
+    elif model_type == "vit_t" and checkpoint:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        kind = "real"
+    else:
+        torch.manual_seed(0)
+        if model_type == "vit_t":
+            from mobile_sam import sam_model_registry
+        else:
+            from segment_anything import sam_model_registry
+        state = sam_model_registry[model_type](checkpoint=None).state_dict()
+        kind = "random"
+    torch.save(state, path)
+    return path, kind
+
+
+def reference_model(model_type: str, checkpoint: Path, device: str):
+    """The reference Sam on ``device`` in fp32 (TF32 off), loaded fresh from the checkpoint."""
+    import torch
+
+    from samtriton.export.checkpoints import load_sam
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return load_sam(model_type, checkpoint, allow_unverified=True).to(device).eval()
+
+
+def reference_classes(model_type: str):
+    if model_type == "vit_t":
+        from mobile_sam import SamAutomaticMaskGenerator, SamPredictor
+    else:
+        from segment_anything import SamAutomaticMaskGenerator, SamPredictor
+    return SamPredictor, SamAutomaticMaskGenerator
+
+
+def photos(bundle: Path | None):
+    import numpy as np
+    from PIL import Image
+
+    if bundle is not None and (bundle / "photos").exists():
+        return {p.stem: np.asarray(Image.open(p).convert("RGB")) for p in sorted((bundle / "photos").glob("*.png"))}
+    from skimage import data
+
+    return {name: getattr(data, name)() for name in PHOTOS}
+
+
+def prompts_for(shape):
+    import numpy as np
+
+    h, w = shape[:2]
+    return {
+        "point": dict(point_coords=np.array([[0.5 * w, 0.45 * h]]), point_labels=np.array([1])),
+        "points": dict(point_coords=np.array([[0.45 * w, 0.4 * h], [0.55 * w, 0.55 * h], [0.1 * w, 0.1 * h]]),
+                       point_labels=np.array([1, 1, 0])),
+        "box": dict(box=np.array([0.25 * w, 0.2 * h, 0.75 * w, 0.8 * h])),
+        "box_and_point": dict(box=np.array([0.2 * w, 0.15 * h, 0.8 * w, 0.85 * h]),
+                              point_coords=np.array([[0.5 * w, 0.5 * h]]), point_labels=np.array([1])),
+    }
+
+
+def mask_iou(a, b) -> float:
+    union = (a | b).sum()
+    return 1.0 if union == 0 else float((a & b).sum() / union)
+
+
+# --- measurements ---------------------------------------------------------------------------------------
+
+class GpuMemory:
+    """The device's used memory, sampled every 50 ms while served (NVML; None on the CPU)."""
+
+    def __init__(self, device: str):
+        self.peak = self.base = None
+        self._stop = threading.Event()
+        self._thread = None
+        if device != "cuda":
+            return
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            self._read = lambda: pynvml.nvmlDeviceGetMemoryInfo(self._handle).used
+        except Exception:  # noqa: BLE001 - no NVML: no memory figure
+            return
+        self.base = self.peak = self._read()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self):
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self._read())
+
+    def stop(self):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        return None if self.peak is None else round((self.peak - self.base) / 2**30, 2)
+
+
+def parity(url, name, model_type, reference_sam, images, quick):
+    import numpy as np
+
+    from samtriton import SamPredictor
+
+    Reference, _ = reference_classes(model_type)
+    reference = Reference(reference_sam)
+    ious, score_diffs = [], []
+    with SamPredictor(url, model=name) as ours:
+        for key, image in list(images.items())[: 1 if quick else None]:
+            ours.set_image(image)
+            reference.set_image(image)
+            for case, prompt in prompts_for(image.shape).items():
+                multimask = case == "point"
+                masks, scores, _ = ours.predict(**prompt, multimask_output=multimask)
+                ref_masks, ref_scores, _ = reference.predict(**prompt, multimask_output=multimask)
+                ious += [mask_iou(a, b) for a, b in zip(masks, ref_masks)]
+                score_diffs.append(float(np.abs(scores - ref_scores).max()))
+    return {"masks": len(ious), "iou_mean": round(float(np.mean(ious)), 5), "iou_min": round(float(min(ious)), 5),
+            "score_diff_max": float(max(score_diffs))}
+
+
+def encoder_throughput(url, name, images, seconds, concurrency):
+    """Images/s of NAME_encoder: ``concurrency`` threads, each sending one preprocessed
+    uint8 image per request from its own system shared-memory region."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    import tritonclient.utils.shared_memory as shm
+
+    from samtriton.transforms import preprocess
+
+    padded, size = preprocess(next(iter(images.values())))
+    image = padded[None]
+    sizes = np.asarray([size], np.int64)
+    deadline = [0.0]
+    counts = [0] * concurrency
+    ready = threading.Barrier(concurrency + 1)
+
+    def worker(index):
+        client = grpcclient.InferenceServerClient(url)
+        region = f"samtriton_bench_{os.getpid()}_{index}"
+        handle = shm.create_shared_memory_region(region, f"/{region}", image.nbytes)
+        try:
+            shm.set_shared_memory_region(handle, [image])
+            client.register_system_shared_memory(region, f"/{region}", image.nbytes)
+            image_input = grpcclient.InferInput("image", list(image.shape), "UINT8")
+            image_input.set_shared_memory(region, image.nbytes)
+            size_input = grpcclient.InferInput("input_size", [1, 2], "INT64")
+            size_input.set_data_from_numpy(sizes)
+            output = grpcclient.InferRequestedOutput("image_embeddings")
+            client.infer(f"{name}_encoder", [image_input, size_input], outputs=[output])  # warm
+            ready.wait()
+            while True:  # at least one timed request per thread, however slow the device
+                client.infer(f"{name}_encoder", [image_input, size_input], outputs=[output])
+                counts[index] += 1
+                if time.perf_counter() >= deadline[0]:
+                    break
+            for _ in range(50):  # the server may still hold the region just after a response
+                try:
+                    client.unregister_system_shared_memory(region)
+                    break
+                except Exception:  # noqa: BLE001 - "currently in use": retry shortly
+                    time.sleep(0.1)
+        finally:
+            shm.destroy_shared_memory_region(handle)
+            client.close()
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        futures = [pool.submit(worker, index) for index in range(concurrency)]
+        ready.wait()  # every thread has made its warm-up request
+        start = time.perf_counter()
+        deadline[0] = start + seconds
+        for future in futures:
+            future.result()
+        elapsed = time.perf_counter() - start
+    return round(sum(counts) / elapsed, 2)
+
+
+def reference_set_image_rate(model_type, reference_sam, images, seconds, device):
+    import torch
+
+    Reference, _ = reference_classes(model_type)
+    predictor = Reference(reference_sam)
+    image = next(iter(images.values()))
+    predictor.set_image(image)  # warm
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        predictor.set_image(image)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        count += 1
+    return round(count / (time.perf_counter() - start), 2)
+
+
+def clicks(url, name, images, single, concurrent_seconds, concurrency):
+    """One client's click latencies (ms), then clicks/s from ``concurrency`` clients."""
+    import numpy as np
+
+    from samtriton import SamPredictor
+
+    image = next(iter(images.values()))
+    h, w = image.shape[:2]
+    rng = np.random.default_rng(0)
+    points = rng.uniform((0, 0), (w, h), size=(max(single, 64), 1, 2))
+    with SamPredictor(url, model=name) as predictor:
+        predictor.set_image(image)
+        for point in points[:5]:  # warm
+            predictor.predict(point_coords=point, point_labels=np.array([1]))
+        latencies = []
+        for point in points[:single]:
+            start = time.perf_counter()
+            predictor.predict(point_coords=point, point_labels=np.array([1]))
+            latencies.append((time.perf_counter() - start) * 1000)
+    counts = [0] * concurrency
+
+    def client(index):
+        with SamPredictor(url, model=name) as predictor:
+            predictor.set_image(image)
+            stop = time.perf_counter() + concurrent_seconds
+            while time.perf_counter() < stop:
+                predictor.predict(point_coords=points[counts[index] % len(points)], point_labels=np.array([1]))
+                counts[index] += 1
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(client, range(concurrency)))
+    elapsed = time.perf_counter() - start
+    latencies.sort()
+    return {"p50_ms": round(statistics.median(latencies), 2),
+            "p99_ms": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 2),
+            "clicks": single, "concurrent_clients": concurrency,
+            "clicks_per_s_concurrent": round(sum(counts) / elapsed, 1)}
+
+
+def amg(url, name, model_type, reference_sam, image, settings, device):
+    import torch
+
+    from samtriton import SamAutomaticMaskGenerator, SamPredictor
+
+    _, Reference = reference_classes(model_type)
+    with SamPredictor(url, model=name) as predictor:
+        generator = SamAutomaticMaskGenerator(predictor, **settings)
+        generator.generate(image[:256, :256])  # warm
+        start = time.perf_counter()
+        ours = generator.generate(image)
+        ours_s = time.perf_counter() - start
+    reference_generator = Reference(reference_sam, **settings)
+    reference_generator.generate(image[:256, :256])  # warm
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    reference = reference_generator.generate(image)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    reference_s = time.perf_counter() - start
+    matched = [max((mask_iou(r["segmentation"], o["segmentation"]) for o in ours), default=0.0) for r in reference]
+    return {"image": list(image.shape[:2]), "settings": settings, "seconds": round(ours_s, 3),
+            "reference_seconds": round(reference_s, 3), "ratio": round(ours_s / reference_s, 3),
+            "masks": len(ours), "reference_masks": len(reference),
+            "matched_at_0.9": sum(iou >= 0.9 for iou in matched), "min_matched_iou": round(min(matched, default=1.0), 4)}
+
+
+def check_model(model_type, args, bundle, work, images) -> dict:
+    import numpy as np
+    from PIL import Image
+
+    from samtriton.export.exporter import export
+    from samtriton.export.repository import RepositoryOptions
+    from samtriton.server import EmbeddedTriton, free_port
+
+    result = {"model": model_type}
+    started = time.perf_counter()
+    checkpoint, result["weights"] = build_checkpoint(model_type, bundle, work, args.checkpoint)
+    repo = work / f"repo_{model_type}"
+    shutil.rmtree(repo, ignore_errors=True)
+    options = RepositoryOptions(name="sam", encoder_backend="torch", decoder_backend="torch",
+                                torch_device=args.device, torch_compile=args.compile,
+                                amg_instances=1, encoder_instances=args.encoder_instances)
+    export(model_type, repo, checkpoint=checkpoint, options=options, allow_unverified=True, log=lambda *_: None)
+    result["precision"] = json.loads((repo / "sam.export.json").read_text())["torch"]["precision"]
+    result["export_s"] = round(time.perf_counter() - started, 1)
+    memory = GpuMemory(args.device)
+    extra = ["--pinned-memory-pool-byte-size=268435456"] if args.device == "cuda" else []
+    start = time.perf_counter()
+    with EmbeddedTriton(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
+                        extra_args=extra, startup_timeout=args.ready_timeout) as server:
+        result["cold_start_s"] = round(time.perf_counter() - start, 1)
+        reference_sam = reference_model(model_type, checkpoint, args.device)
+        result["parity"] = parity(server.grpc_url, "sam", model_type, reference_sam, images, args.quick)
+        result["encoder_images_per_s"] = encoder_throughput(server.grpc_url, "sam", images, args.seconds,
+                                                            args.concurrency)
+        result["encoder_concurrency"] = args.concurrency
+        result["reference_set_image_per_s"] = reference_set_image_rate(model_type, reference_sam, images,
+                                                                       args.seconds, args.device)
+        result["clicks"] = clicks(server.grpc_url, "sam", images, 20 if args.quick else 300, args.seconds,
+                                  args.click_clients)
+        if model_type in args.amg_models:
+            coffee = images.get("coffee", next(iter(images.values())))
+            if args.quick:
+                photo, settings = coffee[:200, :300], dict(points_per_side=6)
+            else:  # a phone-photo size: 2100 x 1400 (2.9 MP), the reference's defaults
+                photo, settings = np.asarray(Image.fromarray(coffee).resize((2100, 1400), Image.BICUBIC)), {}
+            result["amg"] = amg(server.grpc_url, "sam", model_type, reference_sam, photo, settings, args.device)
+        del reference_sam
+    result["gpu_peak_gib"] = memory.stop()
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    shutil.rmtree(repo, ignore_errors=True)
+    return result
+
+
+def markdown(report) -> str:
+    rows = ["| model | weights | precision | IoU mean / min | encoder img/s (ref set_image/s) | click p50 / p99 ms "
+            "| clicks/s x16 | AMG s (ref s, ratio, matched) | cold start s | GPU peak GiB |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["models"]:
+        if "error" in r:
+            rows.append(f"| {r['model']} | error: {r['error'][:120]} |" + " |" * 8)
+            continue
+        amg_cell = "-"
+        if "amg" in r:
+            a = r["amg"]
+            amg_cell = (f"{a['seconds']} ({a['reference_seconds']}, {a['ratio']}x, "
+                        f"{a['matched_at_0.9']}/{a['reference_masks']})")
+        rows.append(
+            f"| {r['model']} | {r['weights']} | {r['precision']} | {r['parity']['iou_mean']} / {r['parity']['iou_min']}"
+            f" | {r['encoder_images_per_s']} ({r['reference_set_image_per_s']}) | {r['clicks']['p50_ms']} / "
+            f"{r['clicks']['p99_ms']} | {r['clicks']['clicks_per_s_concurrent']} | {amg_cell} | {r['cold_start_s']} "
+            f"| {r['gpu_peak_gib']} |")
+    return "\n".join(rows) + "\n"
+
+
+def run(args) -> None:
+    import torch
+
+    bundle = Path(args.bundle) if args.bundle else None
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no GPU")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    images = photos(bundle)
+    report = {"device": torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or "cpu",
+              "torch": torch.__version__, "python": platform.python_version(),
+              "settings": {k: v for k, v in vars(args).items() if k not in ("func",)}, "models": []}
+    for model_type in args.models:
+        try:
+            report["models"].append(check_model(model_type, args, bundle, work, images))
+        except Exception as exc:  # noqa: BLE001 - one model's failure is recorded; the others still run
+            if args.strict:
+                raise
+            report["models"].append({"model": model_type, "error": f"{type(exc).__name__}: {exc}"})
+        print(json.dumps(report["models"][-1]), flush=True)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown(report)
+    print(table)
+    if args.markdown:
+        Path(args.markdown).write_text(table)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    staging = sub.add_parser("stage", help="here: stage the bundle a bare CUDA machine needs")
+    staging.add_argument("out", help="bundle directory")
+    staging.add_argument("--checkpoint", help="MobileSAM's checkpoint (default: the cached official one)")
+    staging.add_argument("--python-version", default="3.12", help="the GPU machine's Python (its stub is kept)")
+    running = sub.add_parser("run", help="measure (on the GPU, or --device cpu for the smoke run)")
+    running.add_argument("--bundle", help="the staged bundle: set up its environment first (on the GPU machine)")
+    running.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    running.add_argument("--models", nargs="+", default=["vit_t", "vit_b", "vit_h"])
+    running.add_argument("--amg-models", nargs="*", default=["vit_h"], help="models whose AMG is measured")
+    running.add_argument("--compile", default="none", help="the encoder's torch.compile mode (export's --torch-compile)")
+    running.add_argument("--encoder-instances", type=int, default=1)
+    running.add_argument("--concurrency", type=int, default=16, help="encoder throughput client threads")
+    running.add_argument("--click-clients", type=int, default=16, help="concurrent clicking clients")
+    running.add_argument("--seconds", type=float, default=10.0, help="seconds per throughput measurement")
+    running.add_argument("--checkpoint", help="MobileSAM's real checkpoint for vit_t (default: the bundle's fp16 "
+                                               "weights, else random)")
+    running.add_argument("--ready-timeout", type=float, default=300.0)
+    running.add_argument("--quick", action="store_true", help="the CPU smoke run: one photo, few clicks, tiny AMG")
+    running.add_argument("--strict", action="store_true", help="stop at the first model that fails")
+    running.add_argument("--work", default="/tmp/samtriton-gpu-check")
+    running.add_argument("--json")
+    running.add_argument("--markdown")
+    args = parser.parse_args(argv)
+    if args.command == "stage":
+        stage(Path(args.out), args.checkpoint, args.python_version)
+        return
+    if args.bundle and Path(sys.executable).resolve() != (VENV / "bin" / "python").resolve() \
+            and not os.environ.get("SAMTRITON_GPU_CHECK_IN_VENV"):
+        setup(Path(args.bundle))
+        env = dict(os.environ, SAMTRITON_GPU_CHECK_IN_VENV="1", PYTHONUNBUFFERED="1")
+        env["PATH"] = os.pathsep.join([str(VENV / "bin"), env.get("PATH", "")])
+        raise SystemExit(subprocess.run([str(VENV / "bin" / "python"), __file__, *sys.argv[1:]], env=env).returncode)
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
