@@ -12,8 +12,14 @@ repo=model_repository
 out=${OUT_DIR:-out/demo}
 mkdir -p "$out"
 
-samtriton export --model-type vit_t --checkpoint "$checkpoint" --repository "$repo" --name sam \
-  --encoder-backend python --decoder-backend python
+# On a CUDA machine the models run PyTorch on the GPU (the torch backends); elsewhere ONNX
+# Runtime on the CPU (the python backends).
+backends=(--encoder-backend python --decoder-backend python)
+if python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  backends=(--encoder-backend torch --decoder-backend torch --torch-device cuda)
+fi
+echo "exporting with ${backends[*]}"
+samtriton export --model-type vit_t --checkpoint "$checkpoint" --repository "$repo" --name sam "${backends[@]}"
 
 port=${SAMTRITON_GRPC_PORT:-8001}
 log="$out/server.log"
