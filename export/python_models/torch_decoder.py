@@ -41,5 +41,6 @@ class TritonPythonModel:
         k = check_points(prompts[C.POINT_COORDS.name], prompts[C.POINT_LABELS.name])
         check_mask_prompts(prompts[C.MASK_INPUT.name], prompts[C.HAS_MASK_INPUT.name], k)
         low_res, iou = self.decoder(embedding, *(tensors[spec.name] for spec in C.DECODER.inputs[1:]))
+        T.synchronize(self.device)  # Triton reads the outputs outside PyTorch's stream
         return pb_utils.InferenceResponse(output_tensors=[
             T.to_triton(pb_utils, C.LOW_RES_MASKS.name, low_res), T.to_triton(pb_utils, C.IOU_PREDICTIONS.name, iou)])

@@ -57,6 +57,8 @@ class TritonPythonModel:
                 for i, _ in owners:
                     responses[i] = error_response(self.name, exc)
                 return responses
+            # Triton reads the outputs' memory outside PyTorch's stream: finish the kernels first.
+            T.synchronize(self.device)
             start = 0
             for i, count in owners:
                 tensor = T.to_triton(pb_utils, C.IMAGE_EMBEDDINGS.name, embeddings[start:start + count])
