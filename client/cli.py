@@ -61,7 +61,8 @@ def _serve(args) -> int:
                             metrics_port=args.metrics_port, host=args.host,
                             startup_timeout=args.startup_timeout, log_verbose=args.log_verbose,
                             tls_cert=args.grpc_tls_cert, tls_key=args.grpc_tls_key,
-                            tls_client_ca=args.grpc_tls_client_ca, session_cache_dir=args.session_cache_dir)
+                            tls_client_ca=args.grpc_tls_client_ca, session_cache_dir=args.session_cache_dir,
+                            drain_timeout=args.drain_timeout)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -77,8 +78,9 @@ def _serve(args) -> int:
         if server.process is None or server.process.poll() is not None:
             print("samtriton serve: tritonserver exited unexpectedly:\n" + "\n".join(server.error_lines()),
                   file=sys.stderr)
-            server.stop()
+            server.stop(drain=False)
             return 1
+    print(f"samtriton serve: stopping; requests in flight may take up to {args.drain_timeout:g} s", flush=True)
     code = server.stop()
     print(f"tritonserver stopped (exit code {code})", flush=True)
     return 0
@@ -407,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--session-cache-dir", default=None,
                        help="this server's session cache directory, created private (mode 0700); default: the "
                             "repository's setting, else one of the server's own under /dev/shm")
+    serve.add_argument("--drain-timeout", type=float, default=30.0,
+                       help="on SIGTERM / SIGINT, seconds the requests in flight get to finish (twice: the stages, "
+                            "then the models they call) while new ones are refused and go to other replicas "
+                            "(default: %(default)s)")
     serve.set_defaults(func=_serve)
 
     segment = sub.add_parser("segment", help="segment images by points and boxes on a running server")

@@ -338,3 +338,13 @@ DEFAULT_AMG_FILTER_MIB_GPU = 2048
 
 MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "vit_t")
 DEFAULT_MODEL_NAME = "sam"
+
+# The version of this wire contract (tensor names, dtypes and shapes, the AMG outputs, the
+# session protocol), "MAJOR.MINOR", written into every exported model's config as the
+# parameter CONTRACT_VERSION_PARAMETER. A change a client of the previous version cannot
+# follow raises MAJOR; an addition it can ignore raises MINOR. Clients use only replicas of
+# their own MAJOR. A config without the parameter was exported before versions were
+# recorded: UNVERSIONED_CONTRACT.
+CONTRACT_VERSION = "1.0"
+CONTRACT_VERSION_PARAMETER = "samtriton_contract_version"
+UNVERSIONED_CONTRACT = "1.0"

@@ -15,6 +15,17 @@
 - Re-send: a session request that finds the server without its image (NOT_FOUND from the
   session model) sends the image to that same endpoint once and asks again, so the images
   of a failed endpoint move to their next endpoint and stay there.
+- Draining: a replica that stops unloads its models first (``EmbeddedTriton.drain``); a model
+  missing on an endpoint whose server is not ready (draining, starting) is that endpoint
+  being unavailable, so the request fails over and the endpoint is tried again after
+  ``down_seconds``, as an unreachable one would be.
+- Contract versions: before the first request to a model on an endpoint, its config's
+  ``contract.CONTRACT_VERSION_PARAMETER`` is read (once per endpoint and model; again after
+  the endpoint was unreachable, as a restarted replica may serve another export). An endpoint
+  with another major version than this client's is skipped, with one warning naming both
+  versions, and nothing is sent to it; with no compatible endpoint left the call raises
+  ``ContractMismatch`` naming them. Skipped endpoints are asked again after
+  ``ContractVersions.RECHECK_SECONDS``: an upgraded replica comes back into use.
 - Errors: Triton's status codes, not message text, become samtriton's exceptions.
 
 The attempt plan (``attempts``) is a generator both clients drive; the sync client drives it
@@ -37,14 +48,14 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from . import contract as C
-from .errors import (ImageNotCached, InvalidInput, ModelNotReady, RequestTimeout, SamTritonError, ServerError,
-                     ServerUnavailable)
+from .errors import (ContractMismatch, ImageNotCached, InvalidInput, ModelNotReady, RequestTimeout, SamTritonError,
+                     ServerError, ServerUnavailable)
 from .shared_memory import MIN_SHARED_BYTES, SharedMemoryPool, is_local
 
 logger = logging.getLogger("samtriton")
 
 # Errors that say "not here": the next endpoint may serve the request.
-FAIL_OVER = (ServerUnavailable, ModelNotReady)
+FAIL_OVER = (ServerUnavailable, ModelNotReady, ContractMismatch)
 
 
 def parse_urls(url: Union[str, Sequence[str]]) -> List[str]:
@@ -131,22 +142,103 @@ def attempts(endpoints: Endpoints, image_id: Optional[str], timeout: float, retr
              backoff: float) -> Iterator[Union[Attempt, Pause]]:
     """The plan of one call. Yields an ``Attempt`` (try this endpoint) or a ``Pause`` (sleep,
     then ``next``). After a failed attempt, ``send`` its error: a fail-over error marks the
-    endpoint down and the plan goes on; the plan raises the error when nothing is left."""
+    endpoint down and the plan goes on (a ``ContractMismatch`` only skips it: nothing was
+    sent); the plan raises the error when nothing is left."""
     deadline = time.monotonic() + timeout
     for attempt in itertools.count():
         error: Optional[Exception] = None
+        skipped: List[ContractMismatch] = []
         for url in endpoints.order(image_id):
-            error = yield Attempt(url, deadline)
+            sent = yield Attempt(url, deadline)
+            if isinstance(sent, ContractMismatch):
+                skipped.append(sent)
+                continue
+            error = sent
             if not isinstance(error, FAIL_OVER):
                 raise error if error is not None else RuntimeError("attempts: send the failed attempt's error")
             endpoints.mark_down(url, error)
             if time.monotonic() >= deadline:
                 raise error
+        if error is None:  # every endpoint speaks another contract
+            raise skipped[0] if len(skipped) == 1 else no_compatible_endpoint(skipped)
         pause = backoff * (2 ** attempt) * random.uniform(0.5, 1.5)
         # Only "unreachable" is worth waiting for; a missing model is a deployment matter.
         if not isinstance(error, ServerUnavailable) or attempt >= retries or time.monotonic() + pause >= deadline:
             raise error
         yield Pause(pause)
+
+
+def no_compatible_endpoint(skipped: Sequence[ContractMismatch]) -> ContractMismatch:
+    """The error of a call that every endpoint's contract version ruled out."""
+    first = skipped[0]
+    found = ", ".join(f"{e.url} has {e.server_version}" for e in skipped)
+    return ContractMismatch(
+        f"no endpoint serves {first.model} under this client's wire contract {first.client_version} (major "
+        f"{_major(first.client_version)}): {found}; use a samtriton client of their version, or re-export the "
+        "repository with this one", first.url, first.model, first.server_version, first.client_version)
+
+
+def _major(version: str) -> str:
+    return version.split(".", 1)[0].strip()
+
+
+class ContractVersions:
+    """The wire-contract version each endpoint serves each model with (the model config's
+    ``contract.CONTRACT_VERSION_PARAMETER``), as the client learnt it, and the verdict: same
+    major version as this client, or skipped (one warning per endpoint and version)."""
+
+    # A skipped endpoint is asked again after this long: its replica may have been upgraded.
+    RECHECK_SECONDS = 30.0
+
+    def __init__(self, client_version: str = C.CONTRACT_VERSION):
+        self.client_version = client_version
+        self._versions: Dict[tuple, tuple] = {}  # (url, model) -> (version, time.monotonic() when learnt)
+        self._warned: set = set()
+        self._lock = threading.Lock()
+
+    def known(self, url: str, model: str) -> Optional[str]:
+        """The version learnt for ``model`` at ``url``, or None: ask the endpoint."""
+        with self._lock:
+            entry = self._versions.get((url, model))
+        if entry is None:
+            return None
+        version, learnt = entry
+        if not self.compatible(version) and time.monotonic() - learnt > self.RECHECK_SECONDS:
+            return None
+        return version
+
+    def learn(self, url: str, model: str, config) -> str:
+        """Records the version in ``config`` (a ``ModelConfig`` protobuf) and returns it."""
+        parameters = config.parameters
+        version = (parameters[C.CONTRACT_VERSION_PARAMETER].string_value.strip()
+                   if C.CONTRACT_VERSION_PARAMETER in parameters else "") or C.UNVERSIONED_CONTRACT
+        with self._lock:
+            self._versions[(url, model)] = (version, time.monotonic())
+        return version
+
+    def forget(self, url: str) -> None:
+        """The endpoint went away: whatever comes back there is asked again."""
+        with self._lock:
+            for key in [k for k in self._versions if k[0] == url]:
+                del self._versions[key]
+
+    def compatible(self, version: str) -> bool:
+        return _major(version) == _major(self.client_version)
+
+    def mismatch(self, url: str, model: str, version: str) -> Optional[ContractMismatch]:
+        """None when ``version`` is usable, else the error (logged once per endpoint and version)."""
+        if self.compatible(version):
+            return None
+        error = ContractMismatch(
+            f"{url} serves {model} under wire contract {version}; this client speaks {self.client_version} (another "
+            f"major version): nothing is sent there. Use a samtriton client of contract {_major(version)}.x for it, "
+            "or re-export its repository with this samtriton", url, model, version, self.client_version)
+        with self._lock:
+            first = (url, version) not in self._warned
+            self._warned.add((url, version))
+        if first:
+            logger.warning("samtriton: %s", error)
+        return error
 
 
 @dataclass
@@ -236,6 +328,16 @@ def translate(exc: InferenceServerException, call: Call, url: str, timeout: floa
 def _is_connection_error(exc: InferenceServerException) -> bool:
     # tritonclient raises some channel failures without a status (its own wrapper).
     return isinstance(exc.__cause__, (ConnectionError, OSError))
+
+
+def _not_serving(url: str, error: ModelNotReady, server_ready: bool, versions: ContractVersions) -> SamTritonError:
+    """A model missing where the server is not ready either (draining for a restart, or still
+    starting): the endpoint is unavailable for now, and the call may wait for it. Where the
+    server is ready, the model is missing for good (``ModelNotReady``)."""
+    if server_ready:
+        return error
+    versions.forget(url)  # a replica that comes back may serve another export
+    return ServerUnavailable(f"{url} is not ready (draining, stopping or starting): {error}")
 
 
 def _model_missing(call: Call, url: str) -> ModelNotReady:
@@ -344,6 +446,7 @@ class Transport:
         self.shared_memory = shared_memory
         self._client_kwargs = client_kwargs
         self.channels = Channels(urls, self._new_client, lambda client: client.close())
+        self.versions = ContractVersions()
         self._lock = threading.Lock()
         # Bytes of tensors that crossed the wire (shared-memory tensors are not counted).
         self.bytes_sent = 0
@@ -367,22 +470,59 @@ class Transport:
                 step = plan.send(error)
 
     def _attempt(self, url: str, call: Call, deadline: float) -> Dict[str, np.ndarray]:
+        self._check_contract(url, call, deadline)
+        try:
+            return self._send_or_resend(url, call, deadline)
+        except ModelNotReady as error:
+            raise _not_serving(url, error, self._server_ready(url, deadline), self.versions) from None
+        except ServerUnavailable:
+            self.versions.forget(url)
+            raise
+
+    def _send_or_resend(self, url: str, call: Call, deadline: float) -> Dict[str, np.ndarray]:
         try:
             return self._send(url, call, deadline)
         except ImageNotCached:
+            if not self._model_ready(url, call, deadline):  # not the image: the model (draining?)
+                raise _model_missing(call, url) from None
             if call.resend is None:
-                if not self._model_ready(url, call, deadline):
-                    raise _model_missing(call, url) from None
                 raise
             logger.info("samtriton: %s holds no embedding for %s; sending the image again", url, call.image_id)
             self._send(url, call.resend, deadline)
             return self._send(url, call, deadline)
+
+    def _check_contract(self, url: str, call: Call, deadline: float) -> None:
+        """Raises ``ContractMismatch`` for an endpoint of another major contract version."""
+        version = self.versions.known(url, call.model_name)
+        if version is None:
+            channel = self.channels.acquire(url)
+            try:
+                response = channel.client.get_model_config(call.model_name, headers=self.options.headers,
+                                                           client_timeout=max(deadline - time.monotonic(), 0.001))
+            except InferenceServerException:
+                return  # unreachable, or no such model: the request itself says which
+            finally:
+                self.channels.release(channel)
+            version = self.versions.learn(url, call.model_name, response.config)
+        mismatch = self.versions.mismatch(url, call.model_name, version)
+        if mismatch is not None:
+            raise mismatch
 
     def _model_ready(self, url: str, call: Call, deadline: float) -> bool:
         channel = self.channels.acquire(url)
         try:
             return channel.client.is_model_ready(call.model_name, headers=self.options.headers,
                                                  client_timeout=max(deadline - time.monotonic(), 0.001))
+        except InferenceServerException:
+            return False
+        finally:
+            self.channels.release(channel)
+
+    def _server_ready(self, url: str, deadline: float) -> bool:
+        channel = self.channels.acquire(url)
+        try:
+            return channel.client.is_server_ready(headers=self.options.headers,
+                                                  client_timeout=max(deadline - time.monotonic(), 0.001))
         except InferenceServerException:
             return False
         finally:
@@ -497,6 +637,7 @@ class AsyncTransport:
         self.options = options
         self.channels = Channels(urls, lambda url: grpcaio.InferenceServerClient(url, **client_kwargs),
                                  lambda client: client.close())
+        self.versions = ContractVersions()
 
     async def call(self, call: Call) -> Dict[str, np.ndarray]:
         import asyncio
@@ -517,22 +658,59 @@ class AsyncTransport:
                 await self._finish_closing()
 
     async def _attempt(self, url: str, call: Call, deadline: float) -> Dict[str, np.ndarray]:
+        await self._check_contract(url, call, deadline)
+        try:
+            return await self._send_or_resend(url, call, deadline)
+        except ModelNotReady as error:
+            raise _not_serving(url, error, await self._server_ready(url, deadline), self.versions) from None
+        except ServerUnavailable:
+            self.versions.forget(url)
+            raise
+
+    async def _send_or_resend(self, url: str, call: Call, deadline: float) -> Dict[str, np.ndarray]:
         try:
             return await self._send(url, call, deadline)
         except ImageNotCached:
+            if not await self._model_ready(url, call, deadline):
+                raise _model_missing(call, url) from None
             if call.resend is None:
-                if not await self._model_ready(url, call, deadline):
-                    raise _model_missing(call, url) from None
                 raise
             logger.info("samtriton: %s holds no embedding for %s; sending the image again", url, call.image_id)
             await self._send(url, call.resend, deadline)
             return await self._send(url, call, deadline)
+
+    async def _check_contract(self, url: str, call: Call, deadline: float) -> None:
+        version = self.versions.known(url, call.model_name)
+        if version is None:
+            channel = self.channels.acquire(url)
+            try:
+                response = await channel.client.get_model_config(
+                    call.model_name, headers=self.options.headers,
+                    client_timeout=max(deadline - time.monotonic(), 0.001))
+            except InferenceServerException:
+                return
+            finally:
+                self.channels.release(channel)
+            version = self.versions.learn(url, call.model_name, response.config)
+        mismatch = self.versions.mismatch(url, call.model_name, version)
+        if mismatch is not None:
+            raise mismatch
 
     async def _model_ready(self, url: str, call: Call, deadline: float) -> bool:
         channel = self.channels.acquire(url)
         try:
             return await channel.client.is_model_ready(call.model_name, headers=self.options.headers,
                                                        client_timeout=max(deadline - time.monotonic(), 0.001))
+        except InferenceServerException:
+            return False
+        finally:
+            self.channels.release(channel)
+
+    async def _server_ready(self, url: str, deadline: float) -> bool:
+        channel = self.channels.acquire(url)
+        try:
+            return await channel.client.is_server_ready(headers=self.options.headers,
+                                                        client_timeout=max(deadline - time.monotonic(), 0.001))
         except InferenceServerException:
             return False
         finally:
@@ -569,5 +747,5 @@ class AsyncTransport:
         await self._finish_closing()
 
 
-__all__ = ("Attempt", "AsyncTransport", "Call", "Channels", "Endpoints", "Pause", "Transport", "TransportOptions",
+__all__ = ("Attempt", "AsyncTransport", "Call", "Channels", "ContractVersions", "Endpoints", "Pause", "Transport", "TransportOptions",
            "attempts", "endpoints_from_dns", "make_call", "parse_urls", "rendezvous_order", "translate")

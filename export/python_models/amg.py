@@ -13,6 +13,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from samtriton import contract as C
+from samtriton.export.python_models import lifecycle
 from samtriton.export.python_models.runtime import (AmgFilter, AmgTimes, call_model, in_process_amg_decoder,
                                                     respond_each, run_amg_decoder)
 from samtriton.validation import check_amg_inputs, check_decoder_inputs, check_point_prompts
@@ -20,6 +21,7 @@ from samtriton.validation import check_amg_inputs, check_decoder_inputs, check_p
 
 class TritonPythonModel:
     def initialize(self, args):
+        lifecycle.exit_with_server()
         config = json.loads(args["model_config"])
         self.name = config["name"]
         base = self.name[: -len(C.AMG.suffix)]

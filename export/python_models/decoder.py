@@ -8,12 +8,14 @@ contract and a bad one gets a clear error without touching its neighbours.
 import triton_python_backend_utils as pb_utils
 
 from samtriton import contract as C
+from samtriton.export.python_models import lifecycle
 from samtriton.export.python_models.runtime import load, respond_each, run_decoder
 from samtriton.validation import check_decoder_inputs
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        lifecycle.exit_with_server()
         self.name, self.session = load(args)
         self.input_names = [spec.name for spec in C.DECODER.inputs]
         self.output_names = [spec.name for spec in C.DECODER.outputs]

@@ -9,6 +9,11 @@ two servers never share one unless they are given the same directory
 process dies, so a directory whose lock can be taken exclusively is unused: an unloading
 model removes its directory only then, and a starting one sweeps such directories left by
 servers that died.
+
+Metrics (``metrics.CacheMetrics``): a lookup outside an encode's single flight is a hit or a
+miss; a lookup inside it that finds the entry (another request encoded it meanwhile) is a
+flight wait; every stored entry is an encode; removed entries are evictions; every scan
+of the directory sets the cache's bytes.
 """
 
 import contextlib
@@ -24,6 +29,8 @@ import zlib
 from collections import OrderedDict
 
 import numpy as np
+
+from samtriton.export.python_models.metrics import CacheMetrics
 
 logger = logging.getLogger("samtriton")
 
@@ -50,15 +57,31 @@ class EmbeddingCache:
     # then costs one utime (which also proves the file was not evicted) instead of a 4 MiB read.
     RECENT = 4
 
-    def __init__(self, directory, budget_bytes):
+    def __init__(self, directory, budget_bytes, metrics=None):
+        """``metrics``: a ``CacheMetrics`` to report to (default: one that counts in memory)."""
         self.directory, self.budget_bytes = os.path.abspath(directory), budget_bytes
         self.recent = OrderedDict()
+        self.metrics = metrics if metrics is not None else CacheMetrics(None)
+        self._flying = None  # the image id this instance is encoding under its flight lock
         self._holder = hold_directory(self.directory)
+        self.metrics.set_bytes(sum(size for _, size, _ in self._entries()))
 
     def _path(self, image_id):
         return os.path.join(self.directory, image_id + ".npz")
 
     def get(self, image_id):
+        """The entry of ``image_id``, or None."""
+        entry = self._read(image_id)
+        if image_id == self._flying:
+            if entry is not None:  # another request encoded it while this one waited
+                self.metrics.flight_wait()
+        elif entry is not None:
+            self.metrics.hit()
+        else:
+            self.metrics.miss()
+        return entry
+
+    def _read(self, image_id):
         path = self._path(image_id)
         try:
             os.utime(path)  # recently used; raises if evicted
@@ -91,6 +114,7 @@ class EmbeddingCache:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(temporary)
             raise
+        self.metrics.encoded()
         self._remember(image_id, entry)
         self._evict()
         return entry
@@ -101,6 +125,7 @@ class EmbeddingCache:
         waits here, then finds the entry. Gives up waiting after FLIGHT_WAIT_S."""
         stripe = zlib.crc32(image_id.encode()) % FLIGHT_STRIPES
         fd = os.open(os.path.join(self.directory, f".flight.{stripe}"), os.O_RDWR | os.O_CREAT, 0o600)
+        self._flying = image_id
         try:
             deadline = time.monotonic() + FLIGHT_WAIT_S
             locked = False
@@ -116,9 +141,11 @@ class EmbeddingCache:
                     time.sleep(0.005)
             yield
         finally:
+            self._flying = None
             os.close(fd)  # releases the lock
 
-    def _evict(self):
+    def _entries(self):
+        """(mtime_ns, size, path) of every stored entry."""
         entries = []
         for entry in os.scandir(self.directory):
             if entry.name.endswith(".npz"):
@@ -127,15 +154,23 @@ class EmbeddingCache:
                 except FileNotFoundError:
                     continue
                 entries.append((info.st_mtime_ns, info.st_size, entry.path))
+        return entries
+
+    def _evict(self):
+        entries = self._entries()
         used = sum(size for _, size, _ in entries)
+        removed = 0
         for _, size, path in sorted(entries)[:-1]:  # oldest first; the newest always stays
             if used <= self.budget_bytes:
                 break
             try:
                 os.remove(path)
+                removed += 1
             except FileNotFoundError:
                 pass
             used -= size
+        self.metrics.evicted(removed)
+        self.metrics.set_bytes(used)
 
     def close(self):
         """Stops using the directory; removes it when no other live process uses it."""

@@ -9,12 +9,14 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from samtriton import contract as C
+from samtriton.export.python_models import lifecycle, metrics
 from samtriton.export.python_models.runtime import error_response, load
 from samtriton.validation import check_encoder_inputs
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        lifecycle.exit_with_server()
         self.name, self.session = load(args)
 
     def execute(self, requests):
@@ -33,7 +35,7 @@ class TritonPythonModel:
             owners.append((i, len(image)))
         if images:
             try:
-                embeddings = self._run(images, sizes)
+                embeddings = metrics.timed_call(self.name, len(owners), self._run, images, sizes)
             except Exception as exc:  # noqa: BLE001 - every request of the batch gets the error
                 for i, _ in owners:
                     responses[i] = error_response(self.name, exc)

@@ -9,6 +9,7 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 from samtriton import contract as C
+from samtriton.export.python_models.metrics import timed_call
 from samtriton.errors import InvalidInput
 
 
@@ -79,7 +80,7 @@ def respond_each(model_name, requests, handle):
     responses = []
     for request in requests:
         try:
-            responses.append(handle(request))
+            responses.append(timed_call(model_name, 1, handle, request))  # samtriton_request_seconds
         except Exception as exc:  # noqa: BLE001 - one bad request must not fail its neighbours
             responses.append(error_response(model_name, exc))
     return responses

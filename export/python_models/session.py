@@ -20,6 +20,7 @@ import triton_python_backend_utils as pb_utils
 
 from samtriton import contract as C
 from samtriton.errors import InvalidInput
+from samtriton.export.python_models import lifecycle, metrics
 from samtriton.export.python_models.embedding_cache import (EmbeddingCache, cache_directory, default_root,
                                                             sweep_orphans)
 from samtriton.export.python_models.runtime import (AmgFilter, AmgTimes, ModelError, call_model,
@@ -32,6 +33,7 @@ from samtriton.validation import (check_amg_inputs, check_array, check_decoder_i
 
 class TritonPythonModel:
     def initialize(self, args):
+        lifecycle.exit_with_server()
         config = json.loads(args["model_config"])
         self.name = config["name"]
         base = self.name[: -len(C.SESSION.suffix)]
@@ -43,7 +45,7 @@ class TritonPythonModel:
         directory = (os.environ.get(C.SESSION_CACHE_DIR_ENV)
                      or parameters.get("session_cache_dir", {}).get("string_value")
                      or cache_directory(args["model_repository"], base))
-        self.cache = EmbeddingCache(directory, mib * 2**20)
+        self.cache = EmbeddingCache(directory, mib * 2**20, metrics.CacheMetrics(self.name))
         sweep_orphans(default_root(), keep={self.cache.directory})
         # With the python decoder, run its ONNX graph here: a BLS hop to another stub costs
         # as much as the decoder itself on CPU. Other decoder backends are called via BLS.
