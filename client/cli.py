@@ -27,7 +27,9 @@ def _export(args) -> int:
         max_encoder_batch=args.max_batch_size, encoder_instances=args.encoder_instances,
         decoder_instances=args.decoder_instances, ort_threads=args.ort_threads,
         session_instances=args.session_instances, session_cache_mib=args.session_cache_mib,
-        session_cache_dir=os.path.abspath(args.session_cache_dir) if args.session_cache_dir else "")
+        session_cache_dir=os.path.abspath(args.session_cache_dir) if args.session_cache_dir else "",
+        torch_device=args.torch_device, torch_precision=args.torch_precision, torch_compile=args.torch_compile,
+        device_cache_mib=args.device_cache_mib)
     engine = None
     if args.encoder_backend == "tensorrt":
         try:
@@ -361,11 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
                                            "facebook/sam-vit-base (downloaded with huggingface_hub; default: none)")
     export.add_argument("--repository", required=True, help="model repository directory to write into")
     export.add_argument("--name", default=C.DEFAULT_MODEL_NAME, help="deployment name (default: %(default)s)")
-    export.add_argument("--encoder-backend", default="python", choices=("tensorrt", "onnxruntime", "python"),
+    export.add_argument("--encoder-backend", default="python", choices=("tensorrt", "onnxruntime", "python", "torch"),
                         help="Triton backend of the image encoder: python (ONNX Runtime in the python backend, "
-                             "the embedded server), onnxruntime or tensorrt (NVIDIA's Triton container)")
-    export.add_argument("--decoder-backend", default="python", choices=("onnxruntime", "python"),
-                        help="Triton backend of the prompt decoder")
+                             "the embedded server), torch (PyTorch in the python backend, on the GPU: the embedded "
+                             "server on a CUDA machine), onnxruntime or tensorrt (NVIDIA's Triton container)")
+    export.add_argument("--decoder-backend", default="python", choices=("onnxruntime", "python", "torch"),
+                        help="Triton backend of the prompt decoder (torch: the session and AMG stages decode "
+                             "and filter on the GPU too)")
     export.add_argument("--max-batch-size", type=int, default=C.MAX_ENCODER_BATCH, help="encoder max batch")
     export.add_argument("--encoder-instances", type=int, default=1, help="encoder model instances")
     export.add_argument("--decoder-instances", type=int, default=1, help="decoder model instances")
@@ -376,6 +380,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--session-cache-dir", default="",
                         help="the session cache's directory for every server of this repository on a host "
                              "(default: each server its own under /dev/shm; servers given one directory share it)")
+    pt = export.add_argument_group("PyTorch backends (--encoder-backend / --decoder-backend torch)")
+    pt.add_argument("--torch-device", default="cuda", choices=("cuda", "cpu"),
+                    help="where the torch models run: cuda (KIND_GPU instances) or cpu (default: %(default)s)")
+    pt.add_argument("--torch-precision", default=None, choices=("fp32", "tf32", "fp16-mixed", "bf16"),
+                    help="the encoder's precision; fp16-mixed and bf16 are autocast (norms, softmax in fp32) "
+                         "(default: what keeps the architecture's masks right: fp32 for vit_t, fp16-mixed for "
+                         "the ViTs)")
+    pt.add_argument("--torch-compile", default="none",
+                    choices=("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                    help="torch.compile mode of the encoder, compiled and warmed up at load for each batch "
+                         "bucket (1, 2, 4, ... max) (default: %(default)s, eager)")
+    pt.add_argument("--device-cache-mib", type=int, default=4096,
+                    help="device memory each session instance keeps embeddings in, MiB (default: %(default)s)")
     trt = export.add_argument_group("TensorRT engine (--encoder-backend tensorrt)")
     trt.add_argument("--precision", default="fp16", choices=("fp16", "fp32"),
                      help="fp16 keeps normalization/softmax layers in fp32 (default: %(default)s)")

@@ -4,7 +4,8 @@ per-batch filtering), so only kept masks leave the server, as packed bits.
 Generated repositories copy this file to NAME_amg/1/model.py. It calls NAME_decoder through
 BLS, so it works with any decoder backend (python here, onnxruntime on GPUs); beside the
 python decoder it runs the AMG decoder graph (export/amg_decoder.py) in its own stub instead,
-as the session stage does.
+as the session stage does; beside the torch decoder it runs the decoder and the filter in
+PyTorch on its instance's device (torch_stage.py).
 """
 
 import json
@@ -16,6 +17,7 @@ from samtriton import contract as C
 from samtriton.export.python_models import lifecycle
 from samtriton.export.python_models.runtime import (AmgFilter, AmgTimes, call_model, in_process_amg_decoder,
                                                     respond_each, run_amg_decoder)
+from samtriton.export.python_models.torch_stage import is_torch_stage
 from samtriton.validation import check_amg_inputs, check_decoder_inputs, check_point_prompts
 
 
@@ -29,6 +31,11 @@ class TritonPythonModel:
         self.amg_filter = AmgFilter(config)
         self.amg_decoder = in_process_amg_decoder(args, config, self.decoder)
         self.amg_times = AmgTimes(self.name)
+        self.torch = None
+        if is_torch_stage(config):  # the torch decoder and the filter on this instance's device
+            from samtriton.export.python_models.torch_stage import TorchStage
+
+            self.torch = TorchStage(args, config, self.decoder)
 
     def execute(self, requests):
         return respond_each(self.name, requests, self._one)
@@ -37,6 +44,15 @@ class TritonPythonModel:
         get = lambda spec: pb_utils.get_input_tensor_by_name(request, spec.name).as_numpy()  # noqa: E731
         embedding, coords, labels = get(C.DECODER_IMAGE_EMBEDDINGS), get(C.POINT_COORDS), get(C.POINT_LABELS)
         input_size, crop_size, thresholds = get(C.INPUT_SIZE), get(C.CROP_SIZE), get(C.AMG_THRESHOLDS)
+        if self.torch is not None:
+            k = check_point_prompts(embedding, coords, labels)
+            check_amg_inputs(input_size, crop_size, thresholds, prompts=k)
+            on_device = self.torch.to_device(embedding)
+            outputs = self.amg_times.run(
+                lambda: self.torch.decode_points(on_device, coords, labels),
+                lambda low_res, iou: self.torch.filter(low_res, iou, input_size, crop_size, thresholds))
+            return pb_utils.InferenceResponse(
+                output_tensors=[pb_utils.Tensor(spec.name, outputs[spec.name]) for spec in C.AMG.outputs])
         if self.amg_decoder is not None:
             k = check_point_prompts(embedding, coords, labels)
             check_amg_inputs(input_size, crop_size, thresholds, prompts=k)

@@ -101,17 +101,23 @@ def call_model(model_name, inputs, output_names, caller):
         model_name=model_name, inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()],
         requested_output_names=list(output_names), preferred_memory=cpu_outputs()).exec()
     if response.has_error():
-        error = response.error()
-        code = error.code() if hasattr(error, "code") else None
-        # A called model that is missing or not ready: the caller is unavailable here, and the
-        # client fails over (its message does not decide: the server's readiness does).
-        if code in (pb_utils.TritonError.NOT_FOUND, pb_utils.TritonError.UNAVAILABLE) \
-                or not pb_utils.is_model_ready(model_name):
-            raise ModelError(f"{caller} could not use {model_name}: {error.message()}", C.ERROR_CODE_UNAVAILABLE)
-        if code == pb_utils.TritonError.INVALID_ARG:
-            raise InvalidInput(error.message())
-        raise ModelError(f"{model_name}: {error.message()}", C.ERROR_CODE_INTERNAL)
+        raise call_error(model_name, response.error(), caller)
     return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in output_names}
+
+
+def call_error(model_name, error, caller):
+    """The exception for a failed BLS call to ``model_name``: UNAVAILABLE (the client fails
+    over) when that model is missing or unavailable, InvalidInput for its INVALID_ARG, else
+    INTERNAL with the called model's message."""
+    code = error.code() if hasattr(error, "code") else None
+    # A called model that is missing or not ready: the caller is unavailable here, and the
+    # client fails over (its message does not decide: the server's readiness does).
+    if code in (pb_utils.TritonError.NOT_FOUND, pb_utils.TritonError.UNAVAILABLE) \
+            or not pb_utils.is_model_ready(model_name):
+        return ModelError(f"{caller} could not use {model_name}: {error.message()}", C.ERROR_CODE_UNAVAILABLE)
+    if code == pb_utils.TritonError.INVALID_ARG:
+        return InvalidInput(error.message())
+    return ModelError(f"{model_name}: {error.message()}", C.ERROR_CODE_INTERNAL)
 
 
 # Prompts above which a decoder run returns its arena memory afterwards: a click keeps the

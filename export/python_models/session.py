@@ -26,9 +26,10 @@ from samtriton.export.python_models.embedding_cache import (EmbeddingCache, cach
 from samtriton.export.python_models.runtime import (AmgFilter, AmgTimes, ModelError, call_model,
                                                     decoder_graph_path, decoder_in_process, in_process_amg_decoder,
                                                     onnx_session, respond_each, run_amg_decoder, run_decoder)
+from samtriton.export.python_models.torch_stage import is_torch_stage
 from samtriton.transforms import decode_image, preprocess
 from samtriton.validation import (check_amg_inputs, check_array, check_decoder_inputs, check_encoder_inputs,
-                                  check_point_prompts)
+                                  check_mask_prompts, check_point_prompts, check_points)
 
 
 class TritonPythonModel:
@@ -55,6 +56,13 @@ class TritonPythonModel:
         if decoder_in_process(config):
             self.local_decoder = onnx_session(decoder_graph_path(args, self.decoder, "model.onnx"), config)
         self.amg_decoder = in_process_amg_decoder(args, config, self.decoder)
+        # With the torch decoder: the decoder, the embeddings in use and AMG's filter on this
+        # instance's device (torch_stage.py); the host cache still serves the other instances.
+        self.torch = None
+        if is_torch_stage(config):
+            from samtriton.export.python_models.torch_stage import TorchStage
+
+            self.torch = TorchStage(args, config, self.decoder)
         self.amg_filter = AmgFilter(config)
         self.amg_times = AmgTimes(self.name)
 
@@ -78,14 +86,15 @@ class TritonPythonModel:
         if image is not None or input_size is not None or encoded is not None or original_size is not None:
             entry = self._set(image_id, image, input_size, original_size, encoded)
         else:
-            entry = self.cache.get(image_id)
+            entry = self._lookup(image_id)
         if entry is None:
             raise ModelError(f"{C.UNKNOWN_IMAGE_ID_MESSAGE} {image_id!r}: this server holds no embedding for it "
                              "(never set here, or evicted); send the image again", C.ERROR_CODE_UNKNOWN_IMAGE)
         embedding, input_size, original_size = entry
         outputs = {C.INPUT_SIZE.name: input_size, C.ORIGINAL_SIZE.name: original_size}
         if C.DECODER_IMAGE_EMBEDDINGS.name in wanted:
-            outputs[C.DECODER_IMAGE_EMBEDDINGS.name] = embedding
+            outputs[C.DECODER_IMAGE_EMBEDDINGS.name] = (embedding if self.torch is None
+                                                        else embedding.cpu().numpy())
         thresholds, crop_size = get(C.AMG_THRESHOLDS), get(C.CROP_SIZE)
         if thresholds is not None or crop_size is not None:
             outputs.update(self._amg(embedding, input_size, coords, get(C.POINT_LABELS), crop_size, thresholds,
@@ -124,13 +133,26 @@ class TritonPythonModel:
                                    f"got {original_size.tolist()}")
             original_size = original_size.copy()
             _check_id(image_id, C.image_id_for(image[0], input_size[0], original_size))
-        entry = self.cache.get(image_id)  # the same image was encoded already (by this client or another)
+        entry = self._lookup(image_id)  # the same image was encoded already (by this client or another)
         if entry is not None:
             return entry
         with self.cache.flight(image_id):  # N requests for one new image: one encode
-            entry = self.cache.get(image_id)
+            entry = self._lookup(image_id)
             if entry is None:
                 entry = self._encode(image_id, image, input_size, original_size, encoded)
+        return entry
+
+    def _lookup(self, image_id):
+        """The image's (embedding, input_size, original_size), or None: beside a torch decoder
+        from this instance's device memory first, else from the host cache (then kept on the
+        device for the next click)."""
+        if self.torch is None:
+            return self.cache.get(image_id)
+        entry = self.torch.embeddings.get(image_id)
+        if entry is None:
+            entry = self.cache.get(image_id)
+            if entry is not None:
+                entry = self.torch.embeddings.put(image_id, self.torch.to_device(entry[0]), *entry[1:])
         return entry
 
     def _encode(self, image_id, image, input_size, original_size, encoded):
@@ -139,11 +161,18 @@ class TritonPythonModel:
             padded, size = preprocess(rgb)
             image, input_size = padded[None], np.asarray([size], np.int64)
             original_size = np.asarray(rgb.shape[:2], np.int64)
-        out = call_model(self.encoder, {C.IMAGE.name: image, C.INPUT_SIZE.name: input_size},
-                         [C.IMAGE_EMBEDDINGS.name], self.name)
-        embedding = np.ascontiguousarray(out[C.IMAGE_EMBEDDINGS.name])
+        if self.torch is not None:
+            on_device = self.torch.encode(self.encoder, image, input_size, self.name)
+            embedding = np.ascontiguousarray(on_device.cpu().numpy())
+        else:
+            out = call_model(self.encoder, {C.IMAGE.name: image, C.INPUT_SIZE.name: input_size},
+                             [C.IMAGE_EMBEDDINGS.name], self.name)
+            embedding = np.ascontiguousarray(out[C.IMAGE_EMBEDDINGS.name])
         try:
-            return self.cache.put(image_id, embedding, input_size[0].copy(), original_size)
+            entry = self.cache.put(image_id, embedding, input_size[0].copy(), original_size)
+            if self.torch is not None:
+                return self.torch.embeddings.put(image_id, on_device, *entry[1:])
+            return entry
         except OSError as exc:
             raise ModelError(f"session cache {self.cache.directory}: cannot store the embedding ({exc}); give the "
                              "cache more room (/dev/shm size) or lower session_cache_mib", C.ERROR_CODE_INTERNAL)
@@ -157,6 +186,11 @@ class TritonPythonModel:
             raise InvalidInput("mask_input / has_mask_input / multimask_output: not used with amg_thresholds "
                                "(AMG keeps the three multimask outputs of single-point prompts)")
         check_amg_inputs(input_size, crop_size, thresholds, prompts=coords.shape[0] if coords.ndim == 3 else 0)
+        if self.torch is not None:
+            check_points(coords, labels)
+            return self.amg_times.run(lambda: self.torch.decode_points(embedding, coords, labels),
+                                      lambda low_res, iou: self.torch.filter(low_res, iou, input_size, crop_size,
+                                                                             thresholds))
         if self.amg_decoder is not None:
             check_point_prompts(embedding, coords, labels)
             decode = lambda: run_amg_decoder(self.amg_decoder, embedding, coords, labels)  # noqa: E731
@@ -174,6 +208,11 @@ class TritonPythonModel:
         if has_mask is None:
             has_mask = np.ones(k, np.float32)
         feeds = (embedding, coords, labels, mask_input, has_mask)
+        if self.torch is not None:  # the embedding is the cache's: only the prompts need checks
+            check_mask_prompts(mask_input, has_mask, check_points(coords, labels))
+            if multimask is not None:
+                check_array(C.MULTIMASK_OUTPUT.name, multimask, np.bool_, 1)
+            return self.torch.decode(*feeds, multimask)
         check_decoder_inputs(*feeds)
         output_names = [spec.name for spec in C.DECODER.outputs]
         if self.local_decoder is not None:
