@@ -20,10 +20,12 @@ MODELS = ROOT / "export" / "python_models"
 DISTRIBUTIONS = {"mobile_sam": "mobilesam-mirror", "segment_anything": "segment-anything"}
 
 
-def _third_party_imports(paths):
+def _third_party_imports(paths, nested=True):
+    """Top-level package names imported by ``paths`` (``nested``: inside functions too)."""
     names = set()
     for path in paths:
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        for node in (ast.walk(tree) if nested else tree.body):
             if isinstance(node, ast.Import):
                 names |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -45,8 +47,14 @@ def test_torch_image_installs_what_the_torch_models_import():
     assert '".[serve-torch]"' in text
     # What the torch models import beyond numpy (the base install) and samtriton itself; the
     # SAM packages come through torch_runtime.build_sam.
-    imported = _third_party_imports(MODELS.glob("torch_*.py")) | {"segment_anything", "mobile_sam"}
-    needed = {DISTRIBUTIONS.get(name, name).lower() for name in imported} - {"numpy"}
+    # The torch models' own modules, every import; the modules they share with the ONNX
+    # backends (a torch repository's session and AMG stages use them), at module level.
+    shared = [MODELS / f"{name}.py" for name in ("session", "amg", "runtime", "embedding_cache", "metrics",
+                                                  "lifecycle")]
+    imported = (_third_party_imports(MODELS.glob("torch_*.py")) | _third_party_imports(shared, nested=False)
+                | {"segment_anything", "mobile_sam"})
+    # numpy and Pillow: samtriton's own dependencies, installed with any extra.
+    needed = {DISTRIBUTIONS.get(name, name).lower() for name in imported} - {"numpy", "pil"}
     assert needed <= _extra("serve-torch"), needed - _extra("serve-torch")
 
 

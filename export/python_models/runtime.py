@@ -1,16 +1,16 @@
 """Helpers shared by the python-backend models (imported inside Triton's python stub)."""
 
+import functools
 import json
 import os
 import time
 
 import numpy as np
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 from samtriton import contract as C
-from samtriton.export.python_models.metrics import timed_call
 from samtriton.errors import InvalidInput
+from samtriton.export.python_models.metrics import timed_call
 
 
 def load(args):
@@ -24,6 +24,8 @@ def onnx_session(path, config):
     """An ONNX Runtime CPU session with the model's ``ort_intra_op_threads`` (0: one per CPU
     this process may run on; ONNX Runtime's own default, physical cores, measured 1.6x
     slower for the decoder inside the stub on a 2-core machine)."""
+    import onnxruntime as ort  # here: the torch backends' stages import this module without it
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads(config)
     # Spinning worker threads shave microseconds on an idle many-core GPU host; on a small CPU
@@ -120,16 +122,59 @@ def call_error(model_name, error, caller):
     return ModelError(f"{model_name}: {error.message()}", C.ERROR_CODE_INTERNAL)
 
 
+def respond_encoder_batch(model_name, requests, run, output_tensor):
+    """The batching encoder's responses: each request's ``image`` + ``input_size`` checked
+    (a bad one fails alone), ``run(images, input_sizes)`` once for the whole batch (numpy
+    arrays in, embeddings out; its error fails every request of the batch, timed as
+    ``samtriton_request_seconds``), and ``output_tensor(name, rows)`` per request's rows."""
+    from samtriton.validation import check_encoder_inputs
+
+    responses = [None] * len(requests)
+    images, sizes, owners = [], [], []
+    for i, request in enumerate(requests):
+        try:
+            image = pb_utils.get_input_tensor_by_name(request, C.IMAGE.name).as_numpy()
+            input_size = pb_utils.get_input_tensor_by_name(request, C.INPUT_SIZE.name).as_numpy()
+            check_encoder_inputs(image, input_size)
+        except Exception as exc:  # noqa: BLE001 - this request fails alone
+            responses[i] = error_response(model_name, exc)
+            continue
+        images.append(image)
+        sizes.append(input_size)
+        owners.append((i, len(image)))
+    if not images:
+        return responses
+    try:
+        embeddings = timed_call(model_name, len(owners), run, np.concatenate(images), np.concatenate(sizes))
+    except Exception as exc:  # noqa: BLE001 - every request of the batch gets the error
+        for i, _ in owners:
+            responses[i] = error_response(model_name, exc)
+        return responses
+    start = 0
+    for i, count in owners:
+        tensor = output_tensor(C.IMAGE_EMBEDDINGS.name, embeddings[start:start + count])
+        responses[i] = pb_utils.InferenceResponse(output_tensors=[tensor])
+        start += count
+    return responses
+
+
 # Prompts above which a decoder run returns its arena memory afterwards: a click keeps the
 # arena's speed, while one 256-prompt request does not leave GBs held by every instance.
 LARGE_DECODER_RUN = 8
-_SHRINK = ort.RunOptions()
-_SHRINK.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+
+@functools.lru_cache(maxsize=1)
+def _shrink_arena():
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
 
 
 def run_decoder(session, output_names, feeds):
     prompts = len(feeds[C.POINT_COORDS.name])
-    return session.run(output_names, feeds, _SHRINK if prompts > LARGE_DECODER_RUN else None)
+    return session.run(output_names, feeds, _shrink_arena() if prompts > LARGE_DECODER_RUN else None)
 
 
 class AmgTimes:

@@ -8,12 +8,11 @@ ensemble's embedding comes from the encoder in GPU memory and stays there; outpu
 DLPack tensors. The decoder runs in fp32.
 """
 
-import json
-
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from samtriton import contract as C
+from samtriton.export.python_models import lifecycle
 from samtriton.export.python_models import torch_runtime as T
 from samtriton.export.python_models.runtime import respond_each
 from samtriton.validation import check_mask_prompts, check_points
@@ -21,10 +20,9 @@ from samtriton.validation import check_mask_prompts, check_points
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
+        lifecycle.exit_with_server()
+        config, self.device, sam = T.load_instance(args)
         self.name = config["name"]
-        self.device = T.device_of(args)
-        sam, _ = T.load_sam(f"{args['model_repository']}/{args['model_version']}", self.device)
         self.decoder = T.TorchDecoder(sam, self.device)
 
     def execute(self, requests):

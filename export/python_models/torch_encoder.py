@@ -9,24 +9,21 @@ fp16-mixed, bf16), ``torch_compile`` (none or a torch.compile mode, warmed up at
 the batch buckets), ``torch_fused_attention`` (true: scaled_dot_product_attention).
 """
 
-import json
+from functools import partial
 
-import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
-from samtriton import contract as C
+from samtriton.export.python_models import lifecycle
 from samtriton.export.python_models import torch_runtime as T
-from samtriton.export.python_models.runtime import error_response
-from samtriton.validation import check_encoder_inputs
+from samtriton.export.python_models.runtime import respond_encoder_batch
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
+        lifecycle.exit_with_server()
+        config, self.device, sam = T.load_instance(args)
         self.name = config["name"]
-        self.device = T.device_of(args)
-        sam, _ = T.load_sam(f"{args['model_repository']}/{args['model_version']}", self.device)
         self.encoder = T.TorchEncoder(
             sam, self.device, T.parameter(config, "torch_precision", "fp32"),
             compile_mode=T.parameter(config, "torch_compile", "none"),
@@ -37,31 +34,9 @@ class TritonPythonModel:
                                      f"for batches {self.encoder.buckets}")
 
     def execute(self, requests):
-        responses = [None] * len(requests)
-        images, sizes, owners = [], [], []
-        for i, request in enumerate(requests):
-            try:
-                image = pb_utils.get_input_tensor_by_name(request, C.IMAGE.name).as_numpy()
-                input_size = pb_utils.get_input_tensor_by_name(request, C.INPUT_SIZE.name).as_numpy()
-                check_encoder_inputs(image, input_size)
-            except Exception as exc:  # noqa: BLE001 - this request fails alone
-                responses[i] = error_response(self.name, exc)
-                continue
-            images.append(torch.from_numpy(image))
-            sizes.append(torch.from_numpy(np.ascontiguousarray(input_size)))
-            owners.append((i, len(image)))
-        if images:
-            try:
-                embeddings = self.encoder(torch.cat(images), torch.cat(sizes))
-            except Exception as exc:  # noqa: BLE001 - every request of the batch gets the error
-                for i, _ in owners:
-                    responses[i] = error_response(self.name, exc)
-                return responses
-            # Triton reads the outputs' memory outside PyTorch's stream: finish the kernels first.
-            T.synchronize(self.device)
-            start = 0
-            for i, count in owners:
-                tensor = T.to_triton(pb_utils, C.IMAGE_EMBEDDINGS.name, embeddings[start:start + count])
-                responses[i] = pb_utils.InferenceResponse(output_tensors=[tensor])
-                start += count
-        return responses
+        return respond_encoder_batch(self.name, requests, self._run, partial(T.to_triton, pb_utils))
+
+    def _run(self, images, input_sizes):
+        embeddings = self.encoder(torch.from_numpy(images), torch.from_numpy(input_sizes))
+        T.synchronize(self.device)  # Triton reads the outputs' memory outside PyTorch's stream
+        return embeddings

@@ -124,6 +124,15 @@ def load_sam(directory: str, device: torch.device):
     return sam.to(device).eval(), architecture
 
 
+def load_instance(args):
+    """(model config, device, Sam) of a torch model's instance: its config parsed, the device
+    Triton gave it, and the weights of its version directory loaded there."""
+    config = json.loads(args["model_config"])
+    device = device_of(args)
+    sam, _ = load_sam(os.path.join(args["model_repository"], args["model_version"]), device)
+    return config, device, sam
+
+
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"torch_precision must be one of {list(PRECISIONS)}, got {precision!r}")
