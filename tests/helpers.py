@@ -1,6 +1,26 @@
-"""Test helpers: real images and mask comparison."""
+"""Test helpers: real images, mask comparison, and tools CI must have."""
+
+import os
 
 import numpy as np
+import pytest
+
+# CI (.ci/run runs with CI=true) installs every tool the tests use: there a missing one is a
+# failure that names it, never a skip.
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def skip_unless_ci(missing):
+    """A skipif mark for a test needing a tool scripts/test.sh installs (``missing``: why it
+    is absent, or None). It skips on a developer's machine without the tool, never in CI;
+    the test then starts with ``require(missing)``."""
+    return pytest.mark.skipif(missing is not None and not IN_CI, reason=str(missing))
+
+
+def require(missing):
+    """Fail the test, naming what is missing (``missing``: why it is absent, or None)."""
+    if missing is not None:
+        pytest.fail(f"missing: {missing}", pytrace=False)
 
 
 def real_images():
@@ -28,10 +48,19 @@ def as_reference_rgb(image):
     return np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
 
 
+class BothMasksEmpty(AssertionError):
+    """Two empty masks: their IoU is undefined, and a comparison of nothing proves nothing."""
+
+
 def mask_iou(a, b):
+    """Intersection over union of two binary masks. Two empty masks raise ``BothMasksEmpty``
+    (a failed assertion) rather than counting as a perfect match: a test that can meet
+    them must handle them explicitly."""
     a, b = a.astype(bool), b.astype(bool)
     union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+    if union == 0:
+        raise BothMasksEmpty(f"both masks ({a.shape}) are empty: no IoU to compare")
+    return float(np.logical_and(a, b).sum() / union)
 
 
 def prompts_for(shape):

@@ -1,7 +1,7 @@
 """samtriton through a real embedded Triton vs the in-process reference mobile_sam.SamPredictor.
 
-Real MobileSAM weights, real scikit-image photographs. Acceptance bounds: mean mask IoU >=
-0.99, every mask >= 0.95, |score difference| <= 0.01.
+Real MobileSAM weights, real scikit-image photographs; the bounds below are set from the
+measured worst case, with the margin stated next to each.
 """
 
 import io
@@ -11,6 +11,18 @@ import pytest
 
 from helpers import as_reference_rgb, mask_iou, prompts_for
 
+
+# Measured 2026-11-28 on the 2-core machine, every mode, 8 images x 5 cases (56 masks a mode):
+# mean IoU 1.00000 (5 decimals), worst mask IoU 0.99991 (camera_gray box, session modes),
+# worst |score difference| 3.3e-6 (astronaut refinement; 8.3e-7 in embedding mode).
+MIN_MEAN_IOU = 0.9995  # margin: 100x the measured shortfall (< 5e-6)
+MIN_MASK_IOU = 0.999  # margin: 11x the measured shortfall (9e-5): one pixel in a 1000-pixel mask
+MAX_SCORE_DIFF = 1e-4  # margin: 30x the measured 3.3e-6; a score off by 0.005 fails
+# Low-resolution logits: 5 boxes in one decoder call measured 7.8e-3 off the reference's one
+# call per box (the batched products round differently); one prompt (return_logits) 4.6e-5.
+MAX_BATCHED_LOGIT_DIFF = 1e-2  # margin: 1.3x (unchanged: the batched rounding is the floor)
+MAX_LOGIT_DIFF = 1e-3  # margin: 20x
+MAX_EMBEDDING_DIFF = 1e-4  # measured 8.3e-7 (hubble): margin 120x
 
 # Every client mode must meet the same bounds: session (the default: embedding kept on the
 # server, float16 logits), the embedding sent back and forth, shared memory, and the image
@@ -92,19 +104,21 @@ def test_covers_required_cases(parity, images):
 def test_mean_mask_iou(parity, request):
     ious = [iou for result in parity.values() for iou in result[0]]
     print(f"\n{request.node.callspec.id}: {len(ious)} masks, mean IoU {np.mean(ious):.5f}, min {np.min(ious):.5f}")
-    assert np.mean(ious) >= 0.99
+    assert np.mean(ious) >= MIN_MEAN_IOU
 
 
-def test_every_mask_iou(parity):
+def test_every_mask_iou(parity, request):
     worst = {key: min(result[0]) for key, result in parity.items()}
-    bad = {key: iou for key, iou in worst.items() if iou < 0.95}
-    assert not bad, f"masks under IoU 0.95: {bad}"
+    print(f"\n{request.node.callspec.id}: worst mask IoU {min(worst.values()):.5f} at {min(worst, key=worst.get)}")
+    bad = {key: iou for key, iou in worst.items() if iou < MIN_MASK_IOU}
+    assert not bad, f"masks under IoU {MIN_MASK_IOU}: {bad}"
 
 
 def test_scores(parity, request):
-    worst = max(d for result in parity.values() for d in result[1])
-    print(f"\n{request.node.callspec.id}: max |score difference| {worst:.2e}")
-    assert worst <= 0.01
+    worst = {key: max(result[1]) for key, result in parity.items()}
+    print(f"\n{request.node.callspec.id}: max |score difference| {max(worst.values()):.2e} at {max(worst, key=worst.get)}")
+    bad = {key: d for key, d in worst.items() if d > MAX_SCORE_DIFF}
+    assert not bad, f"scores off by more than {MAX_SCORE_DIFF}: {bad}"
 
 
 def test_k_boxes_in_one_request_equal_k_single_box_reference_calls(predictor, reference_predictor, images):
@@ -117,11 +131,15 @@ def test_k_boxes_in_one_request_equal_k_single_box_reference_calls(predictor, re
     reference_predictor.set_image(image)
     masks, scores, logits = predictor.predict_batch(boxes=boxes, multimask_output=False)
     assert masks.shape == (len(boxes), 1, h, w) and scores.shape == (len(boxes), 1)
+    worst = []
     for k, box in enumerate(boxes):
         ref_masks, ref_scores, ref_logits = reference_predictor.predict(box=box, multimask_output=False)
-        assert mask_iou(masks[k, 0], ref_masks[0]) >= 0.99
-        assert abs(scores[k, 0] - ref_scores[0]) <= 0.01
-        assert np.abs(logits[k] - ref_logits).max() < 1e-2
+        worst.append((mask_iou(masks[k, 0], ref_masks[0]), abs(scores[k, 0] - ref_scores[0]),
+                      np.abs(logits[k] - ref_logits).max()))
+    iou, score, logit = min(w[0] for w in worst), max(w[1] for w in worst), max(w[2] for w in worst)
+    print(f"\nK boxes: worst IoU {iou:.5f}, |score diff| {score:.1e}, |logit diff| {logit:.1e}")
+    assert iou >= MIN_MASK_IOU and score <= MAX_SCORE_DIFF
+    assert logit < MAX_BATCHED_LOGIT_DIFF
 
 
 def test_k_point_prompts_in_one_request(predictor, reference_predictor, images):
@@ -134,10 +152,13 @@ def test_k_point_prompts_in_one_request(predictor, reference_predictor, images):
     reference_predictor.set_image(image)
     masks, scores, _ = predictor.predict_batch(point_coords=points, point_labels=labels, multimask_output=True)
     assert masks.shape == (3, 3, h, w)
+    ious, score_diffs = [], []
     for k in range(3):
         ref_masks, ref_scores, _ = reference_predictor.predict(point_coords=points[k], point_labels=labels[k])
-        assert min(mask_iou(a, b) for a, b in zip(masks[k], ref_masks)) >= 0.99
-        assert np.abs(scores[k] - ref_scores).max() <= 0.01
+        ious += [mask_iou(a, b) for a, b in zip(masks[k], ref_masks)]
+        score_diffs.append(np.abs(scores[k] - ref_scores).max())
+    print(f"\nK point prompts: worst IoU {min(ious):.5f}, |score diff| {max(score_diffs):.1e}")
+    assert min(ious) >= MIN_MASK_IOU and max(score_diffs) <= MAX_SCORE_DIFF
 
 
 def test_return_logits_matches_reference(predictor, reference_predictor, images):
@@ -148,7 +169,8 @@ def test_return_logits_matches_reference(predictor, reference_predictor, images)
     logits, _, _ = predictor.predict(**prompt, return_logits=True)
     ref_logits, _, _ = reference_predictor.predict(**prompt, return_logits=True)
     assert logits.dtype == np.float32 and logits.shape == ref_logits.shape
-    assert np.abs(logits - ref_logits).max() < 1e-2
+    print(f"\nreturn_logits: |logit diff| {np.abs(logits - ref_logits).max():.1e}")
+    assert np.abs(logits - ref_logits).max() < MAX_LOGIT_DIFF
 
 
 def test_ensemble_equals_encoder_then_decoder(server, images):
@@ -191,4 +213,6 @@ def test_embedding_matches_reference(predictor, reference_predictor, images):
     reference_predictor.set_image(image)
     embedding = predictor.get_image_embedding()
     assert embedding.shape == (1, 256, 64, 64) and embedding.dtype == np.float32
-    assert np.abs(embedding - reference_predictor.get_image_embedding().numpy()).max() <= 1e-3
+    diff = np.abs(embedding - reference_predictor.get_image_embedding().numpy()).max()
+    print(f"\nembedding: max abs diff {diff:.1e}")
+    assert diff <= MAX_EMBEDDING_DIFF

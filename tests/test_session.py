@@ -104,6 +104,11 @@ def test_cache_always_keeps_the_newest(tmp_path):
     assert cache.get("x") is not None
 
 
+# Measured: see test_parity.py for the same bounds' rationale.
+JPEG_MIN_MASK_IOU = 0.999
+JPEG_MAX_SCORE_DIFF = 1e-4
+
+
 def test_set_image_file_jpeg_matches_reference_on_the_decoded_file(server, reference_predictor, images):
     """The server decodes and preprocesses the file; the reference gets the same file decoded."""
     from PIL import Image
@@ -120,10 +125,13 @@ def test_set_image_file_jpeg_matches_reference_on_the_decoded_file(server, refer
         reference_predictor.set_image(decoded)
         assert predictor.original_size == reference_predictor.original_size
         assert predictor.input_size == reference_predictor.input_size
+        ious, score_diffs = [], []
         for prompt in prompts_for(image.shape).values():
             ours, ref = predictor.predict(**prompt), reference_predictor.predict(**prompt)
-            assert min(mask_iou(a, b) for a, b in zip(ours[0], ref[0])) >= 0.99
-            assert np.abs(ours[1] - ref[1]).max() <= 0.01
+            ious += [mask_iou(a, b) for a, b in zip(ours[0], ref[0])]
+            score_diffs.append(np.abs(ours[1] - ref[1]).max())
+        print(f"\nJPEG file: worst IoU {min(ious):.5f}, |score diff| {max(score_diffs):.1e}")
+        assert min(ious) >= JPEG_MIN_MASK_IOU and max(score_diffs) <= JPEG_MAX_SCORE_DIFF
     padded_bytes = int(np.prod(C.IMAGE.dims))
     print(f"\nJPEG set_image_file sent {file_sent} bytes; the padded image is {padded_bytes}")
     assert file_sent <= padded_bytes / 10
@@ -192,9 +200,31 @@ def test_bad_image_file_is_rejected_before_sending(server):
         assert predictor.backend.bytes_sent == 0
 
 
-def test_shared_memory_falls_back_to_the_wire_for_a_remote_server():
-    assert is_local("127.0.0.1:8001") and is_local("localhost:8001")
-    assert not is_local("192.0.2.10:8001")  # TEST-NET-1: never this machine
+def test_shared_memory_falls_back_to_the_wire_for_a_remote_server(server, images, monkeypatch):
+    """A server on another machine cannot map this machine's regions: a shared_memory=True
+    client sends over the wire instead, and gets the same answers. No other machine can be
+    reached here, so the real server is declared remote (the one stand-in: is_local)."""
+    from samtriton import transport
+
+    assert is_local(server.grpc_url) and is_local("localhost:8001")
+    assert not is_local("192.0.2.10:8001")  # TEST-NET-1: never this machine (not contacted)
+    image = images["astronaut"]
+    prompt = prompts_for(image.shape)["point"]
+    monkeypatch.setattr(transport, "is_local", lambda url: False)
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    before = set(client.get_system_shared_memory_status(as_json=True).get("regions", {}))
+    with SamPredictor(server.grpc_url, model="mobilesam", shared_memory=True) as remote, \
+            SamPredictor(server.grpc_url, model="mobilesam") as plain:
+        remote.set_image(image)
+        masks, scores, _ = remote.predict(**prompt)
+        registered = set(client.get_system_shared_memory_status(as_json=True).get("regions", {}))
+        assert registered == before, "no region was registered"
+        assert remote.backend.bytes_sent >= image.nbytes, "the image went over the wire"
+        plain.set_image(image)
+        want_masks, want_scores, _ = plain.predict(**prompt)
+    client.close()
+    np.testing.assert_array_equal(masks, want_masks)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-6)
 
 
 def test_shared_memory_regions_are_released_on_close(server, images):
