@@ -110,14 +110,36 @@ def test_an_entry_just_written_is_returned_even_if_evicted_at_once(tmp_path):
     assert entry[0][0, 0, 0, 0] == 1, "the writer keeps what it wrote"
 
 
-def test_single_flight_waits_for_the_running_encode(tmp_path):
+def test_single_flight_waits_for_the_running_encode(tmp_path, monkeypatch):
+    """A second instance asking for an image being encoded waits until the first is done.
+    The waiter is seen blocked on the real lock (a refused non-blocking flock) before the
+    first lets go, so the order below cannot come from a waiter that had not started."""
     cache = ec.EmbeddingCache(str(tmp_path / "cache"), 2**30)
     other = ec.EmbeddingCache(str(tmp_path / "cache"), 2**30)
+    refused = threading.Event()
+    real_flock = ec.fcntl.flock
+
+    def observed_flock(fd, operation):
+        try:
+            return real_flock(fd, operation)
+        except BlockingIOError:
+            refused.set()
+            raise
+
+    monkeypatch.setattr(ec.fcntl, "flock", observed_flock)
     order = []
+
+    def second():
+        with other.flight("e" * 32):
+            order.append("second")
+
     with cache.flight("e" * 32):
-        waiter = threading.Thread(target=lambda: (other.flight("e" * 32).__enter__(), order.append("second")))
+        waiter = threading.Thread(target=second)
         waiter.start()
-        time.sleep(0.3)
+        assert refused.wait(timeout=30), "the second request never tried the lock"
+        time.sleep(0.2)  # it keeps waiting (polling every 5 ms) while the first holds it
+        assert order == []
         order.append("first done")
-    waiter.join(timeout=10)
+    waiter.join(timeout=30)
+    assert not waiter.is_alive()
     assert order == ["first done", "second"]

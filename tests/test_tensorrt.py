@@ -216,20 +216,3 @@ def test_profile_covers_the_encoder_inputs(standin, onnx_files, tmp_path):
     (profile,) = plan["profiles"]
     assert profile["image"] == [[1, 1024, 1024, 3], [2, 1024, 1024, 3], [2, 1024, 1024, 3]]
     assert profile["input_size"] == [[1, 2], [2, 2], [2, 2]]
-
-
-def test_standin_parser_refuses_uint8_intermediates(standin, tmp_path):
-    """The stand-in's parse rule (onnx-tensorrt's) on the graph shape the old encoder had."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Transpose", ["image"], ["t"], perm=[0, 3, 1, 2]),
-         helper.make_node("Cast", ["t"], ["out"], to=TensorProto.FLOAT)], "g",
-        [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, 4, 4, 3])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 4, 4])])
-    path = tmp_path / "uint8.onnx"
-    onnx.save(helper.make_model(graph), str(path))
-    parser = standin.OnnxParser(standin.INetworkDefinition(0), standin.Logger())
-    assert not parser.parse_from_file(str(path))
-    assert "UINT8" in parser.get_error(0)
