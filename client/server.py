@@ -9,9 +9,10 @@ Lifetime: the server never outlives the process that started it. tritonserver ge
 ``PR_SET_PDEATHSIG`` (SIGKILL), and the kernel sends it when the thread that forked it ends;
 so every server is forked by one thread that lives as long as this process (a server forked
 by a pool's worker thread would die with that thread). Its python-backend stubs leave when
-tritonserver is gone (``samtriton.export.python_models.lifecycle``). A killed launcher leaves
-its stubs' shared-memory regions behind: the next server started on the host removes those
-of launchers that are no longer alive.
+tritonserver is gone: it alone holds the write end of a pipe whose closing makes the kernel
+SIGKILL them (``samtriton.export.python_models.lifecycle``). A killed launcher leaves its
+stubs' shared-memory regions behind: the next server started on the host removes those of
+launchers that are no longer alive.
 
 Stopping drains: ``stop()`` unloads the models clients call (readiness goes false, new
 requests are refused with NOT_FOUND, requests in flight finish), then the models they call,
@@ -45,6 +46,7 @@ from typing import List, Optional, Sequence
 
 from . import contract as C
 from .contract import SESSION_CACHE_DIR_ENV
+from .export.python_models.lifecycle import LIFELINE_ENV
 
 
 class ServerStartError(RuntimeError):
@@ -281,11 +283,18 @@ class EmbeddedTriton:
         env.pop(SESSION_CACHE_DIR_ENV, None)  # never inherited by accident: set only when asked
         if self.session_cache_dir is not None:
             env[SESSION_CACHE_DIR_ENV] = str(self.session_cache_dir)
+        # The stubs' lifeline: a pipe whose write end only tritonserver keeps (lifecycle.py).
+        lifeline = os.pipe()
+        env[LIFELINE_ENV] = ",".join(map(str, lifeline))
         # Its own session: a terminal's Ctrl-C reaches the launcher only, and the process
         # group (tritonserver and its stubs) can be killed as one.
-        self.process = popen_tied(
-            self.command(backend_dir), env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
+        try:
+            self.process = popen_tied(
+                self.command(backend_dir), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                bufsize=1, start_new_session=True, pass_fds=lifeline)
+        finally:
+            for fd in lifeline:
+                os.close(fd)
         self._reader = threading.Thread(target=self._read_log, daemon=True)
         self._reader.start()
         try:

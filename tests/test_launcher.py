@@ -2,9 +2,8 @@
 
 - A child started with ``popen_tied`` dies with the process that started it, not with the
   thread (a pool's worker) that asked for it.
-- A python-backend stub leaves when its tritonserver is gone, even when the dead server is a
-  zombie nobody reaps (PID 1 on this machine does not reap: the stubs' own check, kill(pid, 0),
-  then never fires).
+- A python-backend stub dies when its tritonserver is gone, even one stuck holding the GIL (the
+  kernel's doing: the launcher's lifeline pipe).
 - SIGKILL of ``samtriton serve``: nothing of its server is left running after 5 s and a new
   ``samtriton serve`` on the same ports is ready; what the killed one left behind (its stubs'
   shared memory, its session cache directory) is removed by the new one.
@@ -119,39 +118,68 @@ def test_a_tied_child_outlives_the_thread_that_asked_but_not_the_process():
                               text=True)
     grandchild = int(parent.stdout.readline())
     watched = _identities([grandchild])
-    assert _running(watched) == [grandchild]
-    parent.kill()
-    parent.wait()
-    assert _wait_gone(watched, 2.0) == [], "the child outlived the process that started it"
+    try:
+        assert _running(watched) == [grandchild]
+        parent.kill()
+        parent.wait()
+        assert _wait_gone(watched, 2.0) == [], "the child outlived the process that started it"
+    finally:
+        for pid in _running(watched):
+            os.kill(pid, signal.SIGKILL)
 
 
-WATCHED_STUB = """
-import sys, time
+STUB_STANDIN = """
+import ctypes
 from samtriton.export.python_models.lifecycle import exit_with_server
-exit_with_server(0.1)
-print("watching", flush=True)
-time.sleep(120)
+print("held" if exit_with_server() else "none", flush=True)
+ctypes.PyDLL(None).pause()  # blocks holding the GIL, as a stub waiting for its dead server's reply
 """
 SERVER_STANDIN = """
-import subprocess, sys
-stub = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdout=subprocess.PIPE, text=True)
-assert stub.stdout.readline().strip() == "watching"
-print(stub.pid, flush=True)
+import os, subprocess, sys
+fds = [int(fd) for fd in os.environ["SAMTRITON_SERVER_LIFELINE"].split(",")]
+stub = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdout=subprocess.PIPE, text=True, pass_fds=fds)
+print(stub.stdout.readline().strip(), stub.pid, flush=True)
 sys.stdin.read()
 """
 
 
-def test_a_stub_leaves_when_its_server_is_gone_even_unreaped():
-    """A stand-in for tritonserver (a process that starts a stub running our watchdog) is
-    SIGKILLed; nobody reaps the stub's old parent chain on this machine, yet the stub exits."""
-    server = subprocess.Popen([sys.executable, "-c", SERVER_STANDIN, WATCHED_STUB], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    stub = int(server.stdout.readline())
-    watched = _identities([stub])
-    assert _running(watched) == [stub]
-    server.kill()
-    server.wait()
-    assert _wait_gone(watched, 2.0) == [], "the stub kept running after its server died"
+def test_a_stub_stuck_holding_the_gil_dies_with_its_server():
+    """A stand-in for tritonserver (its own process group, as EmbeddedTriton starts it, with
+    the launcher's lifeline) starts a stub that runs our hook, then blocks holding the GIL.
+    The server is SIGKILLed: the kernel kills the stub."""
+    from samtriton.export.python_models.lifecycle import LIFELINE_ENV
+
+    pipe = os.pipe()
+    env = dict(os.environ, **{LIFELINE_ENV: ",".join(map(str, pipe))})
+    server = subprocess.Popen([sys.executable, "-c", SERVER_STANDIN, STUB_STANDIN], env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, start_new_session=True, pass_fds=pipe)
+    for fd in pipe:
+        os.close(fd)  # as EmbeddedTriton does: only the server keeps the write end
+    held, stub = server.stdout.readline().split()
+    assert held == "held"
+    watched = _identities([int(stub)])
+    try:
+        time.sleep(0.3)
+        assert _running(watched) == [int(stub)], "the stub lives while its server does"
+        server.kill()
+        server.wait()
+        assert _wait_gone(watched, 2.0) == [], "the stub kept running after its server died"
+    finally:
+        for pid in _running(watched):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_lifeline_that_is_not_one_pipe_is_left_alone():
+    from samtriton.export.python_models.lifecycle import hold_lifeline
+
+    first, second = os.pipe(), os.pipe()
+    try:
+        for value in ("", "x,y", f"{first[0]},{second[1]}", f"{first[0]},999"):
+            assert hold_lifeline(value) is False
+        os.fstat(second[1])  # not closed: it was not the pair's write end
+    finally:
+        for fd in first + second:
+            os.close(fd)
 
 
 def _serve(repository, ports):
@@ -240,10 +268,14 @@ def test_drain_finishes_requests_in_flight_and_refuses_new_ones(repository, imag
         workers = [threading.Thread(target=encode, args=(image,)) for image in _distinct_images(images, 3)]
         for worker in workers:
             worker.start()
+        def executing_and_queued():  # each executing encode holds a flight lock file
+            return (len(list(cache_dir.glob(".flight.*"))) >= 2
+                    and server.metric("nv_inference_pending_request_count", model="mobilesam_session") >= 1)
+
         deadline = time.monotonic() + 60
-        while len(list(cache_dir.glob(".flight.*"))) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)  # each executing encode holds a flight lock file
-        assert len(list(cache_dir.glob(".flight.*"))) >= 2 and not results, "two encodes are executing"
+        while not executing_and_queued() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert executing_and_queued() and not results, "two encodes execute, one waits in the queue"
 
         drained = []
         drainer = threading.Thread(target=lambda: drained.append(server.drain()))

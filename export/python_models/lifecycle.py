@@ -1,35 +1,51 @@
-"""The python-backend stub ends when its tritonserver does.
+"""The python-backend stubs end when their tritonserver does.
 
-A stub checks on its own that its server is alive, with ``kill(server_pid, 0)``; that holds
-for a server that died but was not reaped (a zombie: its parent, the launcher, was killed too,
-and the init of the host or container does not reap), so stubs of a killed ``samtriton serve``
-could keep running, holding memory, the session cache's lock and its shared memory. When
-the server dies its children are re-parented, so ``os.getppid()`` changes: a daemon thread
-that sees that ends this process. No Triton import, so it is tested on its own.
+A stub notices on its own when its server is gone and exits, but not always: one killed
+while answering a request can hang for good, holding the GIL while it waits for its dead
+server's reply (seen here after a SIGKILL of ``samtriton serve``: a session stub kept
+running, its process group's tritonserver gone), and then no Python code can end it.
+
+So the end comes from the kernel: ``EmbeddedTriton`` hands tritonserver both ends of a pipe
+(``LIFELINE_ENV`` names them) and keeps neither; each stub closes its inherited write end
+and asks for SIGKILL to its process group (tritonserver's, which only the stubs outlive)
+when the pipe's last writer is gone, i.e. when tritonserver has exited, however it died.
+No Triton import, so it is tested on its own.
 """
 
+import fcntl
 import os
-import threading
-import time
+import signal
+import stat
 
-CHECK_SECONDS = 0.5
-_started = []
+LIFELINE_ENV = "SAMTRITON_SERVER_LIFELINE"  # "read_fd,write_fd" of the server's pipe
+_held = []
 
 
-def exit_with_server(check_seconds=CHECK_SECONDS):
-    """Starts (once per process) the thread that ends this process, without cleanup, as soon as
-    its parent (tritonserver) is gone; the next server sweeps what it leaves behind. Returns
-    the thread."""
-    if _started:
-        return _started[0]
-    server = os.getppid()
+def exit_with_server():
+    """Holds the server's lifeline (once per process): this stub is SIGKILLed as soon as its
+    tritonserver has exited; the next server sweeps what it leaves behind. Returns whether a
+    lifeline was given (a server started otherwise gives none)."""
+    if not _held:
+        _held.append(hold_lifeline(os.environ.get(LIFELINE_ENV, "")))
+    return _held[0]
 
-    def watch():
-        while os.getppid() == server:
-            time.sleep(check_seconds)
-        os._exit(1)
 
-    thread = threading.Thread(target=watch, name="samtriton-exit-with-server", daemon=True)
-    thread.start()
-    _started.append(thread)
-    return thread
+def hold_lifeline(value):
+    """``value`` is "read_fd,write_fd" of one pipe whose write end the server holds: closes
+    this process's write end and has the kernel SIGKILL this process group when the last
+    write end closes. Returns False (and touches nothing) unless both are that pipe."""
+    try:
+        read_fd, write_fd = (int(part) for part in value.split(","))
+        read_info, write_info = os.fstat(read_fd), os.fstat(write_fd)
+    except (ValueError, OSError):
+        return False
+    if not (stat.S_ISFIFO(read_info.st_mode) and (read_info.st_dev, read_info.st_ino) ==
+            (write_info.st_dev, write_info.st_ino)):
+        return False
+    os.close(write_fd)
+    # The read end is shared by every stub (one open file, inherited): its owner is the
+    # process group they share, so whichever stub set it last, all of them get the signal.
+    fcntl.fcntl(read_fd, fcntl.F_SETOWN, -os.getpgrp())
+    fcntl.fcntl(read_fd, fcntl.F_SETSIG, signal.SIGKILL)
+    fcntl.fcntl(read_fd, fcntl.F_SETFL, fcntl.fcntl(read_fd, fcntl.F_GETFL) | os.O_ASYNC)
+    return True
