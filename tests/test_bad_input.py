@@ -25,13 +25,15 @@ def _request_counts(server):
                 int(s.get("inference_stats", {}).get("fail", {}).get("count", 0)) for s in stats}
 
     previous = read()
-    while True:
+    for _ in range(300):  # settled within 0.1 s in practice; 30 s at most
         time.sleep(0.1)
         current = read()
         if current == previous:
             client.close()
             return current
         previous = current
+    client.close()
+    raise AssertionError(f"Triton's request counts kept changing for 30 s: {current}")
 
 
 POINT = np.array([[100.0, 120.0]])

@@ -4,7 +4,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -18,6 +17,7 @@ def _serve(repo, *extra):
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), ports[0]
 
 
+@pytest.mark.timeout(300)
 def test_serve_prints_address_and_stops_on_sigterm(repository):
     process, port = _serve(repository)
     try:
@@ -29,10 +29,9 @@ def test_serve_prints_address_and_stops_on_sigterm(repository):
         for model in ("mobilesam", "mobilesam_encoder", "mobilesam_decoder"):
             assert client.is_model_ready(model)
         client.close()
-        start = time.monotonic()
         process.send_signal(signal.SIGTERM)
+        # A clean stop takes ~3 s (exit timeout 5 s); wait() raises TimeoutExpired past 30 s.
         assert process.wait(timeout=30) == 0
-        assert time.monotonic() - start < 30
         assert "stopped" in process.stdout.read()
     finally:
         if process.poll() is None:
@@ -61,5 +60,8 @@ def test_bench_server_prints_a_table(server):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split("|")[0].strip() == "stage"
-    rates = [float(line.split("|")[2].split()[0]) for line in lines[2:]]
-    assert len(rates) == 4 and all(rate > 0 for rate in rates)
+    rows = [[cell.strip() for cell in line.split("|")] for line in lines[2:]]
+    assert [row[:2] for row in rows] == [["encoder", "batch 1"], ["encoder", "batch 2"],
+                                         ["decoder", "4 prompts/request"], ["end to end", "2 clients"]]
+    units = [row[2].split()[1] for row in rows]
+    assert units == ["images/s", "images/s", "prompts/s", "images/s"], rows
