@@ -3,20 +3,37 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-# A real nginx for the scale-out proxy tests (Debian's package); where it cannot be installed
-# (not root, no apt-get) those tests are skipped and say why.
-if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ] && [ "$(id -u)" = 0 ] \
-    && command -v apt-get >/dev/null 2>&1; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx) \
-    >/dev/null 2>&1 || echo "nginx could not be installed; the nginx tests will be skipped"
+# Debian's tools the tests drive: a real nginx (scale-out proxy tests), chromium and its
+# chromedriver (the annotation app's browser tests). As root they are installed, and a failed
+# install fails the run saying what is missing. Without root or apt-get the tests that need
+# them are skipped, except in CI (CI=true), where a missing tool fails the run.
+debian=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || debian+=(nginx)
+{ [ -x /usr/bin/chromedriver ] && command -v chromium >/dev/null 2>&1; } || debian+=(chromium chromium-driver)
+if [ ${#debian[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${debian[@]}"; } >/tmp/samtriton-apt.log 2>&1; then
+      tail -n 20 /tmp/samtriton-apt.log >&2
+      echo "scripts/test.sh: could not install ${debian[*]} (apt-get failed, log above)" >&2
+      exit 1
+    fi
+  elif [ "${CI:-}" = true ]; then
+    echo "scripts/test.sh: missing ${debian[*]}, and no root or apt-get to install them" >&2
+    exit 1
+  else
+    echo "not installed: ${debian[*]} (needs root and apt-get); the tests that use them are skipped"
+  fi
 fi
-# Debian's chromium and its chromedriver for the annotation app's browser tests (Selenium);
-# where they cannot be installed those tests are skipped and say why.
-if { [ ! -x /usr/bin/chromedriver ] || ! command -v chromium >/dev/null 2>&1; } && [ "$(id -u)" = 0 ] \
-    && command -v apt-get >/dev/null 2>&1; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      chromium chromium-driver) >/dev/null 2>&1 || echo "chromium could not be installed; the browser tests will be skipped"
+# The real Label Studio for tests/test_label_studio.py, in its own virtualenv (its pins must
+# not touch .venv's); installed once (~1-2 min), then reused.
+label_studio=1.23.2
+if [ "$(cat .venv-ls/.samtriton-installed 2>/dev/null)" != "$label_studio" ]; then
+  "${PYTHON:-python3}" -m venv .venv-ls
+  .venv-ls/bin/python -m pip install -q "label-studio==$label_studio"
+  echo "$label_studio" > .venv-ls/.samtriton-installed
 fi
+export SAMTRITON_TEST_LABEL_STUDIO=1
 # shellcheck disable=SC1091
 . .venv/bin/activate
 python -m pytest -ra "$@"

@@ -74,7 +74,7 @@ def running_app(grpc_url, images_dir, out_dir, log_path, *extra, env=None):
 def chromium_missing():
     """Why the browser tests cannot run here, or None."""
     if not os.path.exists(CHROMEDRIVER) or not shutil.which("chromium"):
-        return "Debian's chromium and chromium-driver are not installed (scripts/test.sh installs them as root)"
+        return "Debian's chromium and chromium-driver (scripts/test.sh installs them as root)"
     try:
         import selenium  # noqa: F401
     except ImportError:

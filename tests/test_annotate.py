@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from annotate_app import chromium, chromium_missing, click_image, drag_box, prompt, running_app, wait_for
-from helpers import mask_iou
+from helpers import mask_iou, require, skip_unless_ci
 
 FACE = (245.0, 130.0)  # the astronaut's face, in image pixels
 
@@ -119,10 +119,11 @@ def test_brush_rle_is_label_studios():
             assert (brush_decode(brush_rle(m), *shape) == m).all()
 
 
-@pytest.mark.skipif(chromium_missing() is not None, reason=str(chromium_missing()))
+@skip_unless_ci(chromium_missing())
 def test_browser_click_box_accept_export_reload(app, folders, predictor, images):
     from pycocotools import mask as mask_utils
 
+    require(chromium_missing())
     out = folders / "out"
     driver = chromium()
     try:
