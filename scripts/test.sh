@@ -10,6 +10,8 @@ bash scripts/bootstrap.sh
 debian=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || debian+=(nginx)
 { [ -x /usr/bin/chromedriver ] && command -v chromium >/dev/null 2>&1; } || debian+=(chromium chromium-driver)
+# prometheus and promtool: tests/test_metrics.py fails (never skips) without them, saying so.
+{ command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || debian+=(prometheus)
 if [ ${#debian[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \

@@ -98,6 +98,9 @@ class CacheMetrics:
         self.model = model_name
         self.counts = {HITS: 0, MISSES: 0, EVICTIONS: 0, FLIGHT_WAITS: 0, ENCODES: 0, BYTES: 0}
         self._lock = threading.Lock()
+        if model_name is not None:  # every series from the start, at 0: rates and ratios need them
+            for name in self.counts:
+                _triton_metric(name, model_name)
 
     def _add(self, name, value=1):
         with self._lock:
