@@ -1,8 +1,9 @@
 """SamAutomaticMaskGenerator through the real embedded Triton vs the reference
 mobile_sam.SamAutomaticMaskGenerator, real MobileSAM weights, real images.
 
-Bounds: mask count within 10%; >= 90% of reference masks matched at IoU >= 0.9; mean IoU of
-matched pairs >= 0.97; predicted_iou and stability_score of matched pairs within 0.02.
+Bounds: the same number of masks; every reference mask matched, one to one, by one of ours;
+IoU, predicted_iou and stability_score of each pair within the measured worst case plus the
+margin stated below.
 """
 
 import time
@@ -60,30 +61,46 @@ def amg_pair(request, predictor, reference_sam, reference_generator_class, image
     return ours, reference
 
 
+# Measured 2026-11-28 on the 2-core machine, all six cases (88 reference masks): the same
+# counts, every mask matched one to one; worst pair IoU 0.99999 (coffee), worst predicted_iou
+# difference 4.1e-6 (coins_gray), worst stability_score difference 2.8e-6 (coffee_3mp_crops).
+MIN_PAIR_IOU = 0.999  # margin: 100x the measured shortfall (1e-5)
+MAX_PREDICTED_IOU_DIFF = 1e-4  # margin: 25x; a score off by 0.005 fails
+# Stability is a ratio of pixel counts: one pixel flipping at a threshold moves it by up to
+# 1/area, 1e-3 for a 1000-pixel mask (none flipped in the measurement: 2.8e-6 is rounding).
+MAX_STABILITY_DIFF = 1e-3
+
+
 def _match(ours, reference):
+    """For each reference mask: (IoU, index into ours) of the mask of ours that overlaps it most."""
     pairs = []
     for ref in reference:
-        scored = [(mask_iou(ref["segmentation"], o["segmentation"]), o) for o in ours]
-        pairs.append(max(scored, key=lambda x: x[0]) if scored else (0.0, None))
+        scored = [(mask_iou(ref["segmentation"], o["segmentation"]), i) for i, o in enumerate(ours)]
+        pairs.append(max(scored) if scored else (0.0, None))
     return pairs
 
 
-def test_mask_count_within_ten_percent(amg_pair):
+def test_same_number_of_masks(amg_pair):
     ours, reference = amg_pair
     assert reference, "the reference found masks"
-    assert abs(len(ours) - len(reference)) <= 0.1 * len(reference)
+    assert len(ours) == len(reference)
 
 
-def test_reference_masks_matched(amg_pair):
+def test_every_reference_mask_is_matched(amg_pair, request):
+    """One to one: every reference mask has its own mask of ours (with equal counts, no mask
+    of ours is extra), with IoU and scores within the bounds."""
     ours, reference = amg_pair
     pairs = _match(ours, reference)
-    ious = np.array([iou for iou, _ in pairs])
-    assert (ious >= 0.9).mean() >= 0.9
-    assert ious[ious >= 0.9].mean() >= 0.97
-    for ref, (iou, match) in zip(reference, pairs):
-        if iou >= 0.9:
-            assert abs(ref["predicted_iou"] - match["predicted_iou"]) <= 0.02
-            assert abs(ref["stability_score"] - match["stability_score"]) <= 0.02
+    ious = [iou for iou, _ in pairs]
+    predicted = [abs(ref["predicted_iou"] - ours[i]["predicted_iou"]) for ref, (_, i) in zip(reference, pairs)]
+    stability = [abs(ref["stability_score"] - ours[i]["stability_score"]) for ref, (_, i) in zip(reference, pairs)]
+    print(f"\n{request.node.callspec.id}: {len(reference)} reference masks, worst IoU {min(ious):.5f}, "
+          f"|predicted_iou diff| {max(predicted):.1e}, |stability_score diff| {max(stability):.1e}")
+    matched = [i for _, i in pairs]
+    assert len(set(matched)) == len(matched), "two reference masks matched the same mask of ours"
+    assert min(ious) >= MIN_PAIR_IOU, sorted(ious)[:5]
+    assert max(predicted) <= MAX_PREDICTED_IOU_DIFF
+    assert max(stability) <= MAX_STABILITY_DIFF
 
 
 def test_records_have_reference_fields(amg_pair):
