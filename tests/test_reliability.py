@@ -11,7 +11,7 @@ import tritonclient.grpc as grpcclient
 from hypothesis import HealthCheck, given, settings, strategies as st
 from tritonclient.utils import InferenceServerException
 
-from samtriton import InvalidInput, ModelNotReady, SamPredictor, ServerUnavailable
+from samtriton import InvalidInput, SamPredictor, ServerUnavailable
 from samtriton.server import EmbeddedTriton, free_port
 from samtriton.validation import check_decoder_inputs
 
@@ -22,6 +22,7 @@ def _server(repository, **kwargs):
     return EmbeddedTriton(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(), **kwargs)
 
 
+@pytest.mark.timeout(600)
 def test_kill_restart_and_model_reload(repository, images):
     server = _server(repository).start()
     ports = dict(grpc_port=server.grpc_port, http_port=server.http_port, metrics_port=server.metrics_port)
@@ -41,8 +42,10 @@ def test_kill_restart_and_model_reload(repository, images):
 
         worker = threading.Thread(target=stream)
         worker.start()
-        while len(served) < 3:
+        started = time.monotonic()
+        while len(served) < 3 and not errors and time.monotonic() - started < 120:
             time.sleep(0.05)
+        assert len(served) >= 3 and not errors, f"the stream did not get going: {errors[:1]}"
         killed_at = time.monotonic()
         server.kill()
         worker.join(timeout=30)
@@ -50,7 +53,10 @@ def test_kill_restart_and_model_reload(repository, images):
         (error, failed_at), = errors
         assert isinstance(error, ServerUnavailable), repr(error)
         assert server.grpc_url in str(error)
-        assert failed_at - killed_at <= predictor.backend.timeout + 1
+        # The call in flight at the kill gives up by its deadline (timeout 10 s); 3 s of slack
+        # for a loaded 2-core machine (measured: 1.85 s, the retries finding the port closed).
+        print(f"\nkill: the call in flight failed {failed_at - killed_at:.2f} s after the kill")
+        assert failed_at - killed_at <= predictor.backend.timeout + 3
         assert not predictor.is_ready()
 
         # Restart on the same ports: the same predictor object works again.
@@ -58,11 +64,13 @@ def test_kill_restart_and_model_reload(repository, images):
         masks, scores, _ = predictor.predict(**POINT)
         np.testing.assert_allclose(scores, served[0], atol=1e-5)
 
-        # Explicit model control: unload the model predict uses (session mode) -> ModelNotReady;
-        # load -> works again (the embedding is re-sent if the reload dropped it).
+        # Explicit model control: unload the model predict uses (session mode). The server is
+        # then not ready either (strict readiness), which the client takes for an endpoint
+        # draining or starting (transport._not_serving): ServerUnavailable naming the model, at
+        # the call's deadline. Load -> works again (the embedding is re-sent if the reload dropped it).
         admin = grpcclient.InferenceServerClient(server.grpc_url)
         admin.unload_model("mobilesam_session")
-        with pytest.raises(ModelNotReady, match="mobilesam_session"):
+        with pytest.raises(ServerUnavailable, match="not ready.*mobilesam_session"):
             predictor.predict(**POINT)
         assert not predictor.is_ready()
         admin.load_model("mobilesam_session")
@@ -74,12 +82,18 @@ def test_kill_restart_and_model_reload(repository, images):
         server.stop()
 
 
+@pytest.mark.timeout(120)
 def test_unreachable_server_raises_within_deadline():
-    predictor = SamPredictor(f"127.0.0.1:{free_port()}", timeout=3.0, retries=5)
+    """Retries stop at the call's deadline: 5 retries with backoff 1 s would pause 31 s
+    (15.5 s at the least jitter); the call must give up by its 3 s deadline (3 s of slack for
+    a loaded machine)."""
+    predictor = SamPredictor(f"127.0.0.1:{free_port()}", timeout=3.0, retries=5, backoff=1.0)
     start = time.monotonic()
     with pytest.raises(ServerUnavailable, match="unavailable"):
         predictor.set_image(np.zeros((8, 8, 3), np.uint8))
-    assert time.monotonic() - start < 3.0 + 1.0
+    elapsed = time.monotonic() - start
+    print(f"\nunreachable: gave up after {elapsed:.2f} s")
+    assert elapsed < 3.0 + 3.0
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +157,11 @@ def _rss_kib(pid: int) -> int:
     return total
 
 
+@pytest.mark.timeout(900)
 def test_under_load_four_clients(server, images):
-    """4 threads of mixed set_image / predict for LOAD_SECONDS (default 60)."""
+    """4 threads of mixed set_image / predict for LOAD_SECONDS (default 60). The server's
+    memory is sampled every 2 s; the first third of the run is warm-up (the allocators grow
+    to the concurrent load's working set), after which it must stay flat."""
     duration = float(os.environ.get("SAMTRITON_LOAD_SECONDS", "60"))
     names = list(images)
     latencies, failures, lock = [], [], threading.Lock()
@@ -182,21 +199,31 @@ def test_under_load_four_clients(server, images):
         thread.start()
     for thread in warmers:
         thread.join()
-    stop_at = time.monotonic() + duration
+    started = time.monotonic()
+    stop_at = started + duration
     threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
     for thread in threads:
         thread.start()
-    time.sleep(min(10.0, duration / 6))
-    rss_early = _rss_kib(server.process.pid)
+    samples = []  # (seconds into the run, server RSS KiB)
+    while any(thread.is_alive() for thread in threads) and time.monotonic() < stop_at + 300:
+        samples.append((time.monotonic() - started, _rss_kib(server.process.pid)))
+        time.sleep(2.0)
     for thread in threads:
-        thread.join(timeout=duration + 300)
-    rss_end = _rss_kib(server.process.pid)
-    growth = (rss_end - rss_early) / rss_early
+        thread.join(timeout=10)
+    assert not any(thread.is_alive() for thread in threads), "a client hung"
+    warm = [rss for at, rss in samples if at >= duration / 3]
+    growth = (warm[-1] - warm[0]) / warm[0]
     p50, p99 = np.percentile(latencies, [50, 99])
     print(f"\nload: {len(latencies)} requests in {duration:.0f} s, {len(failures)} failed, p50 {p50 * 1000:.0f} ms, "
-          f"p99 {p99 * 1000:.0f} ms, server RSS {rss_early / 1024:.0f} -> {rss_end / 1024:.0f} MiB ({growth:+.1%})")
+          f"p99 {p99 * 1000:.0f} ms, server RSS {samples[0][1] / 1024:.0f} MiB at the start, "
+          f"{warm[0] / 1024:.0f} -> {warm[-1] / 1024:.0f} MiB after warm-up ({growth:+.1%}); samples (s, MiB): "
+          f"{[(round(at), round(rss / 1024)) for at, rss in samples]}")
     assert not failures, failures[:3]
-    assert growth <= 0.10
+    assert len(warm) >= 5, "too few samples after warm-up"
+    # Measured 2026-11-28 (load ~5 on 2 cores): 2520 MiB at the start, 2640 at 20 s, then
+    # 2628-2682 (+1.6% over 40 s, samples wandering +-1%). Bound: 3x the measured growth; a
+    # leak of one 4 MiB embedding per request would add ~1.5 GiB (+55%).
+    assert growth <= 0.05
 
 
 finite = st.floats(-2000, 3000, allow_nan=False, width=32)
