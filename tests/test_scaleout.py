@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import server_cache_directory
+from helpers import mask_iou, require, server_cache_directory, skip_unless_ci
 from samtriton import AsyncSamPredictor, SamPredictor
 from samtriton import contract as C
 from samtriton.transport import rendezvous_order
@@ -79,11 +79,15 @@ def test_client_hashing_encodes_each_image_once(cold, scaleout_images):
         assert stored == owned
 
 
-@pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
-                    reason="nginx is not installed (scripts/bootstrap.sh installs Debian's nginx as root)")
+NGINX_MISSING = (None if shutil.which("nginx") or Path("/usr/sbin/nginx").exists()
+                 else "nginx (scripts/test.sh installs Debian's nginx as root)")
+
+
+@skip_unless_ci(NGINX_MISSING)
 def test_nginx_hashing_encodes_each_image_once(cold, scaleout_images, tmp_path):
     from samtriton.server import free_port
 
+    require(NGINX_MISSING)
     urls = cold.urls
     with Nginx(urls, free_port(), tmp_path / "nginx") as proxy:
         before = encodes(urls)
@@ -164,9 +168,14 @@ def test_async_client_affinity_and_fail_over(cold, scaleout_images):
     handles, first, second, counts, victim, failures = asyncio.run(scenario())
     ids = {n: h.image_id for n, h in zip(names, handles)}
     assert {u: counts[u] - before[u] for u in urls} == expected_owners(ids, urls), "one encode per image, by rank"
-    for (m1, s1, _), (m2, s2, _) in zip(first, second):
+    # Each image encoded again on its next replica: the same masks, whatever their size (the
+    # pixel agreement this replaced passed for any two small masks). Measured: 24 masks, worst
+    # IoU 1.00000; bound 0.999 (a pixel in a 1000-pixel mask).
+    ious = [mask_iou(a, b) for (m1, _, _), (m2, _, _) in zip(first, second) for a, b in zip(m1, m2)]
+    print(f"\nfail-over: {len(ious)} masks, worst IoU with the first replica's {min(ious):.5f}")
+    assert min(ious) >= 0.999
+    for (_, s1, _), (_, s2, _) in zip(first, second):
         np.testing.assert_allclose(s1, s2, atol=1e-5)
-        assert (m1 == m2).mean() > 0.999
     assert {u for u, _ in failures} == {victim.grpc_url}, "the failed endpoint is reported"
     survivors = [u for u in urls if u != victim.grpc_url]
     after = encodes(survivors)
