@@ -232,6 +232,7 @@ def _check(name, case, ours, ref):
 # --- ViT-L / ViT-H: export, serve, set_image + predict (slow) -----------------------------
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # measured alone: 455 s (ViT-L), 441 s (ViT-H) on 2 cores
 @pytest.mark.parametrize("model_type", ["vit_l", "vit_h"])
 def test_large_vit_exports_serves_and_segments(model_type, tmp_path_factory):
     from samtriton import SamPredictor
