@@ -3,9 +3,11 @@ project with a brush + keypoint config, the backend connected, a real image uplo
 task, an interactive keypoint prediction; the brush mask it returns, decoded by Label Studio's
 own SDK, is ``SamPredictor``'s mask for that point.
 
-Label Studio goes in its own virtualenv (it must not touch this one's pins); scripts/test.sh
-installs it there and sets SAMTRITON_TEST_LABEL_STUDIO=1, so CI runs this test (and fails it,
-never skips it, if Label Studio is missing). Elsewhere it is opt-in:
+Label Studio goes in its own virtualenv (it must not touch this one's pins). The test is
+opt-in, CI included: on a fresh clone it costs ~260 s (install 189 s, start 55 s, the test
+13 s on a 2-core machine), more than the two minutes CI gives it. With the variable set it
+fails, never skips, if Label Studio is missing; `SAMTRITON_TEST_LABEL_STUDIO=1 bash
+scripts/test.sh` installs it in .venv-ls and runs it, or by hand:
 
     python -m venv .venv-ls && .venv-ls/bin/pip install label-studio==1.23.2
     SAMTRITON_TEST_LABEL_STUDIO=1 python -m pytest -q -s tests/test_label_studio.py
@@ -28,7 +30,7 @@ import pytest
 from PIL import Image
 
 from annotate_app import running_app
-from helpers import IN_CI, mask_iou, require
+from helpers import mask_iou, require
 from samtriton.server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +42,7 @@ CONFIG = """<View>
   <RectangleLabels name="rect" toName="image" smart="true"><Label value="Person" smart="true"/></RectangleLabels>
 </View>"""
 
-WANTED = os.environ.get("SAMTRITON_TEST_LABEL_STUDIO") == "1" or IN_CI
+WANTED = os.environ.get("SAMTRITON_TEST_LABEL_STUDIO") == "1"
 MISSING = None if EXECUTABLE.exists() else f"Label Studio at {EXECUTABLE} (scripts/test.sh installs it in .venv-ls)"
 pytestmark = [pytest.mark.skipif(not WANTED, reason="opt-in: SAMTRITON_TEST_LABEL_STUDIO=1 (see the module docstring)"),
               pytest.mark.timeout(900)]
