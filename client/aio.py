@@ -22,9 +22,9 @@ import numpy as np
 from . import calls
 from . import contract as C
 from .errors import InvalidInput
-from .predictor import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, DEFAULT_URL, SamPredictor, _read_file, _single_prompt, \
-    prompt_tensors
-from .transforms import ImageLike, ResizeLongestSide, encoded_image_size, preprocess, to_rgb_uint8
+from .predictor import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, DEFAULT_URL
+from .prompts import image_source, masks_from_logits, prompt_tensors, read_image_file, single_prompt
+from .transforms import ImageLike, ResizeLongestSide, encoded_image_size
 from .transport import AsyncTransport, TransportOptions, make_call, parse_urls
 
 
@@ -71,19 +71,15 @@ class AsyncSamPredictor:
     # --- images ----------------------------------------------------------------------------
     async def set_image(self, image: ImageLike, image_format: str = "RGB") -> ImageHandle:
         """Encode ``image`` on the server; returns the handle ``predict`` takes."""
-        def prepare():
-            rgb = to_rgb_uint8(image, image_format)
-            padded, input_size = preprocess(rgb, self.transform)
-            return dict(padded_image=padded, input_size=input_size, original_size=tuple(rgb.shape[:2]))
-
-        source = await asyncio.to_thread(prepare)  # PIL resize: keep the event loop free
+        # PIL resize: keep the event loop free
+        source = await asyncio.to_thread(image_source, image, image_format, self.transform)
         image_id = C.image_id_for(**source)
         await self._session_set(image_id, source)
         return ImageHandle(image_id, source["input_size"], source["original_size"], source)
 
     async def set_image_file(self, image_file: Union[bytes, str]) -> ImageHandle:
         """An image file's bytes (or path), decoded and preprocessed by the server."""
-        data = bytes(image_file) if isinstance(image_file, (bytes, bytearray)) else _read_file(image_file)
+        data = bytes(image_file) if isinstance(image_file, (bytes, bytearray)) else read_image_file(image_file)
         encoded_image_size(data)
         source = dict(encoded_image=data)
         image_id = C.image_id_for(**source)
@@ -99,15 +95,15 @@ class AsyncSamPredictor:
         """One prompt on ``image``, as ``SamPredictor.predict``: (masks, scores, low-res logits)."""
         if not isinstance(image, ImageHandle):
             raise InvalidInput(f"image: expected the ImageHandle set_image returned, got {type(image).__name__}")
-        points, labels, boxes, masks = _single_prompt(point_coords, point_labels, box, mask_input)
+        points, labels, boxes, masks = single_prompt(point_coords, point_labels, box, mask_input)
         tensors = prompt_tensors(self.transform, points, labels, boxes, masks, image.original_size)
         if masks is None:
             del tensors[C.MASK_INPUT.name], tensors[C.HAS_MASK_INPUT.name]
         call = calls.session_decode(self.model, image.image_id, tensors, multimask_output,
                                     float16=not return_logits, source=image.source)
         low_res, iou = calls.decode_result(call, await self.transport.call(call))
-        result = await asyncio.to_thread(SamPredictor._postprocess, low_res.astype(np.float32), iou, None,
-                                         return_logits, image.input_size, image.original_size)
+        result = await asyncio.to_thread(masks_from_logits, low_res, iou, None, return_logits, image.input_size,
+                                         image.original_size)
         return tuple(x[0] for x in result)
 
     async def segment(self, image: ImageLike, **predict_kwargs):

@@ -20,7 +20,8 @@ from . import amg
 from . import contract as C
 from .errors import InvalidInput
 from .predictor import SamPredictor
-from .transforms import ImageLike, ResizeLongestSide, preprocess, to_rgb_uint8
+from .prompts import image_source
+from .transforms import ImageLike, ResizeLongestSide, to_rgb_uint8
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
@@ -73,12 +74,12 @@ class SamAutomaticMaskGenerator:
     def generate(self, image: ImageLike) -> List[Dict[str, Any]]:
         """All masks of ``image`` (HWC uint8 RGB, a PIL image or a path), as the reference's records."""
         image = to_rgb_uint8(image)
-        backend = self.predictor.backend
-        sent, received = backend.bytes_sent, backend.bytes_received
+        client = self.predictor.client
+        sent, received = client.bytes_sent, client.bytes_received
         data = self._generate_masks(image)
         # What went over the wire for this image (the predictor's counters; shared memory is not the wire).
-        self.bytes_sent += backend.bytes_sent - sent
-        self.bytes_received += backend.bytes_received - received
+        self.bytes_sent += client.bytes_sent - sent
+        self.bytes_received += client.bytes_received - received
         if self.min_mask_region_area > 0:
             data = self.postprocess_small_regions(data, self.min_mask_region_area,
                                                   max(self.box_nms_thresh, self.crop_nms_thresh))
@@ -117,32 +118,30 @@ class SamAutomaticMaskGenerator:
         """Each crop encoded on the server. In session mode the embeddings stay there (one
         session entry per crop, under its content hash) and a handle comes back; otherwise
         the embeddings come back, in batched encoder requests."""
-        prepared = [preprocess(crop, self.transform) for crop in crops]
-        sizes = [tuple(int(v) for v in size) for _, size in prepared]
-        backend = self.predictor.backend
+        sources = [image_source(crop, "RGB", self.transform) for crop in crops]
+        sizes = [tuple(int(v) for v in source["input_size"]) for source in sources]
+        client = self.predictor.client
         if self.predictor.session:
-            sources = [dict(padded_image=padded, input_size=size, original_size=tuple(crop.shape[:2]))
-                       for (padded, size), crop in zip(prepared, crops)]
             handles = [(C.image_id_for(**source), source) for source in sources]
             with ThreadPoolExecutor(min(len(handles), self.requests_in_flight)) as pool:
-                list(pool.map(lambda handle: backend.session_set(handle[0], **handle[1]), handles))
+                list(pool.map(lambda handle: client.session_set(handle[0], **handle[1]), handles))
             return handles, sizes
-        padded = np.stack([p[0] for p in prepared])
+        padded = np.stack([source["padded_image"] for source in sources])
         input_sizes = np.asarray(sizes, dtype=np.int64)
         chunks = [slice(i, i + C.MAX_ENCODER_BATCH) for i in range(0, len(crops), C.MAX_ENCODER_BATCH)]
-        embeddings = np.concatenate([backend.encode(padded[c], input_sizes[c]) for c in chunks])
+        embeddings = np.concatenate([client.encode(padded[c], input_sizes[c]) for c in chunks])
         return list(embeddings), sizes
 
     def _filter_on_server(self, encoded, input_size, tensors: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """One point batch through the AMG stage: the session model on the stored embedding
         (which it keeps with its input size; re-sending the crop if the server no longer holds
         it), or NAME_amg with the embedding and input size."""
-        backend = self.predictor.backend
+        client = self.predictor.client
         if not self.predictor.session:
-            return backend.infer(C.AMG, dict(tensors, **{C.DECODER_IMAGE_EMBEDDINGS.name: encoded[None],
+            return client.infer(C.AMG, dict(tensors, **{C.DECODER_IMAGE_EMBEDDINGS.name: encoded[None],
                                                           C.INPUT_SIZE.name: np.asarray(input_size, np.int64)}))
         image_id, source = encoded
-        return backend.session_amg(image_id, tensors, source)
+        return client.session_amg(image_id, tensors, source)
 
     def _process_crop(self, crop, encoded, input_size, crop_box, layer_idx, orig_size) -> Dict[str, Any]:
         crop_size = crop.shape[:2]

@@ -88,7 +88,7 @@ def run(url, model: str = C.DEFAULT_MODEL_NAME, batches: Sequence[int] = (1, 8, 
     rows = []
     with SamPredictor(url, model=model, timeout=600) as predictor:
         for batch in batches:
-            rows.append(["encoder", f"batch {batch}", f"{encoder_throughput(predictor.backend, batch, repeats):.2f} images/s"])
+            rows.append(["encoder", f"batch {batch}", f"{encoder_throughput(predictor.client, batch, repeats):.2f} images/s"])
         predictor.set_image(image)
         rows.append(["decoder", f"{prompts} prompts/request", f"{decoder_throughput(predictor, prompts, repeats):.1f} prompts/s"])
     e2e = end_to_end(url, model, image, clients, repeats)

@@ -76,15 +76,15 @@ def latency_and_bytes(url, model: str, reference, images: Dict[str, np.ndarray],
             call()  # warm-up
         for _ in range(repeats):
             for who, call in calls.items():
-                backend = predictors[who].backend if who in predictors else None
-                sent, received = (backend.bytes_sent, backend.bytes_received) if backend else (0, 0)
+                client = predictors[who].client if who in predictors else None
+                sent, received = (client.bytes_sent, client.bytes_received) if client else (0, 0)
                 start = time.perf_counter()
                 call()
                 times.setdefault(op, {}).setdefault(who, []).append(time.perf_counter() - start)
-                if backend is not None:
+                if client is not None:
                     total = wire.setdefault(op, {}).setdefault(who, {"sent": 0.0, "received": 0.0, "calls": 0})
-                    total["sent"] += backend.bytes_sent - sent
-                    total["received"] += backend.bytes_received - received
+                    total["sent"] += client.bytes_sent - sent
+                    total["received"] += client.bytes_received - received
                     total["calls"] += 1
 
     def fresh_set_image(predictor, image):

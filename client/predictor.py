@@ -17,9 +17,10 @@ import numpy as np
 from . import calls
 from . import contract as C
 from .errors import InvalidInput
+from .prompts import (batch_prompt, image_source, masks_from_logits, prompt_tensors, read_image_file,
+                      single_prompt)
 from .transport import Transport, TransportOptions, make_call, parse_urls
-from .transforms import (ImageLike, ResizeLongestSide, decode_image, encoded_image_size, postprocess_masks,
-                         preprocess, to_rgb_uint8)
+from .transforms import ImageLike, ResizeLongestSide, decode_image, encoded_image_size
 from .validation import check_decoder_inputs
 
 logger = logging.getLogger("samtriton")
@@ -169,13 +170,16 @@ class SamPredictor:
       retries: how often a call that finds the server UNAVAILABLE is retried (with backoff).
       client_kwargs: passed to ``tritonclient.grpc.InferenceServerClient``: ``ssl=True``,
         ``root_certificates``, ``private_key``, ``certificate_chain`` (paths) for TLS.
+
+    ``client`` is its ``TritonSam``: typed access to the deployment's models (what
+    ``SamAutomaticMaskGenerator`` and the benchmarks use).
     """
 
     def __init__(self, url: Union[str, Sequence[str]] = DEFAULT_URL, model: str = C.DEFAULT_MODEL_NAME,
                  timeout: float = DEFAULT_TIMEOUT_S, headers: Optional[Dict[str, str]] = None,
                  retries: int = DEFAULT_RETRIES, session: bool = True, shared_memory: bool = False,
                  **client_kwargs):
-        self.backend = TritonSam(url, model, timeout=timeout, headers=headers, retries=retries,
+        self.client = TritonSam(url, model, timeout=timeout, headers=headers, retries=retries,
                                  shared_memory=shared_memory, **client_kwargs)
         self.session = session
         self.transform = ResizeLongestSide(C.IMAGE_SIZE)
@@ -190,33 +194,32 @@ class SamPredictor:
         uint8 by 255/65535 (see ``transforms.to_rgb_uint8``). In session mode the embedding
         stays on the server; otherwise it is returned and kept here.
         """
-        rgb = to_rgb_uint8(image, image_format)
-        padded, input_size = preprocess(rgb, self.transform)
-        original_size = tuple(rgb.shape[:2])
+        source = image_source(image, image_format, self.transform)
         self.reset_image()
         if self.session:
-            self._image_source = dict(padded_image=padded, input_size=input_size, original_size=original_size)
-            image_id = C.image_id_for(**self._image_source)
-            self.backend.session_set(image_id, **self._image_source)
+            self._image_source = source
+            image_id = C.image_id_for(**source)
+            self.client.session_set(image_id, **source)
             self.image_id = image_id
         else:
-            self.features = self.backend.encode(padded[None], np.asarray([input_size], dtype=np.int64))
-        self.original_size = original_size
-        self.input_size = input_size
+            self.features = self.client.encode(source["padded_image"][None],
+                                                np.asarray([source["input_size"]], dtype=np.int64))
+        self.original_size = source["original_size"]
+        self.input_size = source["input_size"]
         self.is_image_set = True
 
     def set_image_file(self, image_file: Union[bytes, str, "os.PathLike"]) -> None:
         """Like ``set_image``, for an image file (path or bytes: JPEG, PNG, ...). In session mode
         the file's bytes are sent as they are and the server decodes and preprocesses them
         exactly as ``set_image`` would here: a JPEG is ~10x fewer bytes than the padded image."""
-        data = image_file if isinstance(image_file, (bytes, bytearray)) else _read_file(image_file)
+        data = image_file if isinstance(image_file, (bytes, bytearray)) else read_image_file(image_file)
         if not self.session:
             return self.set_image(decode_image(data))
         encoded_image_size(data)  # a clear error here for a file the server could not read either
         self.reset_image()
         self._image_source = dict(encoded_image=bytes(data))
         image_id = C.image_id_for(**self._image_source)
-        self.input_size, self.original_size = self.backend.session_set(image_id, **self._image_source)
+        self.input_size, self.original_size = self.client.session_set(image_id, **self._image_source)
         self.image_id = image_id
         self.is_image_set = True
 
@@ -224,7 +227,7 @@ class SamPredictor:
         """The [1, 256, 64, 64] float32 embedding of the current image."""
         self._require_image()
         if self.session:
-            return self.backend.session_embedding(self.image_id, self._image_source)
+            return self.client.session_embedding(self.image_id, self._image_source)
         return self.features
 
     def reset_image(self) -> None:
@@ -246,7 +249,7 @@ class SamPredictor:
         from a previous call. Returns masks (CxHxW bool, or float logits with
         ``return_logits``), scores (C,) and low-res logits (Cx256x256), C = 3 or 1.
         """
-        prompt = _single_prompt(point_coords, point_labels, box, mask_input)
+        prompt = single_prompt(point_coords, point_labels, box, mask_input)
         out = self._predict(*prompt, multimask_output, return_logits)
         return tuple(x[0] for x in out)
 
@@ -258,60 +261,34 @@ class SamPredictor:
         point_coords: KxNx2; point_labels: KxN; boxes: Kx4; mask_input: Kx1x256x256. Returns
         masks KxCxHxW, scores KxC, low-res logits KxCx256x256.
         """
-        points = labels = box_array = masks = None
-        if point_coords is not None or point_labels is not None:
-            points = _as_points(point_coords, "point_coords", batched=True)
-            labels = _as_labels(point_labels, points.shape[1], "point_labels", batched=True, count=len(points))
-        if boxes is not None:
-            box_array = _as_boxes(boxes, "boxes", batched=True)
-        count = len(points) if points is not None else (len(box_array) if box_array is not None else 0)
-        if points is not None and box_array is not None and len(box_array) != count:
-            raise InvalidInput(f"boxes: expected {count} boxes to match point_coords, got {len(box_array)}")
-        if mask_input is not None:
-            masks = _as_mask_input(mask_input, count, "mask_input", batched=True)
-        return self._predict(points, labels, box_array, masks, multimask_output, return_logits)
+        prompt = batch_prompt(point_coords, point_labels, boxes, mask_input)
+        return self._predict(*prompt, multimask_output, return_logits)
 
     def segment_image(self, image: ImageLike, image_format: str = "RGB", point_coords=None, point_labels=None,
                       box=None, mask_input=None, multimask_output: bool = True, return_logits: bool = False):
         """``set_image`` + ``predict`` in one call through the ensemble; keeps no state."""
-        rgb = to_rgb_uint8(image, image_format)
-        padded, input_size = preprocess(rgb, self.transform)
-        original_size = tuple(rgb.shape[:2])
-        prompts = self._prompt_tensors(*_single_prompt(point_coords, point_labels, box, mask_input), original_size)
-        low_res, iou = self.backend.segment(padded, input_size, prompts)
+        source = image_source(image, image_format, self.transform)
+        prompts = prompt_tensors(self.transform, *single_prompt(point_coords, point_labels, box, mask_input),
+                                 source["original_size"])
+        low_res, iou = self.client.segment(source["padded_image"], source["input_size"], prompts)
         selected = C.MULTIMASK_SLICE if multimask_output else C.SINGLE_MASK_SLICE
-        out = self._postprocess(low_res, iou, selected, return_logits, input_size, original_size)
+        out = masks_from_logits(low_res, iou, selected, return_logits, source["input_size"], source["original_size"])
         return tuple(x[0] for x in out)
 
     def _predict(self, points, labels, boxes, masks, multimask_output, return_logits):
         self._require_image()
-        prompts = self._prompt_tensors(points, labels, boxes, masks, self.original_size)
+        prompts = prompt_tensors(self.transform, points, labels, boxes, masks, self.original_size)
         if self.session:
             if masks is None:  # the server fills in "no mask prompt": 256 KiB per prompt not sent
                 del prompts[C.MASK_INPUT.name], prompts[C.HAS_MASK_INPUT.name]
             # float16 logits unless the caller wants logits: the masks (logits > 0) are the same.
-            low_res, iou = self.backend.session_decode(self.image_id, prompts, multimask_output,
+            low_res, iou = self.client.session_decode(self.image_id, prompts, multimask_output,
                                                        float16=not return_logits, source=self._image_source)
-            return self._postprocess(low_res.astype(np.float32), iou, None, return_logits, self.input_size,
-                                     self.original_size)
+            return masks_from_logits(low_res, iou, None, return_logits, self.input_size, self.original_size)
         prompts[C.DECODER_IMAGE_EMBEDDINGS.name] = self.features
-        low_res, iou = self.backend.decode(prompts)
+        low_res, iou = self.client.decode(prompts)
         selected = C.MULTIMASK_SLICE if multimask_output else C.SINGLE_MASK_SLICE
-        return self._postprocess(low_res, iou, selected, return_logits, self.input_size, self.original_size)
-
-    def _prompt_tensors(self, points, labels, boxes, masks, original_size) -> Dict[str, np.ndarray]:
-        return prompt_tensors(self.transform, points, labels, boxes, masks, original_size)
-
-    @staticmethod
-    def _postprocess(low_res, iou, selected, return_logits, input_size, original_size):
-        """``selected``: the mask slice to keep, or None when the server already sliced."""
-        if selected is not None:
-            low_res, iou = low_res[:, selected], iou[:, selected]
-        low_res, scores = np.ascontiguousarray(low_res), np.ascontiguousarray(iou)
-        masks = postprocess_masks(low_res, input_size, original_size)
-        if not return_logits:
-            masks = masks > 0.0
-        return masks, scores, low_res
+        return masks_from_logits(low_res, iou, selected, return_logits, self.input_size, self.original_size)
 
     def _require_image(self) -> None:
         if not self.is_image_set:
@@ -319,141 +296,25 @@ class SamPredictor:
 
     @property
     def model(self) -> str:
-        return self.backend.model
+        return self.client.model
+
+    @property
+    def backend(self) -> TritonSam:
+        """The former name of ``client`` (kept for existing callers)."""
+        return self.client
 
     def is_ready(self) -> bool:
         """True when the server and this deployment's three models are ready."""
-        return self.backend.is_ready()
+        return self.client.is_ready()
 
     def close(self) -> None:
-        self.backend.close()
+        self.client.close()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
-
-
-def prompt_tensors(transform: ResizeLongestSide, points, labels, boxes, masks, original_size) -> Dict[str, np.ndarray]:
-    """Original-pixel prompts -> the decoder's tensors (SAM's ONNX prompt form)."""
-    if points is None and boxes is None:
-        raise InvalidInput("point_coords / box: give at least one point or a box")
-    coords, label_parts = [], []
-    count = len(points) if points is not None else len(boxes)
-    if points is not None:
-        coords.append(transform.apply_coords(points, original_size))
-        label_parts.append(labels.astype(np.float64))
-    if boxes is not None:
-        coords.append(transform.apply_boxes(boxes, original_size).reshape(-1, 2, 2))
-        label_parts.append(np.tile([[C.LABEL_BOX_TOP_LEFT, C.LABEL_BOX_BOTTOM_RIGHT]], (count, 1)))
-    else:
-        # Without a box SAM appends one padding point (label -1).
-        coords.append(np.zeros((count, 1, 2)))
-        label_parts.append(np.full((count, 1), C.LABEL_PAD))
-    if masks is None:
-        mask_tensor = np.zeros((count, 1, C.LOW_RES_SIZE, C.LOW_RES_SIZE), np.float32)
-        has_mask = np.zeros(count, np.float32)
-    else:
-        mask_tensor, has_mask = masks.astype(np.float32), np.ones(count, np.float32)
-    return {
-        C.POINT_COORDS.name: np.concatenate(coords, axis=1).astype(np.float32),
-        C.POINT_LABELS.name: np.concatenate(label_parts, axis=1).astype(np.float32),
-        C.MASK_INPUT.name: mask_tensor,
-        C.HAS_MASK_INPUT.name: has_mask,
-    }
-
-
-def _read_file(path) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise InvalidInput(f"image_file: cannot read {os.fspath(path)!r} ({exc})") from None
-
-
-# --- input checks: each names the field and its expected form ----------------------------
-
-def _single_prompt(point_coords, point_labels, box, mask_input):
-    """``predict``'s arguments checked and given a leading prompt axis of 1."""
-    points = labels = boxes = masks = None
-    if point_coords is not None or point_labels is not None:
-        points = _as_points(point_coords, "point_coords", batched=False)[None]
-        labels = _as_labels(point_labels, points.shape[1], "point_labels", batched=False)[None]
-    if box is not None:
-        boxes = _as_boxes(box, "box", batched=False)[None]
-    if mask_input is not None:
-        masks = _as_mask_input(mask_input, 1, "mask_input", batched=False)[None]
-    return points, labels, boxes, masks
-
-
-def _numeric(value, field: str, expected: str) -> np.ndarray:
-    if value is None:
-        raise InvalidInput(f"{field}: required, expected {expected}")
-    try:
-        array = np.asarray(value)
-    except Exception as exc:  # ragged lists and the like
-        raise InvalidInput(f"{field}: expected {expected} ({exc})") from None
-    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
-        raise InvalidInput(f"{field}: expected {expected} of numbers, got dtype {array.dtype}")
-    if array.dtype == np.bool_ or np.iscomplexobj(array):
-        raise InvalidInput(f"{field}: expected {expected} of real numbers, got dtype {array.dtype}")
-    if not np.all(np.isfinite(array)):
-        raise InvalidInput(f"{field}: contains NaN or infinite values; expected finite {expected}")
-    return array
-
-
-def _as_points(value, field: str, batched: bool) -> np.ndarray:
-    expected = "an array of shape KxNx2 (x, y)" if batched else "an array of shape Nx2 (x, y)"
-    array = _numeric(value, field, expected)
-    ndim = 3 if batched else 2
-    if array.ndim != ndim or array.shape[-1] != 2 or array.shape[-2] < 1 or (batched and array.shape[0] < 1):
-        raise InvalidInput(f"{field}: expected {expected}, got shape {list(array.shape)}")
-    if array.shape[-2] > C.MAX_POINTS_PER_PROMPT - 2:
-        raise InvalidInput(f"{field}: at most {C.MAX_POINTS_PER_PROMPT - 2} points per prompt, got {array.shape[-2]}")
-    return array.astype(np.float64)
-
-
-def _as_labels(value, n_points: int, field: str, batched: bool, count: int = 1) -> np.ndarray:
-    expected = f"an array of shape {count}x{n_points}" if batched else f"an array of {n_points} labels"
-    if value is None:
-        raise InvalidInput(f"{field}: point_labels must be supplied with point_coords ({expected}, 1 = foreground, "
-                           "0 = background)")
-    array = _numeric(value, field, expected)
-    shape = (count, n_points) if batched else (n_points,)
-    if array.shape != shape:
-        raise InvalidInput(f"{field}: expected {expected}, got shape {list(array.shape)}")
-    if not np.all(np.isin(array, (C.LABEL_BACKGROUND, C.LABEL_FOREGROUND))):
-        raise InvalidInput(f"{field}: labels must be 1 (foreground) or 0 (background), got {np.unique(array).tolist()}")
-    return array
-
-
-def _as_boxes(value, field: str, batched: bool) -> np.ndarray:
-    expected = "an array of shape Kx4 (x0, y0, x1, y1)" if batched else "4 numbers (x0, y0, x1, y1)"
-    array = _numeric(value, field, expected)
-    if batched:
-        ok = array.ndim == 2 and array.shape[1] == 4 and array.shape[0] >= 1
-    else:
-        ok = array.shape in ((4,), (1, 4))
-        array = array.reshape(-1)[:4] if ok else array
-    if not ok:
-        raise InvalidInput(f"{field}: expected {expected}, got shape {list(array.shape)}")
-    array = array.reshape(-1, 4).astype(np.float64)
-    bad = (array[:, 2] < array[:, 0]) | (array[:, 3] < array[:, 1])
-    if bad.any():
-        raise InvalidInput(f"{field}: expected x1 >= x0 and y1 >= y0, got {array[bad][0].tolist()}")
-    return array if batched else array[0]
-
-
-def _as_mask_input(value, count: int, field: str, batched: bool) -> np.ndarray:
-    size = C.LOW_RES_SIZE
-    expected = f"an array of shape {count}x1x{size}x{size}" if batched else f"an array of shape 1x{size}x{size}"
-    array = _numeric(value, field, expected)
-    shape = (count, 1, size, size) if batched else (1, size, size)
-    if array.shape != shape:
-        raise InvalidInput(f"{field}: expected {expected} (low-res logits from a previous call), "
-                           f"got shape {list(array.shape)}")
-    return array.astype(np.float32)
 
 
 __all__: Sequence[str] = ("SamPredictor", "TritonSam")

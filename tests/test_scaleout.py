@@ -236,7 +236,8 @@ def test_image_id_travels_as_metadata():
 def test_one_client_shared_by_threads_survives_a_kill(cold, scaleout_images):
     """Threads share one TritonSam (and its shared-memory pools) while a replica dies: a
     failed endpoint's channel is replaced, never closed under another thread's request."""
-    from samtriton.predictor import TritonSam, prompt_tensors
+    from samtriton.predictor import TritonSam
+    from samtriton.prompts import prompt_tensors
     from samtriton.transforms import ResizeLongestSide, preprocess, to_rgb_uint8
 
     backend = TritonSam(cold.urls, model="mobilesam", timeout=120.0, shared_memory=True)

@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from helpers import EMBEDDING_BYTES, mask_iou, prompts_for, successful_requests
 from samtriton import ImageNotCached, SamPredictor
+from samtriton.prompts import prompt_tensors
 from samtriton import contract as C
 from samtriton.export.python_models.embedding_cache import EmbeddingCache
 from samtriton.shared_memory import is_local
@@ -60,9 +61,9 @@ def test_evicted_image_is_sent_again_transparently(server, images, session_cache
         assert stored.exists()
         os.remove(stored)  # what LRU eviction (or a restart) does
         with pytest.raises(ImageNotCached, match="unknown image_id"):
-            predictor.backend.session_decode(predictor.image_id, predictor._prompt_tensors(
-                prompt["point_coords"][None], prompt["point_labels"][None], None, None, predictor.original_size),
-                multimask_output=True)
+            tensors = prompt_tensors(predictor.transform, prompt["point_coords"][None], prompt["point_labels"][None],
+                                     None, None, predictor.original_size)
+            predictor.backend.session_decode(predictor.image_id, tensors, multimask_output=True)
         encodes = successful_requests(server.grpc_url, "mobilesam_encoder")
         after = predictor.predict(**prompt)
         assert successful_requests(server.grpc_url, "mobilesam_encoder") == encodes + 1, "the image was encoded again"
