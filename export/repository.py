@@ -260,7 +260,7 @@ def parse_config(text: str) -> mc.ModelConfig:
 
 
 def _python_model_source(kind: str) -> str:
-    return resources.files("samtriton.export.python_models").joinpath(f"{kind}.py").read_text()
+    return resources.files("samtriton.server.models").joinpath(f"{kind}.py").read_text()
 
 
 def _copy_with_external_data(source: Path, target: Path) -> None:

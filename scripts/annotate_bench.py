@@ -86,7 +86,7 @@ def main(argv=None):
         image_path = next(photos.iterdir())
         port = free_port()
         log = open(work / "app.log", "w")
-        app = subprocess.Popen([sys.executable, "-m", "samtriton.cli", "annotate", str(photos), "--url", url,
+        app = subprocess.Popen([sys.executable, "-m", "samtriton.tools.cli", "annotate", str(photos), "--url", url,
                                 "--model", args.model, "--out", str(work / "out"), "--port", str(port)],
                                stdout=log, stderr=subprocess.STDOUT)
         stack.callback(app.terminate)

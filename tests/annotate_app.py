@@ -44,7 +44,7 @@ def running_app(grpc_url, images_dir, out_dir, log_path, *extra, env=None):
     port = free_port()
     log = open(log_path, "w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "samtriton.cli", "annotate", str(images_dir), "--url", grpc_url, "--model", "mobilesam",
+        [sys.executable, "-m", "samtriton.tools.cli", "annotate", str(images_dir), "--url", grpc_url, "--model", "mobilesam",
          "--out", str(out_dir), "--port", str(port), *map(str, extra)],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     app = App(process, f"http://127.0.0.1:{port}", log_path)

@@ -100,7 +100,7 @@ def server_cache_directory(server, base="mobilesam"):
     or the default one the session model derives from the server's process."""
     from pathlib import Path
 
-    from samtriton.export.python_models.embedding_cache import cache_directory
+    from samtriton.server.embedding_cache import cache_directory
 
     if server.session_cache_dir is not None:
         return Path(server.session_cache_dir)

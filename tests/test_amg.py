@@ -213,7 +213,7 @@ def test_segment_auto_cli(server, images, tmp_path):
     for name in ("coins_gray", "chelsea"):
         Image.fromarray(images[name]).save(folder / f"{name}.png")
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "samtriton.cli", "segment", str(folder), "--auto", "--url",
+    result = subprocess.run([sys.executable, "-m", "samtriton.tools.cli", "segment", str(folder), "--auto", "--url",
                              server.grpc_url, "--model", "mobilesam", "--points-per-side", "8", "--out", str(out)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr

@@ -75,7 +75,7 @@ def test_bad_input_gets_4xx_with_a_clear_message(app, folders):
 def test_label_studio_predict_matches_sam_predictor(app, predictor, images):
     """The ML backend protocol over HTTP: a keypoint in percent in, a brush RLE out that decodes
     to SamPredictor's mask for that point."""
-    from samtriton.annotate.label_studio import brush_decode
+    from samtriton.tools.annotate.label_studio import brush_decode
 
     config = ('<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">'
               '<Label value="Person"/></BrushLabels><KeyPointLabels name="kp" toName="image" smart="true">'
@@ -106,7 +106,7 @@ def test_label_studio_predict_matches_sam_predictor(app, predictor, images):
 def test_brush_rle_is_label_studios():
     """Bytes of label_studio_sdk.converter.brush.mask2rle for this mask (recorded from
     label-studio 1.23.2's SDK 2.1.2), and the decoder's inverse on random masks."""
-    from samtriton.annotate.label_studio import brush_decode, brush_rle
+    from samtriton.tools.annotate.label_studio import brush_decode, brush_rle
 
     mask = np.zeros((7, 9), bool)
     mask[2:5, 3:8] = True

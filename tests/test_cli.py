@@ -11,7 +11,7 @@ from samtriton.server import free_port
 
 
 def _segment(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "samtriton.cli", "segment", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "samtriton.tools.cli", "segment", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -4,7 +4,7 @@ import argparse
 import subprocess
 import sys
 
-from samtriton.cli import HelpFormatter, build_parser, parsers
+from samtriton.tools.cli import HelpFormatter, build_parser, parsers
 
 
 def test_every_option_has_help_and_shows_its_default():
@@ -24,10 +24,10 @@ def test_every_option_has_help_and_shows_its_default():
 
 
 def test_help_lists_annotate_and_defaults():
-    out = subprocess.run([sys.executable, "-m", "samtriton.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "samtriton.tools.cli", "--help"], capture_output=True, text=True, check=True)
     assert "annotate" in out.stdout
     for command, expected in (("segment", "(default: 127.0.0.1:8001)"), ("annotate", "(default: 8080)"),
                               ("annotate", "(required)")):
-        out = subprocess.run([sys.executable, "-m", "samtriton.cli", command, "--help"],
+        out = subprocess.run([sys.executable, "-m", "samtriton.tools.cli", command, "--help"],
                              capture_output=True, text=True, check=True)
         assert expected in " ".join(out.stdout.split()), out.stdout

@@ -158,7 +158,7 @@ def test_dockerignore_keeps_the_build_inputs_and_drops_local_files(tmp_path):
     dropped = [".venv/bin/python", ".venv-cpu/lib/x.py", ".git/HEAD", ".git/objects/ab/cdef",
                "model_repository/sam_encoder/1/model.onnx", "model_repository/sam_encoder/1/model.onnx.data",
                "model_repository/sam_encoder/1/model.plan", "model_repository/sam.export.json", "out/demo/overlay.png",
-               "client/__pycache__/predictor.cpython-311.pyc", "export/python_models/__pycache__/session.cpython-311.pyc",
+               "client/__pycache__/predictor.cpython-311.pyc", "server/models/__pycache__/session.cpython-311.pyc",
                "tests/__pycache__/helpers.cpython-311.pyc", ".pytest_cache/v/cache/nodeids", ".hypothesis/examples/x",
                "samtriton.egg-info/PKG-INFO", "timing.cache", "build/lib/samtriton/cli.py", "encoder.onnx"]
     copied = set()

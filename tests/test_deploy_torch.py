@@ -15,7 +15,8 @@ from test_deploy import _effective_command, _exec_form, _interpolate, _versions,
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
-MODELS = ROOT / "export" / "python_models"
+MODELS = ROOT / "server" / "models"
+SERVER = ROOT / "server"
 # Import names -> distribution names, where they differ.
 DISTRIBUTIONS = {"mobile_sam": "mobilesam-mirror", "segment_anything": "segment-anything"}
 
@@ -49,9 +50,9 @@ def test_torch_image_installs_what_the_torch_models_import():
     # SAM packages come through torch_runtime.build_sam.
     # The torch models' own modules, every import; the modules they share with the ONNX
     # backends (a torch repository's session and AMG stages use them), at module level.
-    shared = [MODELS / f"{name}.py" for name in ("session", "amg", "runtime", "embedding_cache", "metrics",
-                                                  "lifecycle")]
-    imported = (_third_party_imports(MODELS.glob("torch_*.py")) | _third_party_imports(shared, nested=False)
+    shared = [MODELS / f"{name}.py" for name in ("session", "amg")] + [
+        SERVER / f"{name}.py" for name in ("runtime", "embedding_cache", "metrics", "lifecycle", "config")]
+    imported = (_third_party_imports([*MODELS.glob("torch_*.py"), *SERVER.glob("torch_*.py")]) | _third_party_imports(shared, nested=False)
                 | {"segment_anything", "mobile_sam"})
     # numpy and Pillow: samtriton's own dependencies, installed with any extra.
     needed = {DISTRIBUTIONS.get(name, name).lower() for name in imported} - {"numpy", "pil"}

@@ -54,7 +54,7 @@ def test_stage_fits_the_device_carry_and_holds_what_a_bare_cuda_machine_lacks(ch
     assert wheels == {"samtriton", "tritonclient", "python_rapidjson", "segment_anything", "mobilesam_mirror"}
     with zipfile.ZipFile(bundle / "wheels" / next(p.name for p in (bundle / "wheels").glob("samtriton-*"))) as wheel:
         names = set(wheel.namelist())
-    assert {"samtriton/export/python_models/torch_encoder.py", "samtriton/export/python_models/torch_stage.py",
+    assert {"samtriton/server/models/torch_encoder.py", "samtriton/server/torch_stage.py",
             "samtriton/export/torch_weights.py"} <= names
     with zipfile.ZipFile(bundle / "pytriton_slim.zip") as slim:
         names = slim.namelist()

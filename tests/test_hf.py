@@ -86,7 +86,7 @@ def hf_reference(hf_dir):
 
 @pytest.fixture(scope="module")
 def hf_server(hf_dir, tmp_path_factory):
-    from samtriton.cli import main
+    from samtriton.tools.cli import main
     from samtriton.server import EmbeddedTriton, free_port
 
     repo = tmp_path_factory.mktemp("hf_repository")
@@ -193,7 +193,7 @@ def test_pytorch_model_bin_gives_the_same_weights(hf_dir, tmp_path):
 def test_config_outside_the_contract_is_refused(hf_dir, tmp_path):
     import shutil
 
-    from samtriton.cli import main
+    from samtriton.tools.cli import main
 
     config = json.loads((hf_dir / "config.json").read_text())
     config["vision_config"]["output_channels"] = 128
@@ -231,7 +231,7 @@ def test_hf_model_resolves_through_the_hub_cache(hf_dir, tmp_path):
 
 def test_hf_model_not_reachable_is_one_line(tmp_path):
     env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "empty_hub"), HF_HUB_OFFLINE="1")
-    result = subprocess.run([sys.executable, "-m", "samtriton.cli", "export", "--hf-model", "samtriton-test/absent",
+    result = subprocess.run([sys.executable, "-m", "samtriton.tools.cli", "export", "--hf-model", "samtriton-test/absent",
                              "--repository", str(tmp_path / "r")], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.startswith("samtriton export: --hf-model samtriton-test/absent:"), result.stderr[-2000:]

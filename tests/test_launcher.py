@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from samtriton import SamPredictor, ServerUnavailable
-from samtriton.export.python_models.embedding_cache import DIRECTORY_PREFIX
+from samtriton.server.embedding_cache import DIRECTORY_PREFIX
 from samtriton.server import SHM_PREFIX, EmbeddedTriton, free_port, popen_tied
 
 GONE_WITHIN_S = 5.0
@@ -130,7 +130,7 @@ def test_a_tied_child_outlives_the_thread_that_asked_but_not_the_process():
 
 STUB_STANDIN = """
 import ctypes
-from samtriton.export.python_models.lifecycle import exit_with_server
+from samtriton.server.lifecycle import exit_with_server
 print("held" if exit_with_server() else "none", flush=True)
 ctypes.PyDLL(None).pause()  # blocks holding the GIL, as a stub waiting for its dead server's reply
 """
@@ -147,7 +147,7 @@ def test_a_stub_stuck_holding_the_gil_dies_with_its_server():
     """A stand-in for tritonserver (its own process group, as EmbeddedTriton starts it, with
     the launcher's lifeline) starts a stub that runs our hook, then blocks holding the GIL.
     The server is SIGKILLed: the kernel kills the stub."""
-    from samtriton.export.python_models.lifecycle import LIFELINE_ENV
+    from samtriton.server.lifecycle import LIFELINE_ENV
 
     pipe = os.pipe()
     env = dict(os.environ, **{LIFELINE_ENV: ",".join(map(str, pipe))})
@@ -170,7 +170,7 @@ def test_a_stub_stuck_holding_the_gil_dies_with_its_server():
 
 
 def test_a_lifeline_that_is_not_one_pipe_is_left_alone():
-    from samtriton.export.python_models.lifecycle import hold_lifeline
+    from samtriton.server.lifecycle import hold_lifeline
 
     first, second = os.pipe(), os.pipe()
     try:
@@ -183,7 +183,7 @@ def test_a_lifeline_that_is_not_one_pipe_is_left_alone():
 
 
 def _serve(repository, ports):
-    command = [sys.executable, "-m", "samtriton.cli", "serve", "--repository", str(repository),
+    command = [sys.executable, "-m", "samtriton.tools.cli", "serve", "--repository", str(repository),
                "--grpc-port", str(ports[0]), "--http-port", str(ports[1]), "--metrics-port", str(ports[2]),
                "--startup-timeout", "180"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -233,7 +233,7 @@ def _distinct_images(images, count):
     """``count`` new images (shifted copies of a photograph) whose encodes take distinct
     single-flight lock files, so each one executing shows as its own file."""
     from samtriton import contract as C
-    from samtriton.export.python_models.embedding_cache import FLIGHT_STRIPES
+    from samtriton.server.embedding_cache import FLIGHT_STRIPES
     from samtriton.transforms import preprocess
 
     chosen, stripes, shift = [], set(), 0

@@ -23,8 +23,8 @@ import pytest
 
 from samtriton import SamPredictor
 from samtriton import contract as C
-from samtriton.export.python_models import metrics as M
-from samtriton.export.python_models.embedding_cache import EmbeddingCache
+from samtriton.server import metrics as M
+from samtriton.server.embedding_cache import EmbeddingCache
 from samtriton.server import EmbeddedTriton, free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -3,7 +3,7 @@
 import ast
 from pathlib import Path
 
-MODELS = Path(__file__).resolve().parent.parent / "export" / "python_models"
+MODELS = Path(__file__).resolve().parent.parent / "server" / "models"
 
 
 def _bls_requests():

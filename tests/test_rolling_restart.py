@@ -46,7 +46,7 @@ class Replica:
         return f"127.0.0.1:{self.grpc_port}"
 
     def start(self):
-        command = [sys.executable, "-m", "samtriton.cli", "serve", "--repository", str(self.repository),
+        command = [sys.executable, "-m", "samtriton.tools.cli", "serve", "--repository", str(self.repository),
                    "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port),
                    "--metrics-port", str(self.metrics_port), "--session-cache-dir", str(self.cache_dir),
                    "--startup-timeout", "300"]

@@ -294,7 +294,7 @@ def test_serve_session_cache_dir_option(repository, tmp_path):
 
     cache = tmp_path / "deep" / "sessions"
     grpc_port = free_port()
-    command = [sys.executable, "-m", "samtriton.cli", "serve", "--repository", str(repository),
+    command = [sys.executable, "-m", "samtriton.tools.cli", "serve", "--repository", str(repository),
                "--grpc-port", str(grpc_port), "--http-port", str(free_port()), "--metrics-port", str(free_port()),
                "--session-cache-dir", str(cache)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

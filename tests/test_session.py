@@ -19,7 +19,7 @@ from helpers import EMBEDDING_BYTES, mask_iou, prompts_for, successful_requests
 from samtriton import ImageNotCached, SamPredictor
 from samtriton.prompts import prompt_tensors
 from samtriton import contract as C
-from samtriton.export.python_models.embedding_cache import EmbeddingCache
+from samtriton.server.embedding_cache import EmbeddingCache
 from samtriton.shared_memory import is_local
 
 

@@ -38,7 +38,7 @@ SKIP_REASON = _tensorrt_and_gpu()
 @pytest.mark.skipif(SKIP_REASON is None, reason="TensorRT is installed here")
 def test_export_tensorrt_fails_fast_and_writes_nothing(checkpoint, tmp_path):
     repo = tmp_path / "repo"
-    result = subprocess.run([sys.executable, "-m", "samtriton.cli", "export", "--model-type", "vit_t", "--checkpoint",
+    result = subprocess.run([sys.executable, "-m", "samtriton.tools.cli", "export", "--model-type", "vit_t", "--checkpoint",
                              str(checkpoint), "--repository", str(repo), "--encoder-backend", "tensorrt"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
@@ -109,7 +109,7 @@ def test_default_opt_batch_is_clamped_into_the_profile():
     (["--min-batch", "2", "--opt-batch", "3", "--max-batch", "6"], (2, 3, 6)),
 ])
 def test_cli_batch_profile(flags, profile):
-    from samtriton.cli import build_parser, engine_options
+    from samtriton.tools.cli import build_parser, engine_options
 
     args = build_parser().parse_args(["export", "--model-type", "vit_t", "--repository", "r",
                                       "--encoder-backend", "tensorrt", *flags])

@@ -28,7 +28,7 @@ def test_fused_attention_equals_segment_anything_attention():
     ensure_reference_imports()
     from segment_anything.modeling.image_encoder import Attention
 
-    from samtriton.export.python_models.torch_runtime import use_fused_attention
+    from samtriton.server.torch_runtime import use_fused_attention
 
     torch.manual_seed(0)
     for side in (14, 9):
@@ -47,7 +47,7 @@ def test_fused_attention_equals_segment_anything_attention():
 
 
 def test_pack_bits_is_numpy_packbits():
-    from samtriton.export.python_models.torch_runtime import pack_bits
+    from samtriton.server.torch_runtime import pack_bits
 
     rng = np.random.default_rng(0)
     for shape in ((3, 5, 7), (2, 8, 8), (1, 13, 1), (0, 4, 4)):
@@ -59,7 +59,7 @@ def test_pack_bits_is_numpy_packbits():
 
 
 def test_device_embeddings_lru_bounded_in_bytes():
-    from samtriton.export.python_models.torch_runtime import DeviceEmbeddings
+    from samtriton.server.torch_runtime import DeviceEmbeddings
 
     one = 256 * 64 * 64 * 4
     cache = DeviceEmbeddings(capacity_bytes=2 * one + one // 2)
@@ -75,7 +75,7 @@ def test_device_embeddings_lru_bounded_in_bytes():
 def test_weights_round_trip_through_safetensors(export_sam, reference_sam, tmp_path):
     """The served parts rebuilt from model.safetensors + sam.json compute the reference's
     embedding and masks (no pickle anywhere)."""
-    from samtriton.export.python_models.torch_runtime import TorchDecoder, TorchEncoder, load_sam
+    from samtriton.server.torch_runtime import TorchDecoder, TorchEncoder, load_sam
     from samtriton.export.torch_weights import DECODER_PARTS, ENCODER_PARTS, architecture_of, write_torch_weights
 
     architecture = architecture_of(export_sam, "vit_t")
@@ -116,7 +116,7 @@ def test_kept_masks_equal_the_reference_amg_batch(reference_predictor, images):
     same kept masks, stability scores and bits."""
     from mobile_sam.utils.amg import build_point_grid, calculate_stability_score
 
-    from samtriton.export.python_models.torch_runtime import kept_masks
+    from samtriton.server.torch_runtime import kept_masks
 
     image = as_reference_rgb(images["chelsea"])
     reference_predictor.set_image(image)

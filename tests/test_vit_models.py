@@ -60,7 +60,7 @@ def export_and_measure(model_type, checkpoint, repo, name):
     args = ["export", "--model-type", model_type, "--checkpoint", str(checkpoint), "--allow-unverified",
             "--repository", str(repo), "--name", name]
     code = ("import resource, sys\n"
-            "from samtriton.cli import main\n"
+            "from samtriton.tools.cli import main\n"
             "rc = main(sys.argv[1:])\n"
             "print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
             "sys.exit(rc)\n")

@@ -13,8 +13,8 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from . import contract as C
-from .predictor import SamPredictor, TritonSam
+from samtriton import contract as C
+from samtriton.predictor import SamPredictor, TritonSam
 
 
 def _rate(count: int, seconds: float) -> float:
@@ -110,7 +110,7 @@ def amg_versus_reference(url, model: str, images: Dict[str, np.ndarray], checkpo
     (PyTorch; needs the ``export`` extra) and samtriton's through the server."""
     from samtriton.export.checkpoints import load_sam
 
-    from .automatic_mask_generator import SamAutomaticMaskGenerator
+    from samtriton.automatic_mask_generator import SamAutomaticMaskGenerator
 
     sam = load_sam(model_type, checkpoint)  # also makes the reference packages importable
     if model_type == "vit_t":

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import List, Optional
 
-from . import contract as C
+from samtriton import contract as C
 
 
 def _export(args) -> int:
@@ -57,7 +57,7 @@ def engine_options(args):
 
 
 def _serve(args) -> int:
-    from .server import EmbeddedTriton, ServerStartError
+    from samtriton.server import EmbeddedTriton, ServerStartError
 
     server = EmbeddedTriton(args.repository, grpc_port=args.grpc_port, http_port=args.http_port,
                             metrics_port=args.metrics_port, host=args.host,
@@ -104,7 +104,7 @@ def _pair_list(values: Optional[List[str]], size: int, flag: str):
 def _segment(args) -> int:
     import numpy as np
 
-    from .visualize import cutout, overlay
+    from samtriton.tools.visualize import cutout, overlay
 
     if args.auto:
         return _segment_auto(args)
@@ -145,8 +145,8 @@ def _segment(args) -> int:
 
 
 def _segment_auto(args) -> int:
-    from .automatic_mask_generator import SamAutomaticMaskGenerator
-    from .visualize import overlay
+    from samtriton.automatic_mask_generator import SamAutomaticMaskGenerator
+    from samtriton.tools.visualize import overlay
 
     try:
         import pycocotools  # noqa: F401
@@ -179,9 +179,9 @@ def _each_image(args, make_worker, one) -> int:
     read, or that the server refuses, costs one line naming it and the reason, and the rest go
     on; a server that cannot be reached (or lacks the model) stops the run with one line.
     Exit status 1 when anything failed, 0 otherwise."""
-    from .errors import ModelNotReady, SamTritonError, ServerUnavailable
-    from .predictor import SamPredictor
-    from .transforms import to_rgb_uint8
+    from samtriton.errors import ModelNotReady, SamTritonError, ServerUnavailable
+    from samtriton.predictor import SamPredictor
+    from samtriton.transforms import to_rgb_uint8
 
     paths, missing = _image_paths(args.images, missing_ok=True)
     for item in missing:
@@ -215,7 +215,7 @@ def _each_image(args, make_worker, one) -> int:
 
 
 def _record_mask(segmentation):
-    from .amg import rle_to_mask
+    from samtriton.amg import rle_to_mask
 
     if isinstance(segmentation.get("counts"), str):
         from pycocotools import mask as mask_utils
@@ -244,7 +244,7 @@ def _image_paths(inputs: List[str], missing_ok: bool = False):
 
 def _annotate(args) -> int:
     try:
-        from .annotate.app import serve
+        from samtriton.tools.annotate.app import serve
     except ImportError as exc:
         print(f"samtriton annotate: {exc}; install the app's dependencies: pip install 'samtriton[annotate]'",
               file=sys.stderr)
@@ -261,11 +261,11 @@ def _annotate(args) -> int:
 
 
 def _bench_server(args) -> int:
-    from . import bench
+    from samtriton.tools import bench
 
     image = None
     if args.image:
-        from .transforms import to_rgb_uint8
+        from samtriton.transforms import to_rgb_uint8
 
         image = to_rgb_uint8(args.image)
     rows = bench.run(args.url, args.model, batches=args.batches, prompts=args.prompts, repeats=args.repeats,
@@ -277,8 +277,8 @@ def _bench_server(args) -> int:
 def _bench_compare(args) -> int:
     import contextlib
 
-    from . import bench_compare
-    from .transforms import to_rgb_uint8
+    from samtriton.tools import bench_compare
+    from samtriton.transforms import to_rgb_uint8
 
     if args.images:
         images = {Path(p).stem: to_rgb_uint8(p) for p in _image_paths(args.images)}
@@ -292,7 +292,7 @@ def _bench_compare(args) -> int:
     with contextlib.ExitStack() as stack:
         url = args.url
         if args.repository:  # serve it here, on the embedded tritonserver
-            from .server import EmbeddedTriton, free_port
+            from samtriton.server import EmbeddedTriton, free_port
 
             server = stack.enter_context(EmbeddedTriton(args.repository, grpc_port=free_port(),
                                                         http_port=free_port(), metrics_port=free_port()))
@@ -309,8 +309,8 @@ def _bench_compare(args) -> int:
 
 
 def _bench_amg(args) -> int:
-    from . import bench
-    from .transforms import to_rgb_uint8
+    from samtriton.tools import bench
+    from samtriton.transforms import to_rgb_uint8
 
     images = {Path(p).stem: to_rgb_uint8(p) for p in _image_paths(args.images)}
     rows = bench.amg_versus_reference(args.url, args.model, images, checkpoint=args.checkpoint,

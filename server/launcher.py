@@ -10,7 +10,7 @@ Lifetime: the server never outlives the process that started it. tritonserver ge
 so every server is forked by one thread that lives as long as this process (a server forked
 by a pool's worker thread would die with that thread). Its python-backend stubs leave when
 tritonserver is gone: it alone holds the write end of a pipe whose closing makes the kernel
-SIGKILL them (``samtriton.export.python_models.lifecycle``). A killed launcher leaves its
+SIGKILL them (``samtriton.server.lifecycle``). A killed launcher leaves its
 stubs' shared-memory regions behind: the next server started on the host removes those of
 launchers that are no longer alive.
 
@@ -44,9 +44,9 @@ from collections import deque
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from . import contract as C
-from .contract import SESSION_CACHE_DIR_ENV
-from .export.python_models.lifecycle import LIFELINE_ENV
+from samtriton import contract as C
+from samtriton.contract import SESSION_CACHE_DIR_ENV
+from samtriton.server.lifecycle import LIFELINE_ENV
 
 
 class ServerStartError(RuntimeError):

@@ -21,7 +21,7 @@ from typing import Dict, List
 import numpy as np
 from PIL import Image
 
-from ..visualize import cutout
+from samtriton.tools.visualize import cutout
 
 MAX_LABEL = 200
 

@@ -10,7 +10,7 @@ import triton_python_backend_utils as pb_utils
 
 from samtriton import contract as C
 from samtriton.errors import InvalidInput
-from samtriton.export.python_models.metrics import timed_call
+from samtriton.server.metrics import timed_call
 
 
 def load(args):

@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .predictor import SamPredictor
+from samtriton.predictor import SamPredictor
 
 # Client modes compared: how set_image / predict reach the server.
 MODES = {
@@ -197,7 +197,7 @@ def reference_rate(reference, image: np.ndarray, rounds: int, batch_prompts: int
 def amg_times(url, model: str, sam, model_type: str, images: Dict[str, np.ndarray], points_per_side: int) -> dict:
     """SamAutomaticMaskGenerator per image, in session mode (embeddings stay on the server)
     and embedding mode (each point batch carries its crop's embedding), against the reference."""
-    from .automatic_mask_generator import SamAutomaticMaskGenerator
+    from samtriton.automatic_mask_generator import SamAutomaticMaskGenerator
 
     if model_type == "vit_t":
         from mobile_sam import SamAutomaticMaskGenerator as Reference

@@ -12,9 +12,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from samtriton import contract as C
-from samtriton.export.python_models import lifecycle
-from samtriton.export.python_models import torch_runtime as T
-from samtriton.export.python_models.runtime import respond_each
+from samtriton.server import lifecycle
+from samtriton.server import torch_runtime as T
+from samtriton.server.runtime import respond_each
 from samtriton.validation import check_mask_prompts, check_points
 
 

@@ -14,10 +14,10 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from samtriton import contract as C
-from samtriton.export.python_models import lifecycle
-from samtriton.export.python_models.runtime import (AmgFilter, AmgTimes, call_model, in_process_amg_decoder,
+from samtriton.server import lifecycle
+from samtriton.server.runtime import (AmgFilter, AmgTimes, call_model, in_process_amg_decoder,
                                                     respond_each, run_amg_decoder)
-from samtriton.export.python_models.torch_stage import is_torch_stage
+from samtriton.server.torch_stage import is_torch_stage
 from samtriton.validation import check_amg_inputs, check_decoder_inputs, check_point_prompts
 
 
@@ -33,7 +33,7 @@ class TritonPythonModel:
         self.amg_times = AmgTimes(self.name)
         self.torch = None
         if is_torch_stage(config):  # the torch decoder and the filter on this instance's device
-            from samtriton.export.python_models.torch_stage import TorchStage
+            from samtriton.server.torch_stage import TorchStage
 
             self.torch = TorchStage(args, config, self.decoder)
 

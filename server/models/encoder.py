@@ -8,8 +8,8 @@ a request that fails validation gets its own error and the others still run.
 import triton_python_backend_utils as pb_utils
 
 from samtriton import contract as C
-from samtriton.export.python_models import lifecycle
-from samtriton.export.python_models.runtime import load, respond_encoder_batch
+from samtriton.server import lifecycle
+from samtriton.server.runtime import load, respond_encoder_batch
 
 
 class TritonPythonModel:

@@ -17,8 +17,8 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from samtriton import contract as C
-from samtriton.export.python_models import torch_runtime as T
-from samtriton.export.python_models.runtime import call_error, decoder_graph_path
+from samtriton.server import torch_runtime as T
+from samtriton.server.runtime import call_error, decoder_graph_path
 
 DEFAULT_DEVICE_CACHE_MIB = 4096
 

@@ -20,13 +20,13 @@ import triton_python_backend_utils as pb_utils
 
 from samtriton import contract as C
 from samtriton.errors import InvalidInput
-from samtriton.export.python_models import lifecycle, metrics
-from samtriton.export.python_models.embedding_cache import (EmbeddingCache, cache_directory, default_root,
+from samtriton.server import lifecycle, metrics
+from samtriton.server.embedding_cache import (EmbeddingCache, cache_directory, default_root,
                                                             sweep_orphans)
-from samtriton.export.python_models.runtime import (AmgFilter, AmgTimes, ModelError, call_model,
+from samtriton.server.runtime import (AmgFilter, AmgTimes, ModelError, call_model,
                                                     decoder_graph_path, decoder_in_process, in_process_amg_decoder,
                                                     onnx_session, respond_each, run_amg_decoder, run_decoder)
-from samtriton.export.python_models.torch_stage import is_torch_stage
+from samtriton.server.torch_stage import is_torch_stage
 from samtriton.transforms import decode_image, preprocess
 from samtriton.validation import (check_amg_inputs, check_array, check_decoder_inputs, check_encoder_inputs,
                                   check_mask_prompts, check_point_prompts, check_points)
@@ -60,7 +60,7 @@ class TritonPythonModel:
         # instance's device (torch_stage.py); the host cache still serves the other instances.
         self.torch = None
         if is_torch_stage(config):
-            from samtriton.export.python_models.torch_stage import TorchStage
+            from samtriton.server.torch_stage import TorchStage
 
             self.torch = TorchStage(args, config, self.decoder)
         self.amg_filter = AmgFilter(config)

@@ -19,10 +19,10 @@ from typing import Optional
 
 import numpy as np
 
-from .. import __version__
+from samtriton import __version__
 from .annotator import _Bounded
 
-log = logging.getLogger("samtriton.annotate")
+log = logging.getLogger("samtriton.tools.annotate")
 MAX_IMAGE_BYTES = 64 << 20
 
 

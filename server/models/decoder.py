@@ -8,8 +8,8 @@ contract and a bad one gets a clear error without touching its neighbours.
 import triton_python_backend_utils as pb_utils
 
 from samtriton import contract as C
-from samtriton.export.python_models import lifecycle
-from samtriton.export.python_models.runtime import load, respond_each, run_decoder
+from samtriton.server import lifecycle
+from samtriton.server.runtime import load, respond_each, run_decoder
 from samtriton.validation import check_decoder_inputs
 
 

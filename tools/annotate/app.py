@@ -17,7 +17,7 @@ from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..errors import InvalidInput, ModelNotReady, SamTritonError, ServerUnavailable
+from samtriton.errors import InvalidInput, ModelNotReady, SamTritonError, ServerUnavailable
 from . import label_studio, prompts
 from .annotator import Annotator, UnknownPrediction, runs
 from .catalog import Catalog, UnknownImage
@@ -25,7 +25,7 @@ from .store import Store, summary
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_BODY = 1 << 20  # prompts are small; nothing legitimate comes near this
-log = logging.getLogger("samtriton.annotate")
+log = logging.getLogger("samtriton.tools.annotate")
 
 
 class HTTPError(Exception):
@@ -191,7 +191,7 @@ def serve(images, url: str, model: str, out: str, host: str = "127.0.0.1", port:
     """Run the app until interrupted (``samtriton annotate``)."""
     import uvicorn
 
-    from ..predictor import SamPredictor
+    from samtriton.predictor import SamPredictor
 
     catalog = Catalog(images)
     store = Store(Path(out))

@@ -30,7 +30,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from samtriton.export.python_models.metrics import CacheMetrics
+from samtriton.server.metrics import CacheMetrics
 
 logger = logging.getLogger("samtriton")
 

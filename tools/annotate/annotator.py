@@ -13,9 +13,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..transforms import to_rgb_uint8
+from samtriton.transforms import to_rgb_uint8
 
-log = logging.getLogger("samtriton.annotate")
+log = logging.getLogger("samtriton.tools.annotate")
 KEEP_PREDICTIONS = 64
 
 
@@ -114,7 +114,7 @@ class Annotator:
 
     def automatic(self, key: str, load: Callable[[], bytes], image: np.ndarray) -> dict:
         """Automatic mask generation on the image; its masks are kept like a prediction's."""
-        from ..automatic_mask_generator import SamAutomaticMaskGenerator
+        from samtriton.automatic_mask_generator import SamAutomaticMaskGenerator
 
         with self._lock:
             self._use(key, load)

@@ -14,9 +14,9 @@ from functools import partial
 import torch
 import triton_python_backend_utils as pb_utils
 
-from samtriton.export.python_models import lifecycle
-from samtriton.export.python_models import torch_runtime as T
-from samtriton.export.python_models.runtime import respond_encoder_batch
+from samtriton.server import lifecycle
+from samtriton.server import torch_runtime as T
+from samtriton.server.runtime import respond_encoder_batch
 
 
 class TritonPythonModel:
