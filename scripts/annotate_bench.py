@@ -13,7 +13,6 @@ optionally saves a screenshot of the page.
 
 import argparse
 import contextlib
-import os
 import shutil
 import statistics
 import subprocess

@@ -100,7 +100,10 @@ def filter_times(sam, image, amg_decoder, batch=64, before=True):
     from mobile_sam import SamPredictor
 
     from samtriton import contract as C
-    from samtriton.amg import filter_batch, kept_mask_outputs
+    from samtriton.server.amg_filter.windows import kept_mask_outputs
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from amg_oracle import filter_batch  # the straightforward port: the "before"
     from samtriton.transforms import ResizeLongestSide
 
     predictor = SamPredictor(sam)

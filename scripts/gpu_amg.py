@@ -11,7 +11,7 @@ fp32 with TF32 off, at three crop sizes (512 x 512, 3 MP 1536 x 2304, 12 MP 3000
 - samtriton: the decoder as exported (``PromptDecoder``, what NAME_decoder serves) and the AMG
   decoder (``AmgPromptDecoder``), then the AMG filter graph (export/amg_filter.py, what
   NAME_amg_filter serves) run on the GPU through onnx2torch's conversion of the ONNX graph,
-  in the stage's prompt chunks (``samtriton.amg.prompt_chunks``, 256 MiB) and whole, with
+  in the stage's prompt chunks (``samtriton.server.amg_filter.prompt_chunks``, 256 MiB) and whole, with
   the kept bits copied to the host (what the client receives).
 
 The graph's kept masks on the GPU are checked against the same graph under ONNX Runtime on the
@@ -125,9 +125,9 @@ def main(argv=None) -> int:
     import torch
 
     from samtriton import contract as C
-    from samtriton.amg import prompt_chunks
+    from samtriton.server.amg_filter import prompt_chunks
     from samtriton.export.amg_decoder import AmgPromptDecoder
-    from samtriton.export.amg_filter import build_graph
+    from samtriton.server.amg_filter.graph import build_graph
     from samtriton.export.onnx_export import PromptDecoder
 
     device = torch.device(args.device)

@@ -105,6 +105,7 @@ PARSERS: Dict[str, Callable[[str], Any]] = {
     "samtriton_contract_version": str,
 }
 assert set(PARSERS) == {field.name for field in dataclasses.fields(StageConfig)}
+assert C.CONTRACT_VERSION_PARAMETER in PARSERS  # the client reads it by the contract's name
 # Triton's own parameter: the python backend hands inputs over where they are (GPU memory too).
 GPU_INPUTS = ("FORCE_CPU_ONLY_INPUT_TENSORS", "no")
 

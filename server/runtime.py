@@ -10,40 +10,35 @@ import triton_python_backend_utils as pb_utils
 
 from samtriton import contract as C
 from samtriton.errors import InvalidInput
+from samtriton.server import config as model_config
+from samtriton.server.config import StageConfig
 from samtriton.server.metrics import timed_call
+
+
+def load_config(args):
+    """(served name, ``StageConfig``) of the model Triton is initializing."""
+    config = json.loads(args["model_config"])
+    return config["name"], model_config.read(config)
 
 
 def load(args):
     """(served model name, ONNX Runtime session on NAME/VERSION/model.onnx) from Triton's args."""
-    config = json.loads(args["model_config"])
+    name, settings = load_config(args)
     path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
-    return config["name"], onnx_session(path, config)
+    return name, onnx_session(path, settings)
 
 
-def onnx_session(path, config):
-    """An ONNX Runtime CPU session with the model's ``ort_intra_op_threads`` (0: one per CPU
-    this process may run on; ONNX Runtime's own default, physical cores, measured 1.6x
-    slower for the decoder inside the stub on a 2-core machine)."""
+def onnx_session(path, settings: StageConfig):
+    """An ONNX Runtime CPU session with the model's ``ort_intra_op_threads`` (see
+    ``samtriton.server.config``) and, unless ``ort_allow_spinning``, no spinning threads:
+    they shave microseconds on an idle many-core GPU host, and take the cores other models
+    (and co-located clients) need on a small CPU host."""
     import onnxruntime as ort  # here: the torch backends' stages import this module without it
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads(config)
-    # Spinning worker threads shave microseconds on an idle many-core GPU host; on a small CPU
-    # host they take the cores other models (and co-located clients) need. Off unless asked.
-    spinning = config.get("parameters", {}).get("ort_allow_spinning", {}).get("string_value", "0")
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning == "1" else "0")
+    options.intra_op_num_threads = settings.threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.ort_allow_spinning else "0")
     return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
-
-
-def intra_op_threads(config):
-    """The model's ``ort_intra_op_threads``, or one per CPU this process may run on."""
-    threads = int(config.get("parameters", {}).get("ort_intra_op_threads", {}).get("string_value", "0"))
-    return threads or len(os.sched_getaffinity(0))
-
-
-def decoder_in_process(config):
-    """Whether a stage runs the decoder's graphs in its own stub (the python decoder, on CPU)."""
-    return config.get("parameters", {}).get("decoder_in_process", {}).get("string_value") == "true"
 
 
 def decoder_graph_path(args, decoder_name, filename):
@@ -208,58 +203,16 @@ class AmgTimes:
         return result
 
 
-def in_process_amg_decoder(args, config, decoder_name):
+def in_process_amg_decoder(args, settings: StageConfig, decoder_name):
     """An ONNX Runtime session on the AMG decoder graph (export/amg_decoder.py) written beside
     the python decoder's, for a stage that runs the decoder in its own stub; else None."""
-    if not decoder_in_process(config):
+    if settings.decoder_in_process != "true":
         return None
     path = decoder_graph_path(args, decoder_name, C.AMG_DECODER_FILE)
-    return onnx_session(path, config) if os.path.exists(path) else None
+    return onnx_session(path, settings) if os.path.exists(path) else None
 
 
 def run_amg_decoder(session, embedding, coords, labels):
     """(low_res_masks, iou_predictions) of K point prompts (no mask input) on one embedding."""
     return run_decoder(session, [spec.name for spec in C.AMG_DECODER.outputs],
                        {spec.name: value for spec, value in zip(C.AMG_DECODER.inputs, (embedding, coords, labels))})
-
-
-class AmgFilter:
-    """Automatic mask generation's filtering of one point batch, in bounded memory: at most
-    ``amg_filter_mib`` of working memory (model parameter), whatever the prompts x crop pixels.
-    Where the decoder runs on a GPU (model parameter ``amg_filter_model``), the graph of
-    ``samtriton.export.amg_filter`` does it there through BLS, over chunks of prompts whose
-    masks fit, and only kept masks come back, in bits. Beside the python decoder on a CPU,
-    numpy does it here (``samtriton.amg.kept_mask_outputs``), upscaling only the windows at
-    the masks' edges: on CPU far faster than the graph under ONNX Runtime, which upscales
-    every pixel."""
-
-    def __init__(self, config):
-        parameters = config.get("parameters", {})
-        self.caller = config["name"]
-        self.budget = int(parameters.get("amg_filter_mib", {}).get(
-            "string_value", C.DEFAULT_AMG_FILTER_MIB)) * 2**20
-        self.model = parameters.get("amg_filter_model", {}).get("string_value") or None
-        # As many threads as the decoder's ONNX Runtime session: the filter follows it on the same cores.
-        self.threads = intra_op_threads(config)
-        self.output_names = [spec.name for spec in C.AMG_FILTER.outputs]
-
-    def __call__(self, low_res, iou, input_size, crop_size, thresholds):
-        """``contract.AMG``'s outputs for the batch (kept index into the K x 3 multimask outputs)."""
-        from samtriton.amg import kept_mask_outputs, prompt_chunks
-
-        if self.model is None:
-            return kept_mask_outputs(low_res, iou, input_size, crop_size, thresholds, work_bytes=self.budget,
-                                     threads=self.threads)
-        parts = []
-        for start, stop in prompt_chunks(iou, crop_size, thresholds, self.budget):
-            feeds = {C.LOW_RES_MASKS.name: np.ascontiguousarray(low_res[start:stop]),
-                     C.IOU_PREDICTIONS.name: np.ascontiguousarray(iou[start:stop]),
-                     C.INPUT_SIZE.name: np.asarray(input_size, np.int64).reshape(2),
-                     C.CROP_SIZE.name: np.asarray(crop_size, np.int64).reshape(2),
-                     C.AMG_THRESHOLDS.name: np.asarray(thresholds, np.float32).reshape(3)}
-            out = call_model(self.model, feeds, self.output_names, self.caller)
-            out[C.KEPT_INDEX.name] = out[C.KEPT_INDEX.name] + 3 * start
-            parts.append(out)
-        if len(parts) == 1:
-            return parts[0]
-        return {name: np.concatenate([p[name] for p in parts]) for name in self.output_names}

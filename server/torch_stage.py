@@ -6,26 +6,19 @@ calling NAME_decoder: a BLS hop costs more than a click's decoding. The session 
 keeps its embeddings in device memory (``torch_runtime.DeviceEmbeddings``, parameter
 ``device_cache_mib``) in front of the host cache its instances share, gets new embeddings from
 NAME_encoder as DLPack tensors in device memory, and for automatic mask generation upscales,
-scores and packs on the device (``torch_runtime.kept_masks``): only the kept masks' bits, and
+scores and packs on the device (``amg_filter.device``): only the kept masks' bits, and
 a click's few low-resolution masks, leave it.
 """
 
 import os
 
-import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
 from samtriton import contract as C
 from samtriton.server import torch_runtime as T
+from samtriton.server.config import StageConfig
 from samtriton.server.runtime import call_error, decoder_graph_path
-
-DEFAULT_DEVICE_CACHE_MIB = 4096
-
-
-def is_torch_stage(config) -> bool:
-    """Whether a stage's config says the decoder runs here in PyTorch (``--decoder-backend torch``)."""
-    return config.get("parameters", {}).get("decoder_in_process", {}).get("string_value") == "torch"
 
 
 class TorchStage:
@@ -33,19 +26,17 @@ class TorchStage:
 
     Args:
         args: Triton's ``initialize`` arguments of the stage's instance.
-        config: the stage's model config (parsed).
+        settings: the stage's ``StageConfig`` (``device_cache_mib``).
         decoder_name: the served decoder's name; its version directory holds the weights.
     """
 
-    def __init__(self, args, config, decoder_name):
+    def __init__(self, args, settings: StageConfig, decoder_name):
         self.device = T.device_of(args)
         directory = os.path.dirname(decoder_graph_path(args, decoder_name, T.WEIGHTS_FILE))
         sam, _ = T.load_sam(directory, self.device)
         self.decoder = T.TorchDecoder(sam, self.device)
         del sam
-        mib = int(T.parameter(config, "device_cache_mib", str(DEFAULT_DEVICE_CACHE_MIB)))
-        self.embeddings = T.DeviceEmbeddings(mib * 2**20)
-        self.filter_bytes = int(T.parameter(config, "amg_filter_mib", str(C.DEFAULT_AMG_FILTER_MIB_GPU))) * 2**20
+        self.embeddings = T.DeviceEmbeddings(settings.device_cache_mib * 2**20)
 
     def to_device(self, embedding) -> torch.Tensor:
         return T.as_device_tensor(embedding, self.device)
@@ -75,10 +66,3 @@ class TorchStage:
     def decode_points(self, embedding, coords, labels):
         """Automatic mask generation's point batch: (low_res, iou) kept on the device."""
         return self.decoder(embedding, coords, labels)
-
-    def filter(self, low_res, iou, input_size, crop_size, thresholds):
-        return T.kept_masks(low_res, iou, input_size, crop_size, thresholds, self.filter_bytes)
-
-
-def host_copy(embedding: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(embedding.cpu().numpy())

@@ -1,6 +1,6 @@
 """The AMG stage's filtering on its own: the windowed numpy filter the CPU server runs, and the
 ONNX graph a GPU deployment runs beside its decoder, both against the straightforward port
-of the reference (``samtriton.amg.filter_batch``, tested function by function against
+of the reference (``amg_oracle.filter_batch``, tested function by function against
 segment-anything), on the real MobileSAM decoder's outputs for a real photograph."""
 
 import tracemalloc
@@ -12,7 +12,8 @@ from samtriton import contract as C
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from samtriton.amg import filter_batch, flat_bits, kept_mask_outputs
+from amg_oracle import filter_batch
+from samtriton.server.amg_filter.windows import flat_bits, kept_mask_outputs
 
 THRESHOLDS = np.array([0.88, 0.95, 1.0], np.float32)  # the reference's defaults
 CROPS = {  # crop size (h, w) -> the encoder's input size for it
@@ -107,7 +108,7 @@ def test_gpu_filter_graph_matches_under_onnxruntime(decoded, crop):
     """The graph NAME_amg_filter serves beside a GPU decoder, run by ONNX Runtime on CPU."""
     import onnxruntime as ort
 
-    from samtriton.export.amg_filter import build_graph
+    from samtriton.server.amg_filter.graph import build_graph
 
     session = ort.InferenceSession(build_graph().SerializeToString(), providers=["CPUExecutionProvider"])
     crop_size, input_size = CROPS[crop]

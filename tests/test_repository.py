@@ -87,7 +87,7 @@ def test_ensemble_wiring_is_consistent(written):
 
 def test_invalid_options_are_rejected():
     with pytest.raises(ValueError, match="encoder_backend"):
-        RepositoryOptions(encoder_backend="torch")
+        RepositoryOptions(encoder_backend="jax")
     with pytest.raises(ValueError, match="name"):
         RepositoryOptions(name="a b")
 

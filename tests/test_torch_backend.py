@@ -47,7 +47,7 @@ def test_fused_attention_equals_segment_anything_attention():
 
 
 def test_pack_bits_is_numpy_packbits():
-    from samtriton.server.torch_runtime import pack_bits
+    from samtriton.server.amg_filter.device import pack_bits
 
     rng = np.random.default_rng(0)
     for shape in ((3, 5, 7), (2, 8, 8), (1, 13, 1), (0, 4, 4)):
@@ -116,7 +116,7 @@ def test_kept_masks_equal_the_reference_amg_batch(reference_predictor, images):
     same kept masks, stability scores and bits."""
     from mobile_sam.utils.amg import build_point_grid, calculate_stability_score
 
-    from samtriton.server.torch_runtime import kept_masks
+    from samtriton.server.amg_filter.device import kept_masks
 
     image = as_reference_rgb(images["chelsea"])
     reference_predictor.set_image(image)

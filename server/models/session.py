@@ -12,7 +12,6 @@ bytes instead of the 4 MiB embedding. The outputs computed are the ones requeste
 stored embedding, for automatic mask generation without embeddings on the wire.
 """
 
-import json
 import os
 
 import numpy as np
@@ -21,50 +20,42 @@ import triton_python_backend_utils as pb_utils
 from samtriton import contract as C
 from samtriton.errors import InvalidInput
 from samtriton.server import lifecycle, metrics
-from samtriton.server.embedding_cache import (EmbeddingCache, cache_directory, default_root,
-                                                            sweep_orphans)
-from samtriton.server.runtime import (AmgFilter, AmgTimes, ModelError, call_model,
-                                                    decoder_graph_path, decoder_in_process, in_process_amg_decoder,
-                                                    onnx_session, respond_each, run_amg_decoder, run_decoder)
-from samtriton.server.torch_stage import is_torch_stage
+from samtriton.server.amg_stage import AmgStage
+from samtriton.server.embedding_cache import EmbeddingCache, cache_directory, default_root, sweep_orphans
+from samtriton.server.runtime import (ModelError, call_model, decoder_graph_path, load_config, onnx_session,
+                                      respond_each, run_decoder)
 from samtriton.transforms import decode_image, preprocess
-from samtriton.validation import (check_amg_inputs, check_array, check_decoder_inputs, check_encoder_inputs,
-                                  check_mask_prompts, check_point_prompts, check_points)
+from samtriton.validation import (check_array, check_decoder_inputs, check_encoder_inputs, check_mask_prompts,
+                                  check_points)
 
 
 class TritonPythonModel:
     def initialize(self, args):
         lifecycle.exit_with_server()
-        config = json.loads(args["model_config"])
-        self.name = config["name"]
+        self.name, settings = load_config(args)
         base = self.name[: -len(C.SESSION.suffix)]
         self.encoder, self.decoder = C.ENCODER.served_name(base), C.DECODER.served_name(base)
-        parameters = config.get("parameters", {})
-        mib = int(parameters.get("session_cache_mib", {}).get("string_value", C.DEFAULT_SESSION_CACHE_MIB))
         # The server's own directory unless one is given: the server's environment (samtriton
         # serve --session-cache-dir), then the model's config (samtriton export --session-cache-dir).
-        directory = (os.environ.get(C.SESSION_CACHE_DIR_ENV)
-                     or parameters.get("session_cache_dir", {}).get("string_value")
+        directory = (os.environ.get(C.SESSION_CACHE_DIR_ENV) or settings.session_cache_dir
                      or cache_directory(args["model_repository"], base))
-        self.cache = EmbeddingCache(directory, mib * 2**20, metrics.CacheMetrics(self.name))
+        self.cache = EmbeddingCache(directory, settings.session_cache_mib * 2**20, metrics.CacheMetrics(self.name))
         sweep_orphans(default_root(), keep={self.cache.directory})
         # With the python decoder, run its ONNX graph here: a BLS hop to another stub costs
         # as much as the decoder itself on CPU. Other decoder backends are called via BLS.
         # Automatic mask generation's point batches (no mask input) take the decoder reordered
         # for them (export/amg_decoder.py) where the export wrote it: about half the work.
         self.local_decoder = None
-        if decoder_in_process(config):
-            self.local_decoder = onnx_session(decoder_graph_path(args, self.decoder, "model.onnx"), config)
-        self.amg_decoder = in_process_amg_decoder(args, config, self.decoder)
+        if settings.decoder_in_process == "true":
+            self.local_decoder = onnx_session(decoder_graph_path(args, self.decoder, "model.onnx"), settings)
         # With the torch decoder: the decoder, the embeddings in use and AMG's filter on this
         # instance's device (torch_stage.py); the host cache still serves the other instances.
         self.torch = None
-        if is_torch_stage(config):
+        if settings.decoder_in_process == "torch":
             from samtriton.server.torch_stage import TorchStage
 
-            self.torch = TorchStage(args, config, self.decoder)
-        self.amg_filter = AmgFilter(config)
-        self.amg_times = AmgTimes(self.name)
+            self.torch = TorchStage(args, settings, self.decoder)
+        self.amg = AmgStage(args, self.name, settings, self.decoder, self.torch)
 
     def finalize(self):
         self.cache.close()  # the directory goes when no live instance or server uses it
@@ -185,19 +176,7 @@ class TritonPythonModel:
         if mask_input is not None or has_mask is not None or multimask is not None:
             raise InvalidInput("mask_input / has_mask_input / multimask_output: not used with amg_thresholds "
                                "(AMG keeps the three multimask outputs of single-point prompts)")
-        check_amg_inputs(input_size, crop_size, thresholds, prompts=coords.shape[0] if coords.ndim == 3 else 0)
-        if self.torch is not None:
-            check_points(coords, labels)
-            return self.amg_times.run(lambda: self.torch.decode_points(embedding, coords, labels),
-                                      lambda low_res, iou: self.torch.filter(low_res, iou, input_size, crop_size,
-                                                                             thresholds))
-        if self.amg_decoder is not None:
-            check_point_prompts(embedding, coords, labels)
-            decode = lambda: run_amg_decoder(self.amg_decoder, embedding, coords, labels)  # noqa: E731
-        else:
-            decode = lambda: self._decode(embedding, coords, labels, None, None, None)  # noqa: E731
-        return self.amg_times.run(decode, lambda low_res, iou: self.amg_filter(low_res, iou, input_size, crop_size,
-                                                                                thresholds))
+        return self.amg(embedding, coords, labels, input_size, crop_size, thresholds, stored=True)
 
     def _decode(self, embedding, coords, labels, mask_input, has_mask, multimask):
         k = coords.shape[0] if coords.ndim == 3 else 0

@@ -15,6 +15,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from samtriton.server import lifecycle
+from samtriton.server.config import read as read_config
 from samtriton.server import torch_runtime as T
 from samtriton.server.runtime import respond_encoder_batch
 
@@ -23,12 +24,10 @@ class TritonPythonModel:
     def initialize(self, args):
         lifecycle.exit_with_server()
         config, self.device, sam = T.load_instance(args)
-        self.name = config["name"]
-        self.encoder = T.TorchEncoder(
-            sam, self.device, T.parameter(config, "torch_precision", "fp32"),
-            compile_mode=T.parameter(config, "torch_compile", "none"),
-            max_batch=max(1, int(config.get("max_batch_size", 1))),
-            fused_attention=T.parameter(config, "torch_fused_attention", "true") == "true")
+        self.name, settings = config["name"], read_config(config)
+        self.encoder = T.TorchEncoder(sam, self.device, settings.torch_precision, compile_mode=settings.torch_compile,
+                                      max_batch=max(1, int(config.get("max_batch_size", 1))),
+                                      fused_attention=settings.torch_fused_attention)
         if self.encoder.compile_seconds:
             pb_utils.Logger.log_info(f"{self.name}: compiled in {self.encoder.compile_seconds:.1f} s "
                                      f"for batches {self.encoder.buckets}")

@@ -12,7 +12,7 @@ in the reference.
 
 On a GPU deployment ONNX Runtime CUDA (or TensorRT) runs it beside the decoder (opset 17,
 data-dependent output sizes from NonZero). On CPU the python stages use the numpy port
-instead (``samtriton.amg.kept_mask_outputs``), which measured faster there; the graph's
+instead (``amg_filter.windows``), which measured faster there; the graph's
 numbers are tested against it with ONNX Runtime on CPU. Built with onnx.helper: no torch.
 """
 
