@@ -95,9 +95,6 @@ class ModelSpec:
     def input(self, name: str) -> TensorSpec:
         return _by_name(self.inputs, name)
 
-    def output(self, name: str) -> TensorSpec:
-        return _by_name(self.outputs, name)
-
     def full_shape(self, spec: TensorSpec) -> Tuple[int, ...]:
         """The shape of the tensor as the ONNX graph sees it (batch axis included)."""
         return ((-1,) + spec.dims) if self.batching else spec.dims

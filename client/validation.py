@@ -13,10 +13,6 @@ from . import contract as C
 from .errors import InvalidInput
 
 
-def _shape_str(shape) -> str:
-    return "[" + ", ".join("K" if d == -1 else str(d) for d in shape) + "]"
-
-
 def check_array(name: str, value: np.ndarray, dtype, ndim: int) -> None:
     if not isinstance(value, np.ndarray):
         raise InvalidInput(f"{name}: expected a numpy array, got {type(value).__name__}")
