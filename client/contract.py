@@ -328,8 +328,8 @@ MAX_REQUEST_BYTES = 80 * 1024 * 1024
 MAX_AMG_PROMPT_PIXELS = 2 ** 28
 # Working memory of the AMG filter per request, by default (model parameter amg_filter_mib):
 # the filter runs over chunks of masks that fit it, whatever the prompts and crop size. On a
-# GPU (the NAME_amg_filter graph) each chunk is a call: 256 MiB chunks cost 3.6x at 512 x 512
-# and 2.6x at 3 MP against 2048 MiB (H100, docs/deployment.md), so GPU repositories get more.
+# GPU each chunk is a call, and small chunks cost several times larger ones (docs/benchmarks.md),
+# so GPU repositories get more.
 DEFAULT_AMG_FILTER_MIB = 256
 DEFAULT_AMG_FILTER_MIB_GPU = 2048
 

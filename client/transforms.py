@@ -208,7 +208,7 @@ def postprocess_masks(low_res_masks: np.ndarray, input_size: Tuple[int, int],
     cols = _upscale_matrix(original_size[1], input_size[1])
     # One BLAS thread for a click's few masks: these products take milliseconds, and idle
     # OpenBLAS threads keep spinning afterwards, taking the cores a co-located server needs
-    # (measured: a click took 110 ms instead of 58 ms on 2 cores). Batches use them all.
+    # (docs/benchmarks.md, "Measurements behind choices in the code"). Batches use them all.
     small = int(np.prod(low_res_masks.shape[:-2])) <= SMALL_POSTPROCESS_MASKS
     with threadpool_limits(1 if small else None, user_api="blas"):
         return np.matmul(np.matmul(rows, low_res_masks.astype(np.float32, copy=False)), cols.T)

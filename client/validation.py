@@ -54,7 +54,7 @@ def check_point_prompts(image_embeddings, point_coords, point_labels) -> int:
     if tuple(image_embeddings.shape) != C.DECODER_IMAGE_EMBEDDINGS.dims:
         raise InvalidInput(f"image_embeddings: expected shape {list(C.DECODER_IMAGE_EMBEDDINGS.dims)} "
                            f"(one image), got {list(image_embeddings.shape)}")
-    # A NaN or inf in the embedding would come back as NaN logits, not as an error (0.1 ms).
+    # A NaN or inf in the embedding would come back as NaN logits, not as an error.
     check_finite(C.DECODER_IMAGE_EMBEDDINGS.name, image_embeddings)
     return check_points(point_coords, point_labels)
 

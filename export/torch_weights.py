@@ -16,9 +16,9 @@ from typing import Optional
 
 WEIGHTS_FILE = "model.safetensors"
 ARCHITECTURE_FILE = "sam.json"
-# The encoder precision that keeps each architecture's masks right (measured on an H100,
-# docs/deployment.md): ViT encoders at fp16-mixed match fp32 at mask IoU >= 0.998; MobileSAM
-# is wrong in pure fp16, at IoU 0.94 in fp16-mixed and 0.40 in bf16 at its worst prompt: fp32.
+# The encoder precision that keeps each architecture's masks right (the H100 run in
+# docs/deployment.md): fp16-mixed for the ViT encoders, fp32 for MobileSAM, which reduced
+# precision gets wrong.
 DEFAULT_PRECISION = {"vit_t": "fp32", "vit_b": "fp16-mixed", "vit_l": "fp16-mixed", "vit_h": "fp16-mixed",
                      "hf_sam": "fp16-mixed"}
 

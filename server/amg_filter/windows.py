@@ -119,8 +119,7 @@ def kept_mask_outputs(low_res_masks: np.ndarray, iou_predictions: np.ndarray, in
     filled by the window. Working memory stays within ``work_bytes`` (at most 16 MiB at a
     time per thread), whatever the prompts x crop pixels: one kept mask's pixels at a time
     for its bits. ``threads`` share the masks out (numpy runs without the GIL); BLAS stays on
-    one thread, as its threads only add overhead to these small products (measured: 1.04 s of
-    CPU for 0.58 s of work at 12 MP)."""
+    one thread, as its threads only add overhead to these small products (docs/benchmarks.md)."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1, user_api="blas"):
