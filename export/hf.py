@@ -203,29 +203,29 @@ def _weight_files(path: Path):
 
 
 # transformers name -> segment-anything name, applied in order (first match wins).
+def _numbered(prefix: str, target: str, names) -> list:
+    """Renames of ``prefix.NAME.`` to ``target.INDEX.`` for (NAME, INDEX) pairs: transformers
+    names the layers of a Sequential that segment-anything indexes."""
+    return [(rf"^{prefix}\.{name}\.", f"{target}.{index}.") for name, index in names]
+
+
 _RENAMES = [
     (r"^vision_encoder\.patch_embed\.projection\.", "image_encoder.patch_embed.proj."),
     (r"^vision_encoder\.pos_embed$", "image_encoder.pos_embed"),
     (r"^vision_encoder\.layers\.(\d+)\.layer_norm1\.", r"image_encoder.blocks.\1.norm1."),
     (r"^vision_encoder\.layers\.(\d+)\.layer_norm2\.", r"image_encoder.blocks.\1.norm2."),
     (r"^vision_encoder\.layers\.(\d+)\.", r"image_encoder.blocks.\1."),
-    (r"^vision_encoder\.neck\.conv1\.", "image_encoder.neck.0."),
-    (r"^vision_encoder\.neck\.layer_norm1\.", "image_encoder.neck.1."),
-    (r"^vision_encoder\.neck\.conv2\.", "image_encoder.neck.2."),
-    (r"^vision_encoder\.neck\.layer_norm2\.", "image_encoder.neck.3."),
+    *_numbered(r"vision_encoder\.neck", "image_encoder.neck",
+               [("conv1", 0), ("layer_norm1", 1), ("conv2", 2), ("layer_norm2", 3)]),
     (r"^shared_image_embedding\.positional_embedding$", "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"),
     (r"^prompt_encoder\.point_embed\.(\d+)\.", r"prompt_encoder.point_embeddings.\1."),
-    (r"^prompt_encoder\.mask_embed\.conv1\.", "prompt_encoder.mask_downscaling.0."),
-    (r"^prompt_encoder\.mask_embed\.layer_norm1\.", "prompt_encoder.mask_downscaling.1."),
-    (r"^prompt_encoder\.mask_embed\.conv2\.", "prompt_encoder.mask_downscaling.3."),
-    (r"^prompt_encoder\.mask_embed\.layer_norm2\.", "prompt_encoder.mask_downscaling.4."),
-    (r"^prompt_encoder\.mask_embed\.conv3\.", "prompt_encoder.mask_downscaling.6."),
+    *_numbered(r"prompt_encoder\.mask_embed", "prompt_encoder.mask_downscaling",
+               [("conv1", 0), ("layer_norm1", 1), ("conv2", 3), ("layer_norm2", 4), ("conv3", 6)]),
     (r"^prompt_encoder\.(no_mask_embed|not_a_point_embed)\.", r"prompt_encoder.\1."),
     (r"^mask_decoder\.transformer\.layers\.(\d+)\.layer_norm(\d)\.", r"mask_decoder.transformer.layers.\1.norm\2."),
     (r"^mask_decoder\.transformer\.layer_norm_final_attn\.", "mask_decoder.transformer.norm_final_attn."),
-    (r"^mask_decoder\.upscale_conv1\.", "mask_decoder.output_upscaling.0."),
-    (r"^mask_decoder\.upscale_layer_norm\.", "mask_decoder.output_upscaling.1."),
-    (r"^mask_decoder\.upscale_conv2\.", "mask_decoder.output_upscaling.3."),
+    *_numbered(r"mask_decoder", "mask_decoder.output_upscaling",
+               [("upscale_conv1", 0), ("upscale_layer_norm", 1), ("upscale_conv2", 3)]),
     (r"^mask_decoder\.", "mask_decoder."),
 ]
 # Copies of a tensor that segment-anything holds once (transformers ties them).
