@@ -14,6 +14,7 @@ batcher can batch them. Inputs, outputs and errors are ``SamPredictor``'s.
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -77,11 +78,11 @@ class AsyncSamPredictor:
         await self._session_set(image_id, source)
         return ImageHandle(image_id, source["input_size"], source["original_size"], source)
 
-    async def set_image_file(self, image_file: Union[bytes, str]) -> ImageHandle:
+    async def set_image_file(self, image_file: Union[bytes, bytearray, str, "os.PathLike"]) -> ImageHandle:
         """An image file's bytes (or path), decoded and preprocessed by the server."""
         data = bytes(image_file) if isinstance(image_file, (bytes, bytearray)) else read_image_file(image_file)
         encoded_image_size(data)
-        source = dict(encoded_image=data)
+        source: calls.Source = dict(encoded_image=data)
         image_id = C.image_id_for(**source)
         input_size, original_size = await self._session_set(image_id, source)
         return ImageHandle(image_id, input_size, original_size, source)
@@ -106,7 +107,7 @@ class AsyncSamPredictor:
                                          image.original_size)
         return tuple(x[0] for x in result)
 
-    async def segment(self, image: ImageLike, **predict_kwargs):
+    async def segment(self, image: Union[ImageLike, bytes, bytearray], **predict_kwargs):
         """``set_image`` + ``predict``: (masks, scores, low-res logits)."""
         handle = await (self.set_image_file(image) if isinstance(image, (bytes, bytearray))
                         else self.set_image(image))

@@ -139,7 +139,9 @@ def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> Tup
         raise ValueError(f"mode must be 'holes' or 'islands', got {mode!r}")
     correct_holes = mode == "holes"
     working_mask = (correct_holes ^ mask).astype(np.uint8)
-    n_labels, regions, stats, _ = cv2.connectedComponentsWithStats(working_mask, 8)
+    # connectivity by name: a positional 8 (as the reference passes it) binds to the ``labels``
+    # output, which OpenCV reallocates, leaving connectivity at its default, 8: same results.
+    n_labels, regions, stats, _ = cv2.connectedComponentsWithStats(working_mask, connectivity=8)
     sizes = stats[:, -1][1:]
     small_regions = [i + 1 for i, s in enumerate(sizes) if s < area_thresh]
     if not small_regions:

@@ -12,7 +12,7 @@ NMS, RLE, small-region removal) runs here in numpy, as the reference does it.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union, cast
 
 import numpy as np
 
@@ -52,9 +52,10 @@ class SamAutomaticMaskGenerator:
                 import cv2  # noqa: F401
             except ImportError:
                 raise InvalidInput("min_mask_region_area > 0 needs OpenCV: pip install 'samtriton[amg]'") from None
-        self.point_grids = (amg.build_all_layer_point_grids(points_per_side, crop_n_layers,
-                                                            crop_n_points_downscale_factor)
-                            if points_per_side is not None else point_grids)
+        # Exactly one was given (checked above).
+        self.point_grids: List[np.ndarray] = (
+            amg.build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
+            if points_per_side is not None else cast(List[np.ndarray], point_grids))
         self.predictor = model if isinstance(model, SamPredictor) else SamPredictor(model, model=model_name)
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh
@@ -83,6 +84,7 @@ class SamAutomaticMaskGenerator:
         if self.min_mask_region_area > 0:
             data = self.postprocess_small_regions(data, self.min_mask_region_area,
                                                   max(self.box_nms_thresh, self.crop_nms_thresh))
+        segmentations: List[Any]  # COCO RLE dicts, HxW bool arrays or uncompressed RLE dicts
         if self.output_mode == "coco_rle":
             segmentations = [amg.coco_encode_rle(rle) for rle in data["rles"]]
         elif self.output_mode == "binary_mask":
@@ -119,7 +121,7 @@ class SamAutomaticMaskGenerator:
         session entry per crop, under its content hash) and a handle comes back; otherwise
         the embeddings come back, in batched encoder requests."""
         sources = [image_source(crop, "RGB", self.transform) for crop in crops]
-        sizes = [tuple(int(v) for v in source["input_size"]) for source in sources]
+        sizes = [(int(height), int(width)) for height, width in (source["input_size"] for source in sources)]
         client = self.predictor.client
         if self.predictor.session:
             handles = [(C.image_id_for(**source), source) for source in sources]
@@ -192,17 +194,17 @@ class SamAutomaticMaskGenerator:
         """Remove small islands and holes from every mask, then NMS preferring untouched masks."""
         if not data["rles"]:
             return data
-        new_masks, scores = [], []
+        new_masks, untouched = [], []
         for rle in data["rles"]:
             mask = amg.rle_to_mask(rle)
             mask, changed = amg.remove_small_regions(mask, min_area, mode="holes")
             unchanged = not changed
             mask, changed = amg.remove_small_regions(mask, min_area, mode="islands")
             new_masks.append(mask)
-            scores.append(float(unchanged and not changed))
+            untouched.append(float(unchanged and not changed))
         masks = np.stack(new_masks)
         boxes = amg.batched_mask_to_box(masks)
-        scores = np.asarray(scores, dtype=np.float32)
+        scores = np.asarray(untouched, dtype=np.float32)
         keep = amg.batched_nms(boxes.astype(np.float32), scores, np.zeros(len(boxes)), nms_thresh)
         data = dict(data, rles=list(data["rles"]), boxes=np.array(data["boxes"], copy=True))
         for i in keep:

@@ -8,7 +8,7 @@ that uses a stored embedding, knows what to send again when the server does not 
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, cast
 
 import numpy as np
 
@@ -45,7 +45,9 @@ def session_set(model: str, image_id: str, source: Source) -> Call:
 
 def set_result(out: Dict[str, np.ndarray]) -> Tuple[Tuple[int, int], Tuple[int, int]]:
     """(input_size, original_size) from a ``session_set`` answer."""
-    return tuple(int(v) for v in out[C.INPUT_SIZE.name]), tuple(int(v) for v in out[C.ORIGINAL_SIZE.name])
+    # Each is (height, width): the contract's dims for both are (2,).
+    return (cast(Tuple[int, int], tuple(int(v) for v in out[C.INPUT_SIZE.name])),
+            cast(Tuple[int, int], tuple(int(v) for v in out[C.ORIGINAL_SIZE.name])))
 
 
 def _on_stored(model: str, image_id: str, source: Optional[Source], tensors: Dict[str, np.ndarray],

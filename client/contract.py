@@ -14,9 +14,12 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, replace
-from typing import Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
 
 # SAM's fixed geometry: the encoder sees a square of IMAGE_SIZE pixels, the embedding is
 # EMBED_DIM x EMBED_SIZE x EMBED_SIZE, low-resolution masks are LOW_RES_SIZE square.
@@ -64,7 +67,7 @@ WIRE_DTYPES = {  # tritonclient's datatype strings
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    dtype: np.dtype
+    dtype: DTypeLike  # a scalar type (np.float32, ...): read through np.dtype()
     dims: Tuple[int, ...]
     doc: str = ""
     optional: bool = False  # a request may leave it out (config.pbtxt ``optional: true``)
@@ -278,7 +281,8 @@ SESSION = ModelSpec(
 SESSION_SET_OUTPUTS = (INPUT_SIZE.name, ORIGINAL_SIZE.name)
 
 
-def image_id_for(padded_image: np.ndarray = None, input_size=None, original_size=None, encoded_image: bytes = None) -> str:
+def image_id_for(padded_image: Optional[np.ndarray] = None, input_size=None, original_size=None,
+                 encoded_image: Optional[bytes] = None) -> str:
     """The session image id: a hash of what is encoded (the padded image and its sizes, or
     the file's bytes). The server recomputes it and refuses a mismatch, so an id cannot be
     bound to another image, and the same image set by any client finds its embedding there."""

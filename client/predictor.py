@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
@@ -175,6 +175,14 @@ class SamPredictor:
     ``SamAutomaticMaskGenerator`` and the benchmarks use).
     """
 
+    # The current image (``reset_image``: none). ``features``: its embedding, stateless mode
+    # only; ``image_id`` and ``_image_source`` (what to send again): session mode only.
+    features: Optional[np.ndarray]
+    image_id: Optional[str]
+    _image_source: Optional[calls.Source]
+    original_size: Optional[Tuple[int, int]]
+    input_size: Optional[Tuple[int, int]]
+
     def __init__(self, url: Union[str, Sequence[str]] = DEFAULT_URL, model: str = C.DEFAULT_MODEL_NAME,
                  timeout: float = DEFAULT_TIMEOUT_S, headers: Optional[Dict[str, str]] = None,
                  retries: int = DEFAULT_RETRIES, session: bool = True, shared_memory: bool = False,
@@ -226,9 +234,10 @@ class SamPredictor:
     def get_image_embedding(self) -> np.ndarray:
         """The [1, 256, 64, 64] float32 embedding of the current image."""
         self._require_image()
+        # With an image set, session mode has its id and stateless mode its embedding.
         if self.session:
-            return self.client.session_embedding(self.image_id, self._image_source)
-        return self.features
+            return self.client.session_embedding(cast(str, self.image_id), self._image_source)
+        return cast(np.ndarray, self.features)
 
     def reset_image(self) -> None:
         self.is_image_set = False

@@ -40,7 +40,9 @@ class ResizeLongestSide:
     def apply_image(self, image: np.ndarray) -> np.ndarray:
         """HWC uint8 -> HWC uint8 with the long side ``target_length`` (PIL bilinear)."""
         height, width = self.get_preprocess_shape(image.shape[0], image.shape[1], self.target_length)
-        return np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+        # Pillow sets its legacy filter names (BILINEAR, ...) by setattr, unseen by mypy; the typed
+        # Image.Resampling needs Pillow 9.1, and the client supports Pillow>=9.
+        return np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR))  # type: ignore[attr-defined]
 
     def apply_coords(self, coords: np.ndarray, original_size: Tuple[int, ...]) -> np.ndarray:
         old_h, old_w = original_size
@@ -64,11 +66,12 @@ def to_rgb_uint8(image: ImageLike, image_format: str = "RGB") -> np.ndarray:
     or uint16 (scaled by 255/65535, rounded), or bool.
     """
     if isinstance(image, (str, os.PathLike)):
+        path = image
         try:
-            with Image.open(image) as opened:
+            with Image.open(path) as opened:
                 image = _pil_to_array(opened)
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise InvalidInput(f"image: cannot read {os.fspath(image)!r} as an image ({exc})") from exc
+            raise InvalidInput(f"image: cannot read {os.fspath(path)!r} as an image ({exc})") from exc
     elif isinstance(image, Image.Image):
         image = _pil_to_array(image)
     elif not isinstance(image, np.ndarray):

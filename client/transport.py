@@ -41,7 +41,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Awaitable, Callable, Dict, Generator, List, Optional, Sequence, Union
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -56,6 +56,9 @@ logger = logging.getLogger("samtriton")
 
 # Errors that say "not here": the next endpoint may serve the request.
 FAIL_OVER = (ServerUnavailable, ModelNotReady, ContractMismatch)
+
+# A tritonclient.grpc (or .aio) InferenceServerClient; tritonclient has no type information.
+TritonClient = Any
 
 
 def parse_urls(url: Union[str, Sequence[str]]) -> List[str]:
@@ -139,7 +142,7 @@ class Pause:
 
 
 def attempts(endpoints: Endpoints, image_id: Optional[str], timeout: float, retries: int,
-             backoff: float) -> Iterator[Union[Attempt, Pause]]:
+             backoff: float) -> Generator[Union[Attempt, Pause], Optional[Exception], None]:
     """The plan of one call. Yields an ``Attempt`` (try this endpoint) or a ``Pause`` (sleep,
     then ``next``). After a failed attempt, ``send`` its error: a fail-over error marks the
     endpoint down and the plan goes on (a ``ContractMismatch`` only skips it: nothing was
@@ -359,12 +362,12 @@ class Channels:
     server is back); the old one is closed when the last request using it has returned,
     never under a request in flight. ``close_client`` may return an awaitable (asyncio)."""
 
-    def __init__(self, urls: Sequence[str], make_client: Callable[[str], object],
-                 close_client: Callable[[object], object]):
+    def __init__(self, urls: Sequence[str], make_client: Callable[[str], TritonClient],
+                 close_client: Callable[[TritonClient], Optional[Awaitable[Any]]]):
         self._make, self._close = make_client, close_client
         self._current = {u: _Channel(make_client(u)) for u in urls}
         self._lock = threading.Lock()
-        self.closing: List[object] = []  # what close_client returned (awaitables to await)
+        self.closing: List[Awaitable[Any]] = []  # what close_client returned (awaitables to await)
 
     def acquire(self, url: str) -> "_Channel":
         with self._lock:
@@ -413,7 +416,7 @@ class Channels:
 
 @dataclass(eq=False)
 class _Channel:
-    client: object
+    client: TritonClient
     users: int = 0
     retired: bool = False
     closed: bool = False
@@ -568,12 +571,14 @@ class Transport:
             values = {}
             for name in call.outputs:
                 if name in shared_out:
+                    assert pool is not None  # shared_out is filled from the pool only
                     meta = result.get_output(name)
                     values[name] = pool.read(shared_out[name], NUMPY_DTYPES[meta.datatype], meta.shape)
                 else:
                     values[name] = result.as_numpy(name)
         finally:
             if held:
+                assert pool is not None  # held is filled from the pool only
                 pool.release(held)
         received = sum(nbytes(v) for k, v in values.items() if k not in shared_out)
         with self._lock:
