@@ -5,6 +5,7 @@ Measures set_image, one-prompt predict and a 64-prompt batched predict (latency,
 the repeats), optionally automatic mask generation; the bytes each call puts on the wire
 in each client mode; and a concurrency sweep (images/s, prompts/s, p50 / p99 latency).
 Writes a JSON document, a Markdown table of samtriton / reference ratios and a PNG plot.
+``samtriton bench amg`` runs the automatic-mask part alone (``amg_versus_reference``).
 
 The reference needs the ``export`` extra (torch + segment-anything / mobile_sam); the plot
 needs matplotlib. Timings are figures to read, not assertions: nothing here passes or fails.
@@ -49,14 +50,19 @@ def _encoded(image: np.ndarray, fmt: str) -> bytes:
 
 
 def reference_predictor(model_type: str, checkpoint):
+    """The reference model (segment-anything / MobileSAM, in this process) and its SamPredictor."""
     from samtriton.export.checkpoints import load_sam
 
     sam = load_sam(model_type, checkpoint)  # also makes the reference packages importable
-    if model_type == "vit_t":
-        from mobile_sam import SamPredictor as Reference
-    else:
-        from segment_anything import SamPredictor as Reference
-    return sam, Reference(sam)
+    return sam, reference_class(model_type, "SamPredictor")(sam)
+
+
+def reference_class(model_type: str, name: str):
+    """``name`` (SamPredictor, SamAutomaticMaskGenerator) of the reference package of ``model_type``
+    (importable once ``load_sam`` has run)."""
+    import importlib
+
+    return getattr(importlib.import_module("mobile_sam" if model_type == "vit_t" else "segment_anything"), name)
 
 
 def latency_and_bytes(url, model: str, reference, images: Dict[str, np.ndarray], repeats: int,
@@ -194,36 +200,62 @@ def reference_rate(reference, image: np.ndarray, rounds: int, batch_prompts: int
     return {"images_per_s": images_per_s, "prompts_per_s": rounds * batch_prompts / (time.perf_counter() - start)}
 
 
-def amg_times(url, model: str, sam, model_type: str, images: Dict[str, np.ndarray], points_per_side: int) -> dict:
-    """SamAutomaticMaskGenerator per image, in session mode (embeddings stay on the server)
-    and embedding mode (each point batch carries its crop's embedding), against the reference."""
+def amg_versus_reference(url, model: str, sam, model_type: str, images: Dict[str, np.ndarray],
+                         modes: Sequence[str] = ("session",), **settings) -> List[dict]:
+    """Automatic mask generation of each image, timed: samtriton's SamAutomaticMaskGenerator in
+    each client mode of ``modes`` (session: the embeddings stay on the server; embedding: each
+    point batch carries its crop's embedding), then the reference's on ``sam`` in this process,
+    all with the generator keyword arguments ``settings``. One row per image and mode."""
     from samtriton.automatic_mask_generator import SamAutomaticMaskGenerator
 
-    if model_type == "vit_t":
-        from mobile_sam import SamAutomaticMaskGenerator as Reference
-    else:
-        from segment_anything import SamAutomaticMaskGenerator as Reference
-    modes = {"session": MODES["session"], "embedding": MODES["embedding"]}
-    seconds: Dict[str, List[float]] = {mode: [] for mode in modes}
-    wire = {mode: {"sent": 0.0, "received": 0.0} for mode in modes}
-    reference_s = []
-    for original in images.values():
-        for mode, kwargs in modes.items():
+    reference = reference_class(model_type, "SamAutomaticMaskGenerator")
+    rng = np.random.default_rng()
+    rows = []
+    for name, original in images.items():
+        ours = {}
+        for mode in modes:
             image = original.copy()
-            image[0, 0] = np.random.default_rng().integers(0, 256, 3)  # not cached yet: the encode is timed too
-            with SamPredictor(url, model=model, timeout=600, **kwargs) as predictor:
-                generator = SamAutomaticMaskGenerator(predictor, points_per_side=points_per_side)
+            image[0, 0] = rng.integers(0, 256, 3)  # no session cache has it: the encode is timed too
+            with SamPredictor(url, model=model, timeout=600, **MODES[mode]) as predictor:
+                generator = SamAutomaticMaskGenerator(predictor, **settings)
                 start = time.perf_counter()
-                generator.generate(image)
-                seconds[mode].append(time.perf_counter() - start)
-                wire[mode]["sent"] += generator.bytes_sent / len(images)
-                wire[mode]["received"] += generator.bytes_received / len(images)
+                count = len(generator.generate(image))
+                ours[mode] = dict(samtriton_s=time.perf_counter() - start, samtriton_masks=count,
+                                  sent=generator.bytes_sent, received=generator.bytes_received)
         start = time.perf_counter()
-        Reference(sam, points_per_side=points_per_side).generate(original)
-        reference_s.append(time.perf_counter() - start)
-    ref = statistics.median(reference_s)
-    ours = {mode: statistics.median(values) for mode, values in seconds.items()}
-    return {"reference_s": ref, "samtriton_s": ours, "ratio": {m: v / ref for m, v in ours.items()}, "bytes": wire}
+        reference_masks = len(reference(sam, **settings).generate(original))
+        reference_s = time.perf_counter() - start
+        rows += [dict(image=name, mode=mode, reference_s=reference_s, reference_masks=reference_masks,
+                      ratio=row["samtriton_s"] / reference_s, **row) for mode, row in ours.items()]
+    return rows
+
+
+def amg_summary(rows: List[dict]) -> dict:
+    """``amg_versus_reference`` rows as an operation of the compare document: the median time
+    over the images (reference, each mode), the ratios of those, the mean bytes per image."""
+    reference_s = statistics.median({row["image"]: row["reference_s"] for row in rows}.values())
+    by_mode: Dict[str, List[dict]] = {}
+    for row in rows:
+        by_mode.setdefault(row["mode"], []).append(row)
+    ours = {mode: statistics.median(row["samtriton_s"] for row in mode_rows) for mode, mode_rows in by_mode.items()}
+    wire = {mode: {kind: statistics.mean(row[kind] for row in mode_rows) for kind in ("sent", "received")}
+            for mode, mode_rows in by_mode.items()}
+    return {"reference_s": reference_s, "samtriton_s": ours,
+            "ratio": {mode: seconds / reference_s for mode, seconds in ours.items()}, "bytes": wire}
+
+
+def format_amg_table(rows: List[dict]) -> str:
+    """``amg_versus_reference`` rows (one mode) as a Markdown table, with a total row."""
+    lines = ["| image | samtriton s | reference s | ratio | masks (samtriton / reference) | MiB sent / received |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['image']} | {r['samtriton_s']:.1f} | {r['reference_s']:.1f} | {r['ratio']:.2f} | "
+                     f"{r['samtriton_masks']} / {r['reference_masks']} | "
+                     f"{r['sent'] / 2**20:.1f} / {r['received'] / 2**20:.1f} |")
+    total = sum(r["samtriton_s"] for r in rows) / sum(r["reference_s"] for r in rows)
+    lines.append(f"| all | {sum(r['samtriton_s'] for r in rows):.1f} | {sum(r['reference_s'] for r in rows):.1f} | "
+                 f"{total:.2f} | | |")
+    return "\n".join(lines)
 
 
 def run(url, model: str, images: Dict[str, np.ndarray], checkpoint=None, model_type: str = "vit_t",
@@ -241,8 +273,9 @@ def run(url, model: str, images: Dict[str, np.ndarray], checkpoint=None, model_t
     document["reference_rates"] = reference_rate(reference, first, rounds, batch_prompts)
     document["concurrency"] = concurrency_sweep(url, model, first, clients, rounds, batch_prompts)
     if amg_points_per_side:
-        document["operations"][f"automatic masks (points_per_side {amg_points_per_side})"] = amg_times(
-            url, model, sam, model_type, images, amg_points_per_side)
+        rows = amg_versus_reference(url, model, sam, model_type, images, modes=("session", "embedding"),
+                                    points_per_side=amg_points_per_side)
+        document["operations"][f"automatic masks (points_per_side {amg_points_per_side})"] = amg_summary(rows)
     return document
 
 
