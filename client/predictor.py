@@ -240,12 +240,10 @@ class SamPredictor:
         return cast(np.ndarray, self.features)
 
     def reset_image(self) -> None:
+        """Forget the current image (its embedding, id, sizes), as the reference does."""
         self.is_image_set = False
-        self.features = None
-        self.image_id = None
-        self._image_source = None
-        self.original_size = None
-        self.input_size = None
+        self.features = self.image_id = self._image_source = None
+        self.original_size = self.input_size = None
 
     # --- prompts -------------------------------------------------------------------------
     def predict(self, point_coords: Optional[np.ndarray] = None, point_labels: Optional[np.ndarray] = None,

@@ -185,6 +185,11 @@ def _major(version: str) -> str:
     return version.split(".", 1)[0].strip()
 
 
+def _remaining(deadline: float) -> float:
+    """Seconds left before ``deadline`` (monotonic), at least 1 ms: a client timeout of 0 means none."""
+    return max(deadline - time.monotonic(), 0.001)
+
+
 class ContractVersions:
     """The wire-contract version each endpoint serves each model with (the model config's
     ``contract.CONTRACT_VERSION_PARAMETER``), as the client learnt it, and the verdict: same
@@ -227,6 +232,14 @@ class ContractVersions:
 
     def compatible(self, version: str) -> bool:
         return _major(version) == _major(self.client_version)
+
+    def check(self, url: str, model: str, known: Optional[str], config=None) -> None:
+        """Raises ``ContractMismatch`` when ``model`` at ``url`` follows another major version:
+        the one in ``config`` (the model config just fetched), else ``known`` (learnt before)."""
+        version = self.learn(url, model, config) if config is not None else known
+        mismatch = self.mismatch(url, model, version) if version is not None else None
+        if mismatch is not None:
+            raise mismatch
 
     def mismatch(self, url: str, model: str, version: str) -> Optional[ContractMismatch]:
         """None when ``version`` is usable, else the error (logged once per endpoint and version)."""
@@ -496,26 +509,23 @@ class Transport:
 
     def _check_contract(self, url: str, call: Call, deadline: float) -> None:
         """Raises ``ContractMismatch`` for an endpoint of another major contract version."""
-        version = self.versions.known(url, call.model_name)
-        if version is None:
+        known, config = self.versions.known(url, call.model_name), None
+        if known is None:
             channel = self.channels.acquire(url)
             try:
-                response = channel.client.get_model_config(call.model_name, headers=self.options.headers,
-                                                           client_timeout=max(deadline - time.monotonic(), 0.001))
+                config = channel.client.get_model_config(call.model_name, headers=self.options.headers,
+                                                         client_timeout=_remaining(deadline)).config
             except InferenceServerException:
                 return  # unreachable, or no such model: the request itself says which
             finally:
                 self.channels.release(channel)
-            version = self.versions.learn(url, call.model_name, response.config)
-        mismatch = self.versions.mismatch(url, call.model_name, version)
-        if mismatch is not None:
-            raise mismatch
+        self.versions.check(url, call.model_name, known, config)
 
     def _model_ready(self, url: str, call: Call, deadline: float) -> bool:
         channel = self.channels.acquire(url)
         try:
             return channel.client.is_model_ready(call.model_name, headers=self.options.headers,
-                                                 client_timeout=max(deadline - time.monotonic(), 0.001))
+                                                 client_timeout=_remaining(deadline))
         except InferenceServerException:
             return False
         finally:
@@ -525,7 +535,7 @@ class Transport:
         channel = self.channels.acquire(url)
         try:
             return channel.client.is_server_ready(headers=self.options.headers,
-                                                  client_timeout=max(deadline - time.monotonic(), 0.001))
+                                                  client_timeout=_remaining(deadline))
         except InferenceServerException:
             return False
         finally:
@@ -567,7 +577,7 @@ class Transport:
                 requested.append(output)
             result = channel.client.infer(call.model_name, inputs, outputs=requested,
                                           headers=call.headers(self.options.headers),
-                                          client_timeout=max(deadline - time.monotonic(), 0.001))
+                                          client_timeout=_remaining(deadline))
             values = {}
             for name in call.outputs:
                 if name in shared_out:
@@ -685,27 +695,24 @@ class AsyncTransport:
             return await self._send(url, call, deadline)
 
     async def _check_contract(self, url: str, call: Call, deadline: float) -> None:
-        version = self.versions.known(url, call.model_name)
-        if version is None:
+        known, config = self.versions.known(url, call.model_name), None
+        if known is None:
             channel = self.channels.acquire(url)
             try:
-                response = await channel.client.get_model_config(
-                    call.model_name, headers=self.options.headers,
-                    client_timeout=max(deadline - time.monotonic(), 0.001))
+                response = await channel.client.get_model_config(call.model_name, headers=self.options.headers,
+                                                                 client_timeout=_remaining(deadline))
+                config = response.config
             except InferenceServerException:
-                return
+                return  # unreachable, or no such model: the request itself says which
             finally:
                 self.channels.release(channel)
-            version = self.versions.learn(url, call.model_name, response.config)
-        mismatch = self.versions.mismatch(url, call.model_name, version)
-        if mismatch is not None:
-            raise mismatch
+        self.versions.check(url, call.model_name, known, config)
 
     async def _model_ready(self, url: str, call: Call, deadline: float) -> bool:
         channel = self.channels.acquire(url)
         try:
             return await channel.client.is_model_ready(call.model_name, headers=self.options.headers,
-                                                       client_timeout=max(deadline - time.monotonic(), 0.001))
+                                                       client_timeout=_remaining(deadline))
         except InferenceServerException:
             return False
         finally:
@@ -715,7 +722,7 @@ class AsyncTransport:
         channel = self.channels.acquire(url)
         try:
             return await channel.client.is_server_ready(headers=self.options.headers,
-                                                        client_timeout=max(deadline - time.monotonic(), 0.001))
+                                                        client_timeout=_remaining(deadline))
         except InferenceServerException:
             return False
         finally:
@@ -732,7 +739,7 @@ class AsyncTransport:
         try:
             result = await channel.client.infer(call.model_name, inputs, outputs=requested,
                                                 headers=call.headers(self.options.headers),
-                                                client_timeout=max(deadline - time.monotonic(), 0.001))
+                                                client_timeout=_remaining(deadline))
             return {name: result.as_numpy(name) for name in call.outputs}
         except InferenceServerException as exc:
             raise _send_failed(self.channels, channel, exc, call, url, self.options.timeout) from None

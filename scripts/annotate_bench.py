@@ -25,15 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-
-def _wait(driver, script, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = driver.execute_script("return " + script)
-        if value:
-            return value
-        time.sleep(0.02)
-    raise RuntimeError(f"timed out: {script}")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from annotate_app import wait_for  # noqa: E402 - the browser tests' poll, reused
 
 
 def _click(driver, x, y, background=False):
@@ -46,7 +39,7 @@ def _click(driver, x, y, background=False):
     before = driver.execute_script("return window.annotator.rtts.length")
     chain = ActionChains(driver).move_to_element_with_offset(canvas, int(x * w / iw - w / 2), int(y * h / ih - h / 2))
     (chain.context_click() if background else chain.click()).perform()
-    _wait(driver, f"window.annotator.rtts.length > {before} && !window.annotator.busy")
+    wait_for(driver, f"window.annotator.rtts.length > {before} && !window.annotator.busy")
     return driver.execute_script("return window.annotator")
 
 
@@ -102,8 +95,8 @@ def main(argv=None):
         driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
         stack.callback(driver.quit)
         driver.get(f"http://127.0.0.1:{port}/")
-        _wait(driver, "document.body.dataset.ready === '1'")
-        _wait(driver, "window.annotator.prepared", timeout=120)  # set_image done, before timing
+        wait_for(driver, "document.body.dataset.ready === '1'")
+        wait_for(driver, "window.annotator.prepared", timeout=120)  # set_image done, before timing
 
         predictor = stack.enter_context(SamPredictor(url, model=args.model))
         predictor.set_image(str(image_path))
@@ -136,7 +129,7 @@ def main(argv=None):
             driver.find_element("id", "label").clear()
             driver.find_element("id", "label").send_keys("face")
             driver.find_element("id", "accept").click()
-            _wait(driver, "window.annotator.objects.length === 1")
+            wait_for(driver, "window.annotator.objects.length === 1")
             _click(driver, 0.25 * width, 0.62 * height)  # the suit
             _click(driver, 0.60 * width, 0.80 * height, background=True)  # not the helmet
             driver.save_screenshot(args.screenshot)
