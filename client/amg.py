@@ -11,8 +11,9 @@ from typing import Any, Dict, Generator, List, Tuple
 import numpy as np
 
 
-def is_box_near_crop_edge(boxes: np.ndarray, crop_box: List[int], orig_box: List[int],
-                          atol: float = 20.0) -> np.ndarray:
+def is_box_near_crop_edge(
+    boxes: np.ndarray, crop_box: List[int], orig_box: List[int], atol: float = 20.0
+) -> np.ndarray:
     """Boxes touching the edge of a crop, but not the edge of the original image."""
     crop = np.asarray(crop_box, dtype=np.float32)[None, :]
     orig = np.asarray(orig_box, dtype=np.float32)[None, :]
@@ -34,7 +35,7 @@ def batch_iterator(batch_size: int, *args) -> Generator[List[Any], None, None]:
         raise ValueError("Batched iteration must have inputs of all the same size.")
     n_batches = len(args[0]) // batch_size + int(len(args[0]) % batch_size != 0)
     for b in range(n_batches):
-        yield [arg[b * batch_size: (b + 1) * batch_size] for arg in args]
+        yield [arg[b * batch_size : (b + 1) * batch_size] for arg in args]
 
 
 def mask_to_rle(masks: np.ndarray) -> List[Dict[str, Any]]:
@@ -80,11 +81,12 @@ def build_point_grid(n_per_side: int) -> np.ndarray:
 
 
 def build_all_layer_point_grids(n_per_side: int, n_layers: int, scale_per_layer: int) -> List[np.ndarray]:
-    return [build_point_grid(int(n_per_side / (scale_per_layer ** i))) for i in range(n_layers + 1)]
+    return [build_point_grid(int(n_per_side / (scale_per_layer**i))) for i in range(n_layers + 1)]
 
 
-def generate_crop_boxes(im_size: Tuple[int, ...], n_layers: int,
-                        overlap_ratio: float) -> Tuple[List[List[int]], List[int]]:
+def generate_crop_boxes(
+    im_size: Tuple[int, ...], n_layers: int, overlap_ratio: float
+) -> Tuple[List[List[int]], List[int]]:
     crop_boxes, layer_idxs = [], []
     im_h, im_w = im_size
     short_side = min(im_h, im_w)

@@ -68,8 +68,9 @@ class SharedMemoryPool:
         key = "/" + name
         handle = shm.create_shared_memory_region(name, key, size)
         try:
-            self.client.register_system_shared_memory(name, key, size, headers=self.headers,
-                                                      client_timeout=self.timeout)
+            self.client.register_system_shared_memory(
+                name, key, size, headers=self.headers, client_timeout=self.timeout
+            )
         except Exception:
             shm.destroy_shared_memory_region(handle)
             raise
@@ -95,8 +96,9 @@ class SharedMemoryPool:
             regions, self._all, self._free = self._all, [], []
         for region in regions:
             try:
-                self.client.unregister_system_shared_memory(region.name, headers=self.headers,
-                                                            client_timeout=self.timeout)
+                self.client.unregister_system_shared_memory(
+                    region.name, headers=self.headers, client_timeout=self.timeout
+                )
             except Exception:  # the server may be gone; the local region is still ours to free
                 pass
             shm.destroy_shared_memory_region(region.handle)

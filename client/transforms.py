@@ -108,7 +108,7 @@ def max_decoded_pixels() -> int:
     (``Image.MAX_IMAGE_PIXELS``, ~89 M), where Pillow only warns up to twice that. The server
     decodes untrusted bytes, so above it the file is refused, not decoded."""
     limit = Image.MAX_IMAGE_PIXELS
-    return C.MAX_IMAGE_SIDE ** 2 if limit is None else int(limit)
+    return C.MAX_IMAGE_SIDE**2 if limit is None else int(limit)
 
 
 def _open_encoded(data: bytes) -> "Image.Image":
@@ -119,17 +119,21 @@ def _open_encoded(data: bytes) -> "Image.Image":
     try:
         opened = Image.open(io.BytesIO(bytes(data)))  # reads the header only
     except Image.DecompressionBombError as exc:
-        raise InvalidInput(f"encoded_image: refused to decode ({exc}); expected at most {max_decoded_pixels()} "
-                           "pixels: resize the image first, or send it with set_image") from None
+        raise InvalidInput(
+            f"encoded_image: refused to decode ({exc}); expected at most {max_decoded_pixels()} "
+            "pixels: resize the image first, or send it with set_image"
+        ) from None
     except (OSError, ValueError) as exc:
         raise InvalidInput(f"encoded_image: not a readable image file ({exc})") from None
     width, height = opened.size
     if max(opened.size) > C.MAX_IMAGE_SIDE:
         raise InvalidInput(f"encoded_image: sides must be at most {C.MAX_IMAGE_SIDE} pixels, got {[height, width]}")
     if width * height > max_decoded_pixels():
-        raise InvalidInput(f"encoded_image: {height}x{width} is {width * height} pixels; expected at most "
-                           f"{max_decoded_pixels()} (Pillow's decompression-bomb limit): resize the image first, "
-                           "or send it with set_image")
+        raise InvalidInput(
+            f"encoded_image: {height}x{width} is {width * height} pixels; expected at most "
+            f"{max_decoded_pixels()} (Pillow's decompression-bomb limit): resize the image first, "
+            "or send it with set_image"
+        )
     return opened
 
 
@@ -148,8 +152,9 @@ def decode_image(data: bytes) -> np.ndarray:
         raise
     except Exception as exc:  # noqa: BLE001 - untrusted bytes: whatever a Pillow decoder raises (truncated
         # data raises OSError, but plugins also raise EOFError, SyntaxError, struct.error, zlib.error ...)
-        raise InvalidInput(f"encoded_image: cannot decode ({type(exc).__name__}: {exc}); expected a complete "
-                           "image file") from None
+        raise InvalidInput(
+            f"encoded_image: cannot decode ({type(exc).__name__}: {exc}); expected a complete image file"
+        ) from None
 
 
 def _pil_to_array(image: "Image.Image") -> np.ndarray:
@@ -204,8 +209,9 @@ def upscale_matrix(original: int, resized: int) -> np.ndarray:
     return _upscale_matrix(original, resized)
 
 
-def postprocess_masks(low_res_masks: np.ndarray, input_size: Tuple[int, int],
-                      original_size: Tuple[int, int]) -> np.ndarray:
+def postprocess_masks(
+    low_res_masks: np.ndarray, input_size: Tuple[int, int], original_size: Tuple[int, int]
+) -> np.ndarray:
     """Low-res logits [..., 256, 256] -> logits [..., H, W] at the original image size."""
     rows = _upscale_matrix(original_size[0], input_size[0])
     cols = _upscale_matrix(original_size[1], input_size[1])

@@ -48,8 +48,16 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from . import contract as C
-from .errors import (ContractMismatch, ImageNotCached, InvalidInput, ModelNotReady, RequestTimeout, SamTritonError,
-                     ServerError, ServerUnavailable)
+from .errors import (
+    ContractMismatch,
+    ImageNotCached,
+    InvalidInput,
+    ModelNotReady,
+    RequestTimeout,
+    SamTritonError,
+    ServerError,
+    ServerUnavailable,
+)
 from .shared_memory import MIN_SHARED_BYTES, SharedMemoryPool, is_local
 
 logger = logging.getLogger("samtriton")
@@ -93,6 +101,7 @@ def endpoints_from_dns(host_port: str) -> List[str]:
 def rendezvous_order(key: str, urls: Sequence[str]) -> List[str]:
     """``urls`` ranked for ``key`` by highest random weight: a stable order per key that
     changes only where an endpoint is added or removed."""
+
     def weight(url: str) -> bytes:
         return hashlib.blake2b(f"{key}|{url}".encode(), digest_size=8).digest()
 
@@ -141,8 +150,9 @@ class Pause:
     seconds: float
 
 
-def attempts(endpoints: Endpoints, image_id: Optional[str], timeout: float, retries: int,
-             backoff: float) -> Generator[Union[Attempt, Pause], Optional[Exception], None]:
+def attempts(
+    endpoints: Endpoints, image_id: Optional[str], timeout: float, retries: int, backoff: float
+) -> Generator[Union[Attempt, Pause], Optional[Exception], None]:
     """The plan of one call. Yields an ``Attempt`` (try this endpoint) or a ``Pause`` (sleep,
     then ``next``). After a failed attempt, ``send`` its error: a fail-over error marks the
     endpoint down and the plan goes on (a ``ContractMismatch`` only skips it: nothing was
@@ -164,7 +174,7 @@ def attempts(endpoints: Endpoints, image_id: Optional[str], timeout: float, retr
                 raise error
         if error is None:  # every endpoint speaks another contract
             raise skipped[0] if len(skipped) == 1 else no_compatible_endpoint(skipped)
-        pause = backoff * (2 ** attempt) * random.uniform(0.5, 1.5)
+        pause = backoff * (2**attempt) * random.uniform(0.5, 1.5)
         # Only "unreachable" is worth waiting for; a missing model is a deployment matter.
         if not isinstance(error, ServerUnavailable) or attempt >= retries or time.monotonic() + pause >= deadline:
             raise error
@@ -178,7 +188,12 @@ def no_compatible_endpoint(skipped: Sequence[ContractMismatch]) -> ContractMisma
     return ContractMismatch(
         f"no endpoint serves {first.model} under this client's wire contract {first.client_version} (major "
         f"{_major(first.client_version)}): {found}; use a samtriton client of their version, or re-export the "
-        "repository with this one", first.url, first.model, first.server_version, first.client_version)
+        "repository with this one",
+        first.url,
+        first.model,
+        first.server_version,
+        first.client_version,
+    )
 
 
 def _major(version: str) -> str:
@@ -218,8 +233,11 @@ class ContractVersions:
     def learn(self, url: str, model: str, config) -> str:
         """Records the version in ``config`` (a ``ModelConfig`` protobuf) and returns it."""
         parameters = config.parameters
-        version = (parameters[C.CONTRACT_VERSION_PARAMETER].string_value.strip()
-                   if C.CONTRACT_VERSION_PARAMETER in parameters else "") or C.UNVERSIONED_CONTRACT
+        version = (
+            parameters[C.CONTRACT_VERSION_PARAMETER].string_value.strip()
+            if C.CONTRACT_VERSION_PARAMETER in parameters
+            else ""
+        ) or C.UNVERSIONED_CONTRACT
         with self._lock:
             self._versions[(url, model)] = (version, time.monotonic())
         return version
@@ -248,7 +266,12 @@ class ContractVersions:
         error = ContractMismatch(
             f"{url} serves {model} under wire contract {version}; this client speaks {self.client_version} (another "
             f"major version): nothing is sent there. Use a samtriton client of contract {_major(version)}.x for it, "
-            "or re-export its repository with this samtriton", url, model, version, self.client_version)
+            "or re-export its repository with this samtriton",
+            url,
+            model,
+            version,
+            self.client_version,
+        )
         with self._lock:
             first = (url, version) not in self._warned
             self._warned.add((url, version))
@@ -273,8 +296,11 @@ class Call:
     def may_miss_image(self) -> bool:
         """A session request that names an image and carries none: NOT_FOUND means the
         server does not hold the image (or the model is missing: see ``Transport``)."""
-        return self.spec is C.SESSION and self.image_id is not None and not (
-            C.IMAGE.name in self.arrays or C.ENCODED_IMAGE.name in self.arrays)
+        return (
+            self.spec is C.SESSION
+            and self.image_id is not None
+            and not (C.IMAGE.name in self.arrays or C.ENCODED_IMAGE.name in self.arrays)
+        )
 
     def headers(self, base: Optional[Dict[str, str]]) -> Optional[Dict[str, str]]:
         if self.image_id is None:
@@ -282,14 +308,26 @@ class Call:
         return dict(base or {}, **{C.IMAGE_ID_HEADER: self.image_id})
 
 
-def make_call(spec: C.ModelSpec, model: str, tensors: Dict[str, np.ndarray], outputs: Optional[Sequence[str]] = None,
-              output_bytes: Optional[Dict[str, int]] = None, image_id: Optional[str] = None,
-              resend: Optional[Call] = None) -> Call:
+def make_call(
+    spec: C.ModelSpec,
+    model: str,
+    tensors: Dict[str, np.ndarray],
+    outputs: Optional[Sequence[str]] = None,
+    output_bytes: Optional[Dict[str, int]] = None,
+    image_id: Optional[str] = None,
+    resend: Optional[Call] = None,
+) -> Call:
     """A ``Call`` with its tensors checked and cast to the contract's dtypes."""
     model_name = spec.served_name(model)
-    return Call(spec, model_name, request_arrays(spec, model_name, tensors),
-                list(outputs) if outputs else [s.name for s in spec.outputs], dict(output_bytes or {}), image_id,
-                resend)
+    return Call(
+        spec,
+        model_name,
+        request_arrays(spec, model_name, tensors),
+        list(outputs) if outputs else [s.name for s in spec.outputs],
+        dict(output_bytes or {}),
+        image_id,
+        resend,
+    )
 
 
 def request_arrays(spec: C.ModelSpec, model_name: str, tensors: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -300,16 +338,19 @@ def request_arrays(spec: C.ModelSpec, model_name: str, tensors: Dict[str, np.nda
     arrays = {s.name: _wire_array(tensors[s.name], s) for s in spec.inputs if tensors.get(s.name) is not None}
     size = sum(nbytes(a) for a in arrays.values())
     if size > C.MAX_REQUEST_BYTES:
-        raise InvalidInput(f"request to {model_name}: {size / 2**20:.1f} MiB of tensors; the limit is "
-                           f"{C.MAX_REQUEST_BYTES / 2**20:.0f} MiB (send fewer prompts or images per call)")
+        raise InvalidInput(
+            f"request to {model_name}: {size / 2**20:.1f} MiB of tensors; the limit is "
+            f"{C.MAX_REQUEST_BYTES / 2**20:.0f} MiB (send fewer prompts or images per call)"
+        )
     return arrays
 
 
 def _wire_array(value, spec: C.TensorSpec) -> np.ndarray:
     if np.dtype(spec.dtype) == np.object_:
         array = np.asarray(value, dtype=object)
-        return np.array([v if isinstance(v, bytes) else str(v).encode() for v in array.ravel()],
-                        dtype=object).reshape(array.shape)
+        return np.array([v if isinstance(v, bytes) else str(v).encode() for v in array.ravel()], dtype=object).reshape(
+            array.shape
+        )
     return np.ascontiguousarray(value, dtype=spec.dtype)
 
 
@@ -326,16 +367,19 @@ def translate(exc: InferenceServerException, call: Call, url: str, timeout: floa
     status = (exc.status() or "").rsplit(".", 1)[-1]  # "StatusCode.NOT_FOUND" -> "NOT_FOUND"
     name = call.model_name
     if status == "UNAVAILABLE" or (not status and _is_connection_error(exc)):
-        return ServerUnavailable(f"{url} is unavailable for {name} ({message}); check that the server is running "
-                                 "and reachable")
+        return ServerUnavailable(
+            f"{url} is unavailable for {name} ({message}); check that the server is running and reachable"
+        )
     if status == "DEADLINE_EXCEEDED":
-        return RequestTimeout(f"{name} at {url} did not answer within {timeout:g} s; raise timeout= or check the "
-                              "server's load")
+        return RequestTimeout(
+            f"{name} at {url} did not answer within {timeout:g} s; raise timeout= or check the server's load"
+        )
     if status == "NOT_FOUND":
         if call.may_miss_image:
             return ImageNotCached(f"{name} at {url} holds no embedding for image {call.image_id} ({message})")
-        return ModelNotReady(f"{name} at {url} is not ready ({message}); load it (explicit model control) or check "
-                             "the deployment name")
+        return ModelNotReady(
+            f"{name} at {url} is not ready ({message}); load it (explicit model control) or check the deployment name"
+        )
     if status == "INVALID_ARGUMENT":
         return InvalidInput(f"{name} at {url} rejected the request: {message}")
     return ServerError(f"{name} at {url}: {status or 'error'} {message}".strip())
@@ -360,8 +404,9 @@ def _model_missing(call: Call, url: str) -> ModelNotReady:
     return ModelNotReady(f"{call.model_name} at {url} is not ready; load it or check the deployment name")
 
 
-def _send_failed(channels: "Channels", channel: "_Channel", exc: InferenceServerException, call: Call, url: str,
-                 timeout: float) -> SamTritonError:
+def _send_failed(
+    channels: "Channels", channel: "_Channel", exc: InferenceServerException, call: Call, url: str, timeout: float
+) -> SamTritonError:
     """A failed send as samtriton's error; an unreachable endpoint gets a fresh channel."""
     error = translate(exc, call, url, timeout)
     if isinstance(error, ServerUnavailable):
@@ -375,8 +420,12 @@ class Channels:
     server is back); the old one is closed when the last request using it has returned,
     never under a request in flight. ``close_client`` may return an awaitable (asyncio)."""
 
-    def __init__(self, urls: Sequence[str], make_client: Callable[[str], TritonClient],
-                 close_client: Callable[[TritonClient], Optional[Awaitable[Any]]]):
+    def __init__(
+        self,
+        urls: Sequence[str],
+        make_client: Callable[[str], TritonClient],
+        close_client: Callable[[TritonClient], Optional[Awaitable[Any]]],
+    ):
         self._make, self._close = make_client, close_client
         self._current = {u: _Channel(make_client(u)) for u in urls}
         self._lock = threading.Lock()
@@ -455,8 +504,7 @@ class TransportOptions:
 class Transport:
     """The blocking transport: tritonclient.grpc clients, optional system shared memory."""
 
-    def __init__(self, urls: Sequence[str], options: TransportOptions, shared_memory: bool = False,
-                 **client_kwargs):
+    def __init__(self, urls: Sequence[str], options: TransportOptions, shared_memory: bool = False, **client_kwargs):
         self.endpoints = Endpoints(urls, options.down_seconds)
         self.options = options
         self.shared_memory = shared_memory
@@ -513,8 +561,9 @@ class Transport:
         if known is None:
             channel = self.channels.acquire(url)
             try:
-                config = channel.client.get_model_config(call.model_name, headers=self.options.headers,
-                                                         client_timeout=_remaining(deadline)).config
+                config = channel.client.get_model_config(
+                    call.model_name, headers=self.options.headers, client_timeout=_remaining(deadline)
+                ).config
             except InferenceServerException:
                 return  # unreachable, or no such model: the request itself says which
             finally:
@@ -524,8 +573,9 @@ class Transport:
     def _model_ready(self, url: str, call: Call, deadline: float) -> bool:
         channel = self.channels.acquire(url)
         try:
-            return channel.client.is_model_ready(call.model_name, headers=self.options.headers,
-                                                 client_timeout=_remaining(deadline))
+            return channel.client.is_model_ready(
+                call.model_name, headers=self.options.headers, client_timeout=_remaining(deadline)
+            )
         except InferenceServerException:
             return False
         finally:
@@ -534,8 +584,7 @@ class Transport:
     def _server_ready(self, url: str, deadline: float) -> bool:
         channel = self.channels.acquire(url)
         try:
-            return channel.client.is_server_ready(headers=self.options.headers,
-                                                  client_timeout=_remaining(deadline))
+            return channel.client.is_server_ready(headers=self.options.headers, client_timeout=_remaining(deadline))
         except InferenceServerException:
             return False
         finally:
@@ -575,9 +624,13 @@ class Transport:
                     output.set_shared_memory(region.name, region.byte_size)
                     shared_out[name] = region
                 requested.append(output)
-            result = channel.client.infer(call.model_name, inputs, outputs=requested,
-                                          headers=call.headers(self.options.headers),
-                                          client_timeout=_remaining(deadline))
+            result = channel.client.infer(
+                call.model_name,
+                inputs,
+                outputs=requested,
+                headers=call.headers(self.options.headers),
+                client_timeout=_remaining(deadline),
+            )
             values = {}
             for name in call.outputs:
                 if name in shared_out:
@@ -624,7 +677,8 @@ class Transport:
         try:
             return channel.client.is_server_ready(headers=headers, client_timeout=timeout) and all(
                 channel.client.is_model_ready(spec.served_name(model), headers=headers, client_timeout=timeout)
-                for spec in C.MODEL_SPECS)
+                for spec in C.MODEL_SPECS
+            )
         except InferenceServerException:
             self.channels.renew(url, channel)
             return False
@@ -650,8 +704,9 @@ class AsyncTransport:
 
         self.endpoints = Endpoints(urls, options.down_seconds)
         self.options = options
-        self.channels = Channels(urls, lambda url: grpcaio.InferenceServerClient(url, **client_kwargs),
-                                 lambda client: client.close())
+        self.channels = Channels(
+            urls, lambda url: grpcaio.InferenceServerClient(url, **client_kwargs), lambda client: client.close()
+        )
         self.versions = ContractVersions()
 
     async def call(self, call: Call) -> Dict[str, np.ndarray]:
@@ -699,8 +754,9 @@ class AsyncTransport:
         if known is None:
             channel = self.channels.acquire(url)
             try:
-                response = await channel.client.get_model_config(call.model_name, headers=self.options.headers,
-                                                                 client_timeout=_remaining(deadline))
+                response = await channel.client.get_model_config(
+                    call.model_name, headers=self.options.headers, client_timeout=_remaining(deadline)
+                )
                 config = response.config
             except InferenceServerException:
                 return  # unreachable, or no such model: the request itself says which
@@ -711,8 +767,9 @@ class AsyncTransport:
     async def _model_ready(self, url: str, call: Call, deadline: float) -> bool:
         channel = self.channels.acquire(url)
         try:
-            return await channel.client.is_model_ready(call.model_name, headers=self.options.headers,
-                                                       client_timeout=_remaining(deadline))
+            return await channel.client.is_model_ready(
+                call.model_name, headers=self.options.headers, client_timeout=_remaining(deadline)
+            )
         except InferenceServerException:
             return False
         finally:
@@ -721,8 +778,9 @@ class AsyncTransport:
     async def _server_ready(self, url: str, deadline: float) -> bool:
         channel = self.channels.acquire(url)
         try:
-            return await channel.client.is_server_ready(headers=self.options.headers,
-                                                        client_timeout=_remaining(deadline))
+            return await channel.client.is_server_ready(
+                headers=self.options.headers, client_timeout=_remaining(deadline)
+            )
         except InferenceServerException:
             return False
         finally:
@@ -737,9 +795,13 @@ class AsyncTransport:
         requested = [grpcclient.InferRequestedOutput(name) for name in call.outputs]
         channel = self.channels.acquire(url)
         try:
-            result = await channel.client.infer(call.model_name, inputs, outputs=requested,
-                                                headers=call.headers(self.options.headers),
-                                                client_timeout=_remaining(deadline))
+            result = await channel.client.infer(
+                call.model_name,
+                inputs,
+                outputs=requested,
+                headers=call.headers(self.options.headers),
+                client_timeout=_remaining(deadline),
+            )
             return {name: result.as_numpy(name) for name in call.outputs}
         except InferenceServerException as exc:
             raise _send_failed(self.channels, channel, exc, call, url, self.options.timeout) from None
@@ -759,5 +821,20 @@ class AsyncTransport:
         await self._finish_closing()
 
 
-__all__ = ("Attempt", "AsyncTransport", "Call", "Channels", "ContractVersions", "Endpoints", "Pause", "Transport", "TransportOptions",
-           "attempts", "endpoints_from_dns", "make_call", "parse_urls", "rendezvous_order", "translate")
+__all__ = (
+    "Attempt",
+    "AsyncTransport",
+    "Call",
+    "Channels",
+    "ContractVersions",
+    "Endpoints",
+    "Pause",
+    "Transport",
+    "TransportOptions",
+    "attempts",
+    "endpoints_from_dns",
+    "make_call",
+    "parse_urls",
+    "rendezvous_order",
+    "translate",
+)

@@ -31,10 +31,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from samtriton import contract as C
-from samtriton.server.amg_filter.graph import write_graph as write_amg_filter
 from samtriton.export.torch_weights import DECODER_PARTS, ENCODER_PARTS, write_torch_weights
-
 from samtriton.server import config as model_config
+from samtriton.server.amg_filter.graph import write_graph as write_amg_filter
 from samtriton.server.config import TORCH_COMPILE_MODES, TORCH_PRECISIONS
 
 ENCODER_BACKENDS = ("tensorrt", "onnxruntime", "python", "torch")
@@ -105,8 +104,9 @@ class RepositoryOptions:
     @property
     def gpu_decoder(self) -> bool:
         """Whether the decoder (and the AMG filter beside it) runs on a GPU."""
-        return self.decoder_backend == "onnxruntime" or (self.decoder_backend == "torch"
-                                                          and self.torch_device == "cuda")
+        return self.decoder_backend == "onnxruntime" or (
+            self.decoder_backend == "torch" and self.torch_device == "cuda"
+        )
 
 
 def _tensor(spec: C.TensorSpec, cls):
@@ -155,8 +155,12 @@ def encoder_config(options: RepositoryOptions) -> mc.ModelConfig:
     if options.encoder_backend == "tensorrt":
         config.optimization.cuda.graphs = True
     if options.encoder_backend == "torch":
-        model_config.write(config, torch_precision=options.torch_precision or "fp32", torch_compile=options.torch_compile,
-                           torch_fused_attention=True)
+        model_config.write(
+            config,
+            torch_precision=options.torch_precision or "fp32",
+            torch_compile=options.torch_compile,
+            torch_fused_attention=True,
+        )
     return config
 
 
@@ -211,8 +215,7 @@ def amg_filter_config(options: RepositoryOptions) -> mc.ModelConfig:
 def _amg_filter_parameters(config: mc.ModelConfig, options: RepositoryOptions) -> None:
     """Where the AMG filter runs for a stage: in its stub next to the python decoder, else the
     GPU model NAME_amg_filter; and its working memory per request."""
-    mib = options.amg_filter_mib or (C.DEFAULT_AMG_FILTER_MIB_GPU if options.gpu_decoder
-                                     else C.DEFAULT_AMG_FILTER_MIB)
+    mib = options.amg_filter_mib or (C.DEFAULT_AMG_FILTER_MIB_GPU if options.gpu_decoder else C.DEFAULT_AMG_FILTER_MIB)
     model_config.write(config, amg_filter_mib=mib)
     if options.decoder_backend == "onnxruntime":
         model_config.write(config, amg_filter_model=C.AMG_FILTER.served_name(options.name))
@@ -286,9 +289,15 @@ def _write_model(repo: Path, config: mc.ModelConfig, files: Dict[str, Optional[P
     return model_dir
 
 
-def write_repository(repo: Path, encoder_onnx: Optional[Path], decoder_onnx: Optional[Path],
-                     options: RepositoryOptions, metadata: Optional[dict] = None, encoder_plan: Optional[Path] = None,
-                     torch_model: Optional[tuple] = None) -> Dict[str, Path]:
+def write_repository(
+    repo: Path,
+    encoder_onnx: Optional[Path],
+    decoder_onnx: Optional[Path],
+    options: RepositoryOptions,
+    metadata: Optional[dict] = None,
+    encoder_plan: Optional[Path] = None,
+    torch_model: Optional[tuple] = None,
+) -> Dict[str, Path]:
     """Write the models under ``repo``; returns {served name: model directory}.
 
     ``encoder_onnx`` / ``decoder_onnx`` are the graphs of the ONNX-based backends (None for a

@@ -19,12 +19,22 @@ ARCHITECTURE_FILE = "sam.json"
 # The encoder precision that keeps each architecture's masks right (the H100 run in
 # docs/deployment.md): fp16-mixed for the ViT encoders, fp32 for MobileSAM, which reduced
 # precision gets wrong.
-DEFAULT_PRECISION = {"vit_t": "fp32", "vit_b": "fp16-mixed", "vit_l": "fp16-mixed", "vit_h": "fp16-mixed",
-                     "hf_sam": "fp16-mixed"}
+DEFAULT_PRECISION = {
+    "vit_t": "fp32",
+    "vit_b": "fp16-mixed",
+    "vit_l": "fp16-mixed",
+    "vit_h": "fp16-mixed",
+    "hf_sam": "fp16-mixed",
+}
 
 
-def architecture_of(sam, model_type: str, hf_config: Optional[dict] = None,
-                    preprocessor: Optional[dict] = None, precision: Optional[str] = None) -> dict:
+def architecture_of(
+    sam,
+    model_type: str,
+    hf_config: Optional[dict] = None,
+    preprocessor: Optional[dict] = None,
+    precision: Optional[str] = None,
+) -> dict:
     """What ``torch_runtime.build_sam`` needs to rebuild ``sam``'s modules.
 
     Args:
@@ -63,8 +73,11 @@ def write_torch_weights(sam, architecture: dict, directory: os.PathLike, parts=E
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.detach().contiguous().cpu() for name, tensor in sam.state_dict().items()
-             if name.split(".", 1)[0] in parts}
+    state = {
+        name: tensor.detach().contiguous().cpu()
+        for name, tensor in sam.state_dict().items()
+        if name.split(".", 1)[0] in parts
+    }
     path = directory / WEIGHTS_FILE
     save_file(state, str(path))
     (directory / ARCHITECTURE_FILE).write_text(json.dumps(architecture, indent=2, sort_keys=True) + "\n")

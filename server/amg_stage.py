@@ -48,15 +48,23 @@ class AmgStage:
             decode = lambda: run_amg_decoder(self.onnx_decoder, embedding, coords, labels)  # noqa: E731
         else:
             k = len(coords) if coords.ndim == 3 else 0
-            feeds = [embedding, coords, labels, np.zeros((k, 1, C.LOW_RES_SIZE, C.LOW_RES_SIZE), np.float32),
-                     np.zeros(k, np.float32)]
+            feeds = [
+                embedding,
+                coords,
+                labels,
+                np.zeros((k, 1, C.LOW_RES_SIZE, C.LOW_RES_SIZE), np.float32),
+                np.zeros(k, np.float32),
+            ]
             check_decoder_inputs(*feeds)
             decode = lambda: self._call_decoder(feeds)  # noqa: E731
         check_amg_inputs(input_size, crop_size, thresholds, prompts=k)
-        return self.times.run(decode, lambda low_res, iou: self.filter(low_res, iou, input_size, crop_size,
-                                                                       thresholds))
+        return self.times.run(decode, lambda low_res, iou: self.filter(low_res, iou, input_size, crop_size, thresholds))
 
     def _call_decoder(self, feeds):
-        decoded = call_model(self.decoder_name, {spec.name: value for spec, value in zip(C.DECODER.inputs, feeds)},
-                             [spec.name for spec in C.DECODER.outputs], self.name)
+        decoded = call_model(
+            self.decoder_name,
+            {spec.name: value for spec, value in zip(C.DECODER.inputs, feeds)},
+            [spec.name for spec in C.DECODER.outputs],
+            self.name,
+        )
         return decoded[C.LOW_RES_MASKS.name], decoded[C.IOU_PREDICTIONS.name]

@@ -51,6 +51,7 @@ def _choice(choices):
         if text not in choices:
             raise ValueError(f"expected one of {list(choices)}")
         return text
+
     return parse
 
 

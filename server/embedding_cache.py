@@ -135,8 +135,11 @@ class EmbeddingCache:
                     locked = True
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
-                        logger.warning("samtriton: waited %.0f s for another encode of %s; encoding it here",
-                                       FLIGHT_WAIT_S, image_id)
+                        logger.warning(
+                            "samtriton: waited %.0f s for another encode of %s; encoding it here",
+                            FLIGHT_WAIT_S,
+                            image_id,
+                        )
                         break
                     time.sleep(0.005)
             yield
@@ -191,13 +194,16 @@ def private_directory(path):
         raise CacheDirectoryError(f"session cache directory {path}: cannot create it ({exc})") from None
     info = os.lstat(path)
     if not stat.S_ISDIR(info.st_mode):
-        raise CacheDirectoryError(f"session cache directory {path}: exists and is not a directory (a link or a "
-                                  "file); remove it or choose another directory")
+        raise CacheDirectoryError(
+            f"session cache directory {path}: exists and is not a directory (a link or a "
+            "file); remove it or choose another directory"
+        )
     if info.st_uid != os.geteuid() or info.st_mode & 0o077:
         raise CacheDirectoryError(
             f"session cache directory {path}: expected a directory owned by uid {os.geteuid()} with mode 0700, "
             f"found owner uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o}; another user could read or "
-            "replace the embeddings: remove it or choose another directory")
+            "replace the embeddings: remove it or choose another directory"
+        )
 
 
 def hold_directory(path):

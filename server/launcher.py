@@ -58,7 +58,8 @@ def _pytriton_dir() -> Path:
         import pytriton
     except ImportError as exc:
         raise ServerStartError(
-            "the embedded server needs the nvidia-pytriton wheel: pip install 'samtriton[serve]'") from exc
+            "the embedded server needs the nvidia-pytriton wheel: pip install 'samtriton[serve]'"
+        ) from exc
     return Path(pytriton.__file__).parent
 
 
@@ -71,8 +72,11 @@ def _backend_directory(root: Path) -> Path:
         raise ServerStartError(f"nvidia-pytriton ships no python backend stub for Python {version}")
     python_dir = root / "python"
     python_dir.mkdir(parents=True, exist_ok=True)
-    for source in (bundled / "backends" / "python" / "libtriton_python.so",
-                   bundled / "backends" / "python" / "triton_python_backend_utils.py", stub):
+    for source in (
+        bundled / "backends" / "python" / "libtriton_python.so",
+        bundled / "backends" / "python" / "triton_python_backend_utils.py",
+        stub,
+    ):
         shutil.copy2(source, python_dir / source.name)
     return root
 
@@ -197,12 +201,23 @@ class EmbeddedTriton:
     model is READY and raises ``ServerStartError`` with the server's own error lines otherwise.
     """
 
-    def __init__(self, repository: os.PathLike, grpc_port: int = 8001, http_port: int = 8000,
-                 metrics_port: int = 8002, host: str = "127.0.0.1", models: Optional[Sequence[str]] = None,
-                 startup_timeout: float = 120.0, log_verbose: int = 0, extra_args: Sequence[str] = (),
-                 tls_cert: Optional[os.PathLike] = None, tls_key: Optional[os.PathLike] = None,
-                 tls_client_ca: Optional[os.PathLike] = None, session_cache_dir: Optional[os.PathLike] = None,
-                 drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S):
+    def __init__(
+        self,
+        repository: os.PathLike,
+        grpc_port: int = 8001,
+        http_port: int = 8000,
+        metrics_port: int = 8002,
+        host: str = "127.0.0.1",
+        models: Optional[Sequence[str]] = None,
+        startup_timeout: float = 120.0,
+        log_verbose: int = 0,
+        extra_args: Sequence[str] = (),
+        tls_cert: Optional[os.PathLike] = None,
+        tls_key: Optional[os.PathLike] = None,
+        tls_client_ca: Optional[os.PathLike] = None,
+        session_cache_dir: Optional[os.PathLike] = None,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S,
+    ):
         self.repository = Path(repository).resolve()
         self.grpc_port, self.http_port, self.metrics_port = grpc_port, http_port, metrics_port
         self.host = host
@@ -212,8 +227,11 @@ class EmbeddedTriton:
         self.extra_args = list(extra_args)
         if (tls_cert is None) != (tls_key is None) or (tls_client_ca is not None and tls_cert is None):
             raise ValueError("gRPC TLS needs both tls_cert and tls_key (and tls_client_ca only with them)")
-        self.tls = None if tls_cert is None else (Path(tls_cert), Path(tls_key),
-                                                  Path(tls_client_ca) if tls_client_ca else None)
+        self.tls = (
+            None
+            if tls_cert is None
+            else (Path(tls_cert), Path(tls_key), Path(tls_client_ca) if tls_client_ca else None)
+        )
         # The session model's embedding cache directory for this server; None: the model's
         # config, else a directory of this server's own under /dev/shm.
         self.session_cache_dir = None if session_cache_dir is None else Path(session_cache_dir).resolve()
@@ -244,9 +262,12 @@ class EmbeddedTriton:
             "--disable-auto-complete-config",
             "--exit-on-error=true",
             "--strict-readiness=true",
-            f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
-            f"--http-address={self.host}", f"--http-port={self.http_port}",
-            f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
+            f"--http-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             "--pinned-memory-pool-byte-size=0",
             "--exit-timeout-secs=5",
@@ -290,8 +311,15 @@ class EmbeddedTriton:
         # group (tritonserver and its stubs) can be killed as one.
         try:
             self.process = popen_tied(
-                self.command(backend_dir), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                bufsize=1, start_new_session=True, pass_fds=lifeline)
+                self.command(backend_dir),
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+                start_new_session=True,
+                pass_fds=lifeline,
+            )
         finally:
             for fd in lifeline:
                 os.close(fd)
@@ -351,8 +379,9 @@ class EmbeddedTriton:
     def _http(self, path: str, body: Optional[dict] = None, timeout: float = 10.0):
         """A POST (``body``) or GET to Triton's HTTP API on this server; the decoded JSON."""
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(f"http://{self.host}:{self.http_port}{path}", data=data,
-                                         method="GET" if body is None else "POST")
+        request = urllib.request.Request(
+            f"http://{self.host}:{self.http_port}{path}", data=data, method="GET" if body is None else "POST"
+        )
         with urllib.request.urlopen(request, timeout=timeout) as response:
             text = response.read().decode()
         return json.loads(text) if text else None

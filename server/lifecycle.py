@@ -39,8 +39,10 @@ def hold_lifeline(value):
         read_info, write_info = os.fstat(read_fd), os.fstat(write_fd)
     except (ValueError, OSError):
         return False
-    if not (stat.S_ISFIFO(read_info.st_mode) and (read_info.st_dev, read_info.st_ino) ==
-            (write_info.st_dev, write_info.st_ino)):
+    if not (
+        stat.S_ISFIFO(read_info.st_mode)
+        and (read_info.st_dev, read_info.st_ino) == (write_info.st_dev, write_info.st_ino)
+    ):
         return False
     os.close(write_fd)
     # The read end is shared by every stub (one open file, inherited): its owner is the

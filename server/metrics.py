@@ -76,14 +76,22 @@ def _triton_metric(name, model):
             import triton_python_backend_utils as pb_utils
 
             if name not in _families:
-                kind = (pb_utils.MetricFamily.GAUGE if name in GAUGES else pb_utils.MetricFamily.HISTOGRAM
-                        if name in HISTOGRAMS else pb_utils.MetricFamily.COUNTER)
+                kind = (
+                    pb_utils.MetricFamily.GAUGE
+                    if name in GAUGES
+                    else pb_utils.MetricFamily.HISTOGRAM
+                    if name in HISTOGRAMS
+                    else pb_utils.MetricFamily.COUNTER
+                )
                 _families[name] = pb_utils.MetricFamily(name=name, description=DESCRIPTIONS[name], kind=kind)
             family = _families[name]
             if family is not None:
                 labels = {"model": model}
-                metric = (family.Metric(labels=labels, buckets=list(REQUEST_BUCKETS)) if name in HISTOGRAMS
-                          else family.Metric(labels=labels))
+                metric = (
+                    family.Metric(labels=labels, buckets=list(REQUEST_BUCKETS))
+                    if name in HISTOGRAMS
+                    else family.Metric(labels=labels)
+                )
         except Exception:  # noqa: BLE001 - not in a stub, or metrics off: count in memory only
             _families.setdefault(name, None)
             metric = None

@@ -95,8 +95,11 @@ def call_model(model_name, inputs, output_names, caller):
     A failure of the called model is the caller's UNAVAILABLE (the client fails over) when
     that model is missing or unavailable, else it keeps the called model's message."""
     response = pb_utils.InferenceRequest(
-        model_name=model_name, inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()],
-        requested_output_names=list(output_names), preferred_memory=cpu_outputs()).exec()
+        model_name=model_name,
+        inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()],
+        requested_output_names=list(output_names),
+        preferred_memory=cpu_outputs(),
+    ).exec()
     if response.has_error():
         raise call_error(model_name, response.error(), caller)
     return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in output_names}
@@ -109,8 +112,9 @@ def call_error(model_name, error, caller):
     code = error.code() if hasattr(error, "code") else None
     # A called model that is missing or not ready: the caller is unavailable here, and the
     # client fails over (its message does not decide: the server's readiness does).
-    if code in (pb_utils.TritonError.NOT_FOUND, pb_utils.TritonError.UNAVAILABLE) \
-            or not pb_utils.is_model_ready(model_name):
+    if code in (pb_utils.TritonError.NOT_FOUND, pb_utils.TritonError.UNAVAILABLE) or not pb_utils.is_model_ready(
+        model_name
+    ):
         return ModelError(f"{caller} could not use {model_name}: {error.message()}", C.ERROR_CODE_UNAVAILABLE)
     if code == pb_utils.TritonError.INVALID_ARG:
         return InvalidInput(error.message())
@@ -147,7 +151,7 @@ def respond_encoder_batch(model_name, requests, run, output_tensor):
         return responses
     start = 0
     for i, count in owners:
-        tensor = output_tensor(C.IMAGE_EMBEDDINGS.name, embeddings[start:start + count])
+        tensor = output_tensor(C.IMAGE_EMBEDDINGS.name, embeddings[start : start + count])
         responses[i] = pb_utils.InferenceResponse(output_tensors=[tensor])
         start += count
     return responses
@@ -184,9 +188,12 @@ class AmgTimes:
     def __init__(self, model_name):
         self.counters = None
         try:
-            self.families = [pb_utils.MetricFamily(name=name, description=f"seconds spent {what} in AMG batches",
-                                                   kind=pb_utils.MetricFamily.COUNTER)
-                             for name, what in zip(self.NAMES, ("decoding", "filtering"))]
+            self.families = [
+                pb_utils.MetricFamily(
+                    name=name, description=f"seconds spent {what} in AMG batches", kind=pb_utils.MetricFamily.COUNTER
+                )
+                for name, what in zip(self.NAMES, ("decoding", "filtering"))
+            ]
             self.counters = [family.Metric(labels={"model": model_name}) for family in self.families]
         except Exception:  # noqa: BLE001 - metrics off, or a backend without custom metrics
             self.counters = None
@@ -214,5 +221,8 @@ def in_process_amg_decoder(args, settings: StageConfig, decoder_name):
 
 def run_amg_decoder(session, embedding, coords, labels):
     """(low_res_masks, iou_predictions) of K point prompts (no mask input) on one embedding."""
-    return run_decoder(session, [spec.name for spec in C.AMG_DECODER.outputs],
-                       {spec.name: value for spec, value in zip(C.AMG_DECODER.inputs, (embedding, coords, labels))})
+    return run_decoder(
+        session,
+        [spec.name for spec in C.AMG_DECODER.outputs],
+        {spec.name: value for spec, value in zip(C.AMG_DECODER.inputs, (embedding, coords, labels))},
+    )

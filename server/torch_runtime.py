@@ -48,6 +48,7 @@ PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
 
 # --- loading ------------------------------------------------------------------------------
 
+
 def device_of(args) -> torch.device:
     """The device of the instance Triton created: ``cuda:N`` for KIND_GPU, else the CPU."""
     if args.get("model_instance_kind") == "GPU":
@@ -111,8 +112,10 @@ def load_sam(directory: str, device: torch.device):
             setattr(sam, part, None)
     missing, unexpected = sam.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{directory}/{WEIGHTS_FILE}: weights do not fit {ARCHITECTURE_FILE}; missing "
-                         f"{missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"{directory}/{WEIGHTS_FILE}: weights do not fit {ARCHITECTURE_FILE}; missing "
+            f"{missing[:5]}, unexpected {unexpected[:5]}"
+        )
     # Non-persistent buffers (not in the state dict): the model's own pixel statistics.
     sam.pixel_mean.copy_(torch.tensor(architecture["pixel_mean"]).reshape(-1, 1, 1))
     sam.pixel_std.copy_(torch.tensor(architecture["pixel_std"]).reshape(-1, 1, 1))
@@ -148,6 +151,7 @@ def precision_context(precision: str, device: torch.device):
 
 # --- the encoder: SDPA attention, bucketed batches, optional torch.compile -----------------
 
+
 def use_fused_attention(sam) -> int:
     """Swap segment-anything's ViT attention for ``scaled_dot_product_attention`` with the
     relative-position bias as its additive mask (what segment-anything-fast does): the same
@@ -162,8 +166,10 @@ def use_fused_attention(sam) -> int:
             if module.use_rel_pos:
                 side_h = (module.rel_pos_h.shape[0] + 1) // 2
                 side_w = (module.rel_pos_w.shape[0] + 1) // 2
-                module._rel_tables = (get_rel_pos(side_h, side_h, module.rel_pos_h.detach()),
-                                      get_rel_pos(side_w, side_w, module.rel_pos_w.detach()))
+                module._rel_tables = (
+                    get_rel_pos(side_h, side_h, module.rel_pos_h.detach()),
+                    get_rel_pos(side_w, side_w, module.rel_pos_w.detach()),
+                )
             module.forward = types.MethodType(_fused_attention_forward, module)
             swapped += 1
     return swapped
@@ -212,8 +218,15 @@ class TorchEncoder:
         fused_attention: use ``scaled_dot_product_attention`` for the ViT attention.
     """
 
-    def __init__(self, sam, device: torch.device, precision: str, compile_mode: str = "none", max_batch: int = 1,
-                 fused_attention: bool = True):
+    def __init__(
+        self,
+        sam,
+        device: torch.device,
+        precision: str,
+        compile_mode: str = "none",
+        max_batch: int = 1,
+        fused_attention: bool = True,
+    ):
         from samtriton.export.onnx_export import EncoderWithPreprocess
 
         self.device, self.precision = device, check_precision(precision)
@@ -231,8 +244,10 @@ class TorchEncoder:
             start = time.perf_counter()
             for size in self.buckets:  # pay the compile (and CUDA-graph capture) at load
                 for _ in range(2):
-                    self(torch.zeros((size,) + C.IMAGE.dims, dtype=torch.uint8, device=device),
-                         torch.full((size, 2), C.IMAGE_SIZE, dtype=torch.int64, device=device))
+                    self(
+                        torch.zeros((size,) + C.IMAGE.dims, dtype=torch.uint8, device=device),
+                        torch.full((size, 2), C.IMAGE_SIZE, dtype=torch.int64, device=device),
+                    )
             self.compile_seconds = time.perf_counter() - start
 
     @torch.inference_mode()
@@ -254,6 +269,7 @@ class TorchEncoder:
 
 
 # --- the decoder ----------------------------------------------------------------------------
+
 
 class TorchDecoder:
     """Prompt encoder + mask decoder for one embedding and K prompts, in fp32 on one device;
@@ -278,8 +294,13 @@ class TorchDecoder:
         coords, labels = as_device_tensor(coords, self.device), as_device_tensor(labels, self.device)
         if mask_input is None:
             return self.amg_decoder(embedding, coords, labels)
-        return self.prompt_decoder(embedding, coords, labels, as_device_tensor(mask_input, self.device),
-                                   as_device_tensor(has_mask_input, self.device))
+        return self.prompt_decoder(
+            embedding,
+            coords,
+            labels,
+            as_device_tensor(mask_input, self.device),
+            as_device_tensor(has_mask_input, self.device),
+        )
 
 
 def as_device_tensor(value, device: torch.device) -> torch.Tensor:
@@ -291,15 +312,20 @@ def as_device_tensor(value, device: torch.device) -> torch.Tensor:
 def check_embedding(embedding: torch.Tensor) -> None:
     """The decoder's ``image_embeddings`` checks, on the device (one sync for the finiteness)."""
     if embedding.dtype != torch.float32:
-        raise InvalidInput(f"image_embeddings: expected dtype float32, got {str(embedding.dtype).replace('torch.', '')}")
+        raise InvalidInput(
+            f"image_embeddings: expected dtype float32, got {str(embedding.dtype).replace('torch.', '')}"
+        )
     if tuple(embedding.shape) != C.DECODER_IMAGE_EMBEDDINGS.dims:
-        raise InvalidInput(f"image_embeddings: expected shape {list(C.DECODER_IMAGE_EMBEDDINGS.dims)} "
-                           f"(one image), got {list(embedding.shape)}")
+        raise InvalidInput(
+            f"image_embeddings: expected shape {list(C.DECODER_IMAGE_EMBEDDINGS.dims)} "
+            f"(one image), got {list(embedding.shape)}"
+        )
     if not bool(torch.isfinite(embedding).all()):
         raise InvalidInput("image_embeddings: values must be finite (no NaN or inf)")
 
 
 # --- embeddings kept on the device -------------------------------------------------------------
+
 
 class DeviceEmbeddings:
     """The session stage's embeddings in device memory: an LRU bounded in bytes
@@ -308,8 +334,9 @@ class DeviceEmbeddings:
 
     def __init__(self, capacity_bytes: int):
         self.capacity = capacity_bytes
-        self.entries: "collections.OrderedDict[str, Tuple[torch.Tensor, np.ndarray, np.ndarray]]" = \
+        self.entries: "collections.OrderedDict[str, Tuple[torch.Tensor, np.ndarray, np.ndarray]]" = (
             collections.OrderedDict()
+        )
         self.bytes = 0
 
     def get(self, image_id: str):
@@ -335,6 +362,7 @@ class DeviceEmbeddings:
 
 
 # --- crossing model boundaries by DLPack ----------------------------------------------------------
+
 
 def to_torch(tensor) -> torch.Tensor:
     """A Triton tensor (CPU or GPU memory) as a torch tensor on the same memory, no copy."""

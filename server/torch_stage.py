@@ -47,7 +47,8 @@ class TorchStage:
             model_name=encoder_name,
             inputs=[pb_utils.Tensor(C.IMAGE.name, image), pb_utils.Tensor(C.INPUT_SIZE.name, input_size)],
             requested_output_names=[C.IMAGE_EMBEDDINGS.name],
-            preferred_memory=T.preferred_memory(pb_utils, self.device)).exec()
+            preferred_memory=T.preferred_memory(pb_utils, self.device),
+        ).exec()
         if response.has_error():
             raise call_error(encoder_name, response.error(), caller)
         tensor = pb_utils.get_output_tensor_by_name(response, C.IMAGE_EMBEDDINGS.name)

@@ -10,9 +10,16 @@ import numpy as np
 from samtriton.amg import calculate_stability_score
 
 
-def filter_batch(low_res_masks: np.ndarray, iou_predictions: np.ndarray, input_size: Tuple[int, int],
-                 crop_size: Tuple[int, int], pred_iou_thresh: float, stability_score_thresh: float,
-                 stability_score_offset: float, mask_threshold: float = 0.0):
+def filter_batch(
+    low_res_masks: np.ndarray,
+    iou_predictions: np.ndarray,
+    input_size: Tuple[int, int],
+    crop_size: Tuple[int, int],
+    pred_iou_thresh: float,
+    stability_score_thresh: float,
+    stability_score_offset: float,
+    mask_threshold: float = 0.0,
+):
     """SamAutomaticMaskGenerator._process_batch's filtering for one batch of K point prompts.
 
     Takes the decoder's [K, 4, 256, 256] logits and [K, 4] IoU predictions, keeps the three

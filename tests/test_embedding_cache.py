@@ -27,8 +27,9 @@ time.sleep(float(sys.argv[2]))
 
 def _holder(directory, seconds=60.0):
     """Another process (another server) using ``directory``."""
-    process = subprocess.Popen([sys.executable, "-c", HOLD, str(directory), str(seconds)], stdout=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(directory), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
     assert process.stdout.readline().strip() == "held"
     return process
 

@@ -13,8 +13,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = {"client": "samtriton", "server": "samtriton.server", "export": "samtriton.export",
-            "tools": "samtriton.tools"}
+PACKAGES = {
+    "client": "samtriton",
+    "server": "samtriton.server",
+    "export": "samtriton.export",
+    "tools": "samtriton.tools",
+}
 FORBIDDEN = {
     "client": ("samtriton.server", "samtriton.export", "samtriton.tools"),
     "server": ("samtriton.tools",),
@@ -69,7 +73,7 @@ def test_the_check_sees_relative_and_lazy_imports(tmp_path, monkeypatch):
 
 def _layout_section():
     text = (ROOT / "README.md").read_text()
-    return text[text.index("## Layout"):].split("\n## ", 1)[0]
+    return text[text.index("## Layout") :].split("\n## ", 1)[0]
 
 
 def test_readme_layout_names_every_module():
@@ -83,12 +87,21 @@ def test_readme_layout_names_every_module():
             if path.name != "__init__.py":
                 expected.add(path.name)
         expected |= {f"{p.name}/" for p in (ROOT / folder).iterdir() if p.is_dir() and p.name != "__pycache__"}
-    expected |= {p.name if p.is_file() else f"{p.name}/" for p in (ROOT / "tools").iterdir()
-                 if p.name not in ("__init__.py", "__pycache__")}
+    expected |= {
+        p.name if p.is_file() else f"{p.name}/"
+        for p in (ROOT / "tools").iterdir()
+        if p.name not in ("__init__.py", "__pycache__")
+    }
     missing = expected - named
     assert not missing, f"README Layout does not name {sorted(missing)}"
-    folders = {f"{p.name}/" for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".")
-               and p.name not in ("build", "out", "__pycache__") and not p.name.endswith(".egg-info")}
+    folders = {
+        f"{p.name}/"
+        for p in ROOT.iterdir()
+        if p.is_dir()
+        and not p.name.startswith(".")
+        and p.name not in ("build", "out", "__pycache__")
+        and not p.name.endswith(".egg-info")
+    }
     assert folders <= named, f"README Layout does not name the folders {sorted(folders - named)}"
     scripts_and_tests = {"amg_oracle.py", "test_layout.py", "gpu_serve_check.py", "bootstrap.sh", "demo.sh", "test.sh"}
     stale = {name for name in named if name.endswith(".py")} - expected - scripts_and_tests - {"model.py"}

@@ -76,24 +76,47 @@ def end_to_end(url, model: str, image: np.ndarray, clients: int, rounds: int) ->
     with ThreadPoolExecutor(clients) as pool:
         latencies = [x for result in pool.map(work, range(clients)) for x in result]
     elapsed = time.perf_counter() - start
-    return {"images_per_s": _rate(len(latencies), elapsed), "p50_ms": 1000 * float(np.percentile(latencies, 50)),
-            "p99_ms": 1000 * float(np.percentile(latencies, 99))}
+    return {
+        "images_per_s": _rate(len(latencies), elapsed),
+        "p50_ms": 1000 * float(np.percentile(latencies, 50)),
+        "p99_ms": 1000 * float(np.percentile(latencies, 99)),
+    }
 
 
-def run(url, model: str = C.DEFAULT_MODEL_NAME, batches: Sequence[int] = (1, 8, 16), prompts: int = 64,
-        repeats: int = 3, clients: int = 4, image: np.ndarray = None) -> List[List[str]]:
+def run(
+    url,
+    model: str = C.DEFAULT_MODEL_NAME,
+    batches: Sequence[int] = (1, 8, 16),
+    prompts: int = 64,
+    repeats: int = 3,
+    clients: int = 4,
+    image: np.ndarray = None,
+) -> List[List[str]]:
     """Runs every measurement; returns table rows (name, setting, value)."""
     if image is None:
         image = np.random.default_rng(2).integers(0, 256, (768, 1024, 3), dtype=np.uint8)
     rows = []
     with SamPredictor(url, model=model, timeout=600) as predictor:
         for batch in batches:
-            rows.append(["encoder", f"batch {batch}", f"{encoder_throughput(predictor.client, batch, repeats):.2f} images/s"])
+            rows.append(
+                ["encoder", f"batch {batch}", f"{encoder_throughput(predictor.client, batch, repeats):.2f} images/s"]
+            )
         predictor.set_image(image)
-        rows.append(["decoder", f"{prompts} prompts/request", f"{decoder_throughput(predictor, prompts, repeats):.1f} prompts/s"])
+        rows.append(
+            [
+                "decoder",
+                f"{prompts} prompts/request",
+                f"{decoder_throughput(predictor, prompts, repeats):.1f} prompts/s",
+            ]
+        )
     e2e = end_to_end(url, model, image, clients, repeats)
-    rows.append(["end to end", f"{clients} clients", f"{e2e['images_per_s']:.2f} images/s "
-                 f"(p50 {e2e['p50_ms']:.0f} ms, p99 {e2e['p99_ms']:.0f} ms)"])
+    rows.append(
+        [
+            "end to end",
+            f"{clients} clients",
+            f"{e2e['images_per_s']:.2f} images/s (p50 {e2e['p50_ms']:.0f} ms, p99 {e2e['p99_ms']:.0f} ms)",
+        ]
+    )
     return rows
 
 

@@ -65,8 +65,9 @@ def reference_class(model_type: str, name: str):
     return getattr(importlib.import_module("mobile_sam" if model_type == "vit_t" else "segment_anything"), name)
 
 
-def latency_and_bytes(url, model: str, reference, images: Dict[str, np.ndarray], repeats: int,
-                      batch_prompts: int) -> Dict[str, dict]:
+def latency_and_bytes(
+    url, model: str, reference, images: Dict[str, np.ndarray], repeats: int, batch_prompts: int
+) -> Dict[str, dict]:
     """Per operation: reference and samtriton (per client mode) latency, median over images
     and repeats, and samtriton's bytes on the wire per call. Calls alternate (reference,
     then each mode, ``repeats`` times), so a machine whose speed drifts affects all alike."""
@@ -97,30 +98,51 @@ def latency_and_bytes(url, model: str, reference, images: Dict[str, np.ndarray],
         def call():  # a session cache hit would skip the encoder: a new image each call
             image[0, 0] = list(next(fresh).to_bytes(3, "big"))  # one pixel differs
             predictor.set_image(image)
+
         return call
 
     try:
         for index, original in enumerate(images.values()):
             image = original.copy()  # set_image calls below change a pixel
-            one = dict(point_coords=np.array([[image.shape[1] * 0.5, image.shape[0] * 0.45]]),
-                       point_labels=np.array([1]))
+            one = dict(
+                point_coords=np.array([[image.shape[1] * 0.5, image.shape[0] * 0.45]]), point_labels=np.array([1])
+            )
             many_points, many_labels = _prompts(image, batch_prompts, seed=index)
-            compare("set_image", dict(reference=lambda: reference.set_image(image),
-                                      **{m: fresh_set_image(p, image) for m, p in predictors.items()}))
-            compare("predict (1 prompt)", dict(reference=lambda: reference.predict(**one),
-                                               **{m: (lambda p=p: p.predict(**one)) for m, p in predictors.items()}))
-            coords = torch.as_tensor(reference.transform.apply_coords(many_points, reference.original_size),
-                                     dtype=torch.float32)
+            compare(
+                "set_image",
+                dict(
+                    reference=lambda: reference.set_image(image),
+                    **{m: fresh_set_image(p, image) for m, p in predictors.items()},
+                ),
+            )
+            compare(
+                "predict (1 prompt)",
+                dict(
+                    reference=lambda: reference.predict(**one),
+                    **{m: (lambda p=p: p.predict(**one)) for m, p in predictors.items()},
+                ),
+            )
+            coords = torch.as_tensor(
+                reference.transform.apply_coords(many_points, reference.original_size), dtype=torch.float32
+            )
             labels = torch.as_tensor(many_labels, dtype=torch.float32)
-            compare(f"predict ({batch_prompts} prompts)", dict(
-                reference=lambda: reference.predict_torch(coords, labels),
-                **{m: (lambda p=p: p.predict_batch(point_coords=many_points, point_labels=many_labels))
-                   for m, p in predictors.items()}))
+            compare(
+                f"predict ({batch_prompts} prompts)",
+                dict(
+                    reference=lambda: reference.predict_torch(coords, labels),
+                    **{
+                        m: (lambda p=p: p.predict_batch(point_coords=many_points, point_labels=many_labels))
+                        for m, p in predictors.items()
+                    },
+                ),
+            )
             # The encoded-file path (session mode): the server decodes and preprocesses. Bytes
             # after the JPEG's end marker make each file new (no cache hit); decoders ignore them.
             jpeg = _encoded(original, "JPEG")
-            compare("set_image_file (JPEG)", dict(session=lambda: predictors["session"].set_image_file(
-                jpeg + next(fresh).to_bytes(4, "big"))))
+            compare(
+                "set_image_file (JPEG)",
+                dict(session=lambda: predictors["session"].set_image_file(jpeg + next(fresh).to_bytes(4, "big"))),
+            )
     finally:
         for predictor in predictors.values():
             predictor.close()
@@ -128,15 +150,21 @@ def latency_and_bytes(url, model: str, reference, images: Dict[str, np.ndarray],
     for op, by_who in times.items():
         ref = statistics.median(by_who["reference"]) if "reference" in by_who else None
         ours = {who: statistics.median(v) for who, v in by_who.items() if who != "reference"}
-        summary[op] = {"reference_s": ref, "samtriton_s": ours,
-                       "ratio": {m: (s / ref if ref else None) for m, s in ours.items()},
-                       "bytes": {m: {"sent": b["sent"] / b["calls"], "received": b["received"] / b["calls"]}
-                                 for m, b in wire.get(op, {}).items()}}
+        summary[op] = {
+            "reference_s": ref,
+            "samtriton_s": ours,
+            "ratio": {m: (s / ref if ref else None) for m, s in ours.items()},
+            "bytes": {
+                m: {"sent": b["sent"] / b["calls"], "received": b["received"] / b["calls"]}
+                for m, b in wire.get(op, {}).items()
+            },
+        }
     return summary
 
 
-def concurrency_sweep(url, model: str, image: np.ndarray, clients: Sequence[int], rounds: int,
-                      batch_prompts: int) -> List[dict]:
+def concurrency_sweep(
+    url, model: str, image: np.ndarray, clients: Sequence[int], rounds: int, batch_prompts: int
+) -> List[dict]:
     """For each client count: every client sets ``rounds`` images (a new image each time) and
     predicts one prompt on each; once all have, each runs ``rounds`` batched predicts of
     ``batch_prompts`` (the two phases do not overlap, so each rate is its own)."""
@@ -150,7 +178,7 @@ def concurrency_sweep(url, model: str, image: np.ndarray, clients: Sequence[int]
             rng = np.random.default_rng()  # unseeded: images no earlier run or client has set
             points, labels = _prompts(image, batch_prompts, seed=worker)
             with SamPredictor(url, model=model, timeout=600) as predictor:
-                for r in range(rounds):
+                for _ in range(rounds):
                     local[:2, :8] = rng.integers(0, 256, local[:2, :8].shape)  # a new image: no cache hits
                     start = time.perf_counter()
                     predictor.set_image(local)
@@ -171,15 +199,17 @@ def concurrency_sweep(url, model: str, image: np.ndarray, clients: Sequence[int]
         batch_latencies = [x for r in results for x in r[1]]
         image_seconds = min(r[2] for r in results) - start  # until the barrier: the last client's images done
         batch_seconds = time.perf_counter() - min(r[2] for r in results)
-        rows.append({
-            "clients": count,
-            "images_per_s": len(image_latencies) / image_seconds,
-            "image_p50_ms": 1000 * float(np.percentile(image_latencies, 50)),
-            "image_p99_ms": 1000 * float(np.percentile(image_latencies, 99)),
-            "prompts_per_s": len(batch_latencies) * batch_prompts / batch_seconds,
-            "batch_p50_ms": 1000 * float(np.percentile(batch_latencies, 50)),
-            "batch_p99_ms": 1000 * float(np.percentile(batch_latencies, 99)),
-        })
+        rows.append(
+            {
+                "clients": count,
+                "images_per_s": len(image_latencies) / image_seconds,
+                "image_p50_ms": 1000 * float(np.percentile(image_latencies, 50)),
+                "image_p99_ms": 1000 * float(np.percentile(image_latencies, 99)),
+                "prompts_per_s": len(batch_latencies) * batch_prompts / batch_seconds,
+                "batch_p50_ms": 1000 * float(np.percentile(batch_latencies, 50)),
+                "batch_p99_ms": 1000 * float(np.percentile(batch_latencies, 99)),
+            }
+        )
     return rows
 
 
@@ -200,8 +230,15 @@ def reference_rate(reference, image: np.ndarray, rounds: int, batch_prompts: int
     return {"images_per_s": images_per_s, "prompts_per_s": rounds * batch_prompts / (time.perf_counter() - start)}
 
 
-def amg_versus_reference(url, model: str, sam, model_type: str, images: Dict[str, np.ndarray],
-                         modes: Sequence[str] = ("session",), **settings) -> List[dict]:
+def amg_versus_reference(
+    url,
+    model: str,
+    sam,
+    model_type: str,
+    images: Dict[str, np.ndarray],
+    modes: Sequence[str] = ("session",),
+    **settings,
+) -> List[dict]:
     """Automatic mask generation of each image, timed: samtriton's SamAutomaticMaskGenerator in
     each client mode of ``modes`` (session: the embeddings stay on the server; embedding: each
     point batch carries its crop's embedding), then the reference's on ``sam`` in this process,
@@ -220,13 +257,26 @@ def amg_versus_reference(url, model: str, sam, model_type: str, images: Dict[str
                 generator = SamAutomaticMaskGenerator(predictor, **settings)
                 start = time.perf_counter()
                 count = len(generator.generate(image))
-                ours[mode] = dict(samtriton_s=time.perf_counter() - start, samtriton_masks=count,
-                                  sent=generator.bytes_sent, received=generator.bytes_received)
+                ours[mode] = dict(
+                    samtriton_s=time.perf_counter() - start,
+                    samtriton_masks=count,
+                    sent=generator.bytes_sent,
+                    received=generator.bytes_received,
+                )
         start = time.perf_counter()
         reference_masks = len(reference(sam, **settings).generate(original))
         reference_s = time.perf_counter() - start
-        rows += [dict(image=name, mode=mode, reference_s=reference_s, reference_masks=reference_masks,
-                      ratio=row["samtriton_s"] / reference_s, **row) for mode, row in ours.items()]
+        rows += [
+            dict(
+                image=name,
+                mode=mode,
+                reference_s=reference_s,
+                reference_masks=reference_masks,
+                ratio=row["samtriton_s"] / reference_s,
+                **row,
+            )
+            for mode, row in ours.items()
+        ]
     return rows
 
 
@@ -238,43 +288,77 @@ def amg_summary(rows: List[dict]) -> dict:
     for row in rows:
         by_mode.setdefault(row["mode"], []).append(row)
     ours = {mode: statistics.median(row["samtriton_s"] for row in mode_rows) for mode, mode_rows in by_mode.items()}
-    wire = {mode: {kind: statistics.mean(row[kind] for row in mode_rows) for kind in ("sent", "received")}
-            for mode, mode_rows in by_mode.items()}
-    return {"reference_s": reference_s, "samtriton_s": ours,
-            "ratio": {mode: seconds / reference_s for mode, seconds in ours.items()}, "bytes": wire}
+    wire = {
+        mode: {kind: statistics.mean(row[kind] for row in mode_rows) for kind in ("sent", "received")}
+        for mode, mode_rows in by_mode.items()
+    }
+    return {
+        "reference_s": reference_s,
+        "samtriton_s": ours,
+        "ratio": {mode: seconds / reference_s for mode, seconds in ours.items()},
+        "bytes": wire,
+    }
 
 
 def format_amg_table(rows: List[dict]) -> str:
     """``amg_versus_reference`` rows (one mode) as a Markdown table, with a total row."""
-    lines = ["| image | samtriton s | reference s | ratio | masks (samtriton / reference) | MiB sent / received |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| image | samtriton s | reference s | ratio | masks (samtriton / reference) | MiB sent / received |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['image']} | {r['samtriton_s']:.1f} | {r['reference_s']:.1f} | {r['ratio']:.2f} | "
-                     f"{r['samtriton_masks']} / {r['reference_masks']} | "
-                     f"{r['sent'] / 2**20:.1f} / {r['received'] / 2**20:.1f} |")
+        lines.append(
+            f"| {r['image']} | {r['samtriton_s']:.1f} | {r['reference_s']:.1f} | {r['ratio']:.2f} | "
+            f"{r['samtriton_masks']} / {r['reference_masks']} | "
+            f"{r['sent'] / 2**20:.1f} / {r['received'] / 2**20:.1f} |"
+        )
     total = sum(r["samtriton_s"] for r in rows) / sum(r["reference_s"] for r in rows)
-    lines.append(f"| all | {sum(r['samtriton_s'] for r in rows):.1f} | {sum(r['reference_s'] for r in rows):.1f} | "
-                 f"{total:.2f} | | |")
+    lines.append(
+        f"| all | {sum(r['samtriton_s'] for r in rows):.1f} | {sum(r['reference_s'] for r in rows):.1f} | "
+        f"{total:.2f} | | |"
+    )
     return "\n".join(lines)
 
 
-def run(url, model: str, images: Dict[str, np.ndarray], checkpoint=None, model_type: str = "vit_t",
-        repeats: int = 5, clients: Sequence[int] = (1, 2, 4, 8), rounds: int = 3, batch_prompts: int = 64,
-        amg_points_per_side: Optional[int] = None) -> dict:
+def run(
+    url,
+    model: str,
+    images: Dict[str, np.ndarray],
+    checkpoint=None,
+    model_type: str = "vit_t",
+    repeats: int = 5,
+    clients: Sequence[int] = (1, 2, 4, 8),
+    rounds: int = 3,
+    batch_prompts: int = 64,
+    amg_points_per_side: Optional[int] = None,
+) -> dict:
     sam, reference = reference_predictor(model_type, checkpoint)
     document = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": _cpu_count(), "python": platform.python_version()},
-        "settings": {"url": url, "model": model, "model_type": model_type, "images": list(images),
-                     "repeats": repeats, "clients": list(clients), "rounds": rounds, "batch_prompts": batch_prompts},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": _cpu_count(),
+            "python": platform.python_version(),
+        },
+        "settings": {
+            "url": url,
+            "model": model,
+            "model_type": model_type,
+            "images": list(images),
+            "repeats": repeats,
+            "clients": list(clients),
+            "rounds": rounds,
+            "batch_prompts": batch_prompts,
+        },
         "operations": latency_and_bytes(url, model, reference, images, repeats, batch_prompts),
     }
     first = next(iter(images.values()))
     document["reference_rates"] = reference_rate(reference, first, rounds, batch_prompts)
     document["concurrency"] = concurrency_sweep(url, model, first, clients, rounds, batch_prompts)
     if amg_points_per_side:
-        rows = amg_versus_reference(url, model, sam, model_type, images, modes=("session", "embedding"),
-                                    points_per_side=amg_points_per_side)
+        rows = amg_versus_reference(
+            url, model, sam, model_type, images, modes=("session", "embedding"), points_per_side=amg_points_per_side
+        )
         document["operations"][f"automatic masks (points_per_side {amg_points_per_side})"] = amg_summary(rows)
     return document
 
@@ -287,30 +371,44 @@ def _cpu_count() -> int:
 
 def markdown(document: dict) -> str:
     modes = list(MODES)
-    lines = ["| operation | reference ms | " + " | ".join(f"{m} ms (ratio)" for m in modes) + " |",
-             "|---|---|" + "---|" * len(modes)]
+    lines = [
+        "| operation | reference ms | " + " | ".join(f"{m} ms (ratio)" for m in modes) + " |",
+        "|---|---|" + "---|" * len(modes),
+    ]
     for op, entry in document["operations"].items():
         ref = entry["reference_s"]
         cells = []
         for mode in modes:
             seconds = entry["samtriton_s"].get(mode)
-            cells.append("" if seconds is None else
-                         f"{1000 * seconds:.1f} ({entry['ratio'][mode]:.2f})" if ref else f"{1000 * seconds:.1f}")
+            cells.append(
+                ""
+                if seconds is None
+                else f"{1000 * seconds:.1f} ({entry['ratio'][mode]:.2f})"
+                if ref
+                else f"{1000 * seconds:.1f}"
+            )
         lines.append(f"| {op} | {'' if ref is None else f'{1000 * ref:.1f}'} | " + " | ".join(cells) + " |")
     lines += ["", "| operation | mode | bytes sent | bytes received |", "|---|---|---|---|"]
     for op, entry in document["operations"].items():
         for mode, b in entry["bytes"].items():
             lines.append(f"| {op} | {mode} | {_size(b['sent'])} | {_size(b['received'])} |")
     rates = document["reference_rates"]
-    lines += ["", f"Concurrency (session mode; reference in-process, sequential: {rates['images_per_s']:.2f} images/s, "
-              f"{rates['prompts_per_s']:.0f} prompts/s):", "",
-              "| clients | images/s | ratio to 1 client | p50 / p99 ms (set_image + predict) | prompts/s | "
-              f"p50 / p99 ms ({document['settings']['batch_prompts']}-prompt predict) |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"Concurrency (session mode; reference in-process, sequential: {rates['images_per_s']:.2f} images/s, "
+        f"{rates['prompts_per_s']:.0f} prompts/s):",
+        "",
+        "| clients | images/s | ratio to 1 client | p50 / p99 ms (set_image + predict) | prompts/s | "
+        f"p50 / p99 ms ({document['settings']['batch_prompts']}-prompt predict) |",
+        "|---|---|---|---|---|---|",
+    ]
     base = document["concurrency"][0]["images_per_s"] if document["concurrency"] else None
     for row in document["concurrency"]:
-        lines.append(f"| {row['clients']} | {row['images_per_s']:.2f} | {row['images_per_s'] / base:.2f} | "
-                     f"{row['image_p50_ms']:.0f} / {row['image_p99_ms']:.0f} | {row['prompts_per_s']:.0f} | "
-                     f"{row['batch_p50_ms']:.0f} / {row['batch_p99_ms']:.0f} |")
+        lines.append(
+            f"| {row['clients']} | {row['images_per_s']:.2f} | {row['images_per_s'] / base:.2f} | "
+            f"{row['image_p50_ms']:.0f} / {row['image_p99_ms']:.0f} | {row['prompts_per_s']:.0f} | "
+            f"{row['batch_p50_ms']:.0f} / {row['batch_p99_ms']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -337,13 +435,19 @@ def plot(document: dict, path: Path) -> None:
     left.set_xticks(clients)
     left.legend()
     right.plot(clients, [r["image_p99_ms"] for r in rows], "o-", label="set_image + predict p99")
-    right.plot(clients, [r["batch_p99_ms"] for r in rows], "s-", label=f"{document['settings']['batch_prompts']}-prompt predict p99")
+    right.plot(
+        clients,
+        [r["batch_p99_ms"] for r in rows],
+        "s-",
+        label=f"{document['settings']['batch_prompts']}-prompt predict p99",
+    )
     right.set_xlabel("concurrent clients")
     right.set_ylabel("p99 latency (ms)")
     right.set_xticks(clients)
     right.legend()
-    figure.suptitle(f"samtriton vs in-process reference ({document['settings']['model_type']}, "
-                    f"{document['machine']['cpus']} CPUs)")
+    figure.suptitle(
+        f"samtriton vs in-process reference ({document['settings']['model_type']}, {document['machine']['cpus']} CPUs)"
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -11,7 +11,9 @@ from PIL import Image, ImageDraw
 def palette(count: int, seed: int = 0) -> np.ndarray:
     """``count`` distinct, saturated RGB colours."""
     hues = (np.arange(count) * 0.618033988749895 + seed * 0.1) % 1.0
-    return np.stack([_hsv_to_rgb(h, 0.75, 0.95) for h in hues]).astype(np.uint8) if count else np.zeros((0, 3), np.uint8)
+    return (
+        np.stack([_hsv_to_rgb(h, 0.75, 0.95) for h in hues]).astype(np.uint8) if count else np.zeros((0, 3), np.uint8)
+    )
 
 
 def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
@@ -22,9 +24,14 @@ def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
     return np.array(rgb) * 255
 
 
-def overlay(image: np.ndarray, masks: Sequence[np.ndarray], alpha: float = 0.5,
-            points: Optional[np.ndarray] = None, labels: Optional[np.ndarray] = None,
-            boxes: Optional[Iterable[Sequence[float]]] = None) -> Image.Image:
+def overlay(
+    image: np.ndarray,
+    masks: Sequence[np.ndarray],
+    alpha: float = 0.5,
+    points: Optional[np.ndarray] = None,
+    labels: Optional[np.ndarray] = None,
+    boxes: Optional[Iterable[Sequence[float]]] = None,
+) -> Image.Image:
     """Blend each HxW boolean mask in its own colour over the HxWx3 uint8 image."""
     canvas = image.astype(np.float32).copy()
     for mask, colour in zip(masks, palette(len(masks))):

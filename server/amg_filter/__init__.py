@@ -53,8 +53,9 @@ class AmgFilter:
         if self.model is None:
             from samtriton.server.amg_filter.windows import kept_mask_outputs
 
-            return kept_mask_outputs(low_res, iou, input_size, crop_size, thresholds, work_bytes=self.budget,
-                                     threads=self.threads)
+            return kept_mask_outputs(
+                low_res, iou, input_size, crop_size, thresholds, work_bytes=self.budget, threads=self.threads
+            )
         return self._served_graph(low_res, iou, input_size, crop_size, thresholds)
 
     def _served_graph(self, low_res, iou, input_size, crop_size, thresholds):
@@ -63,11 +64,13 @@ class AmgFilter:
         names = [spec.name for spec in C.AMG_FILTER.outputs]
         parts = []
         for start, stop in prompt_chunks(iou, crop_size, thresholds, self.budget):
-            feeds = {C.LOW_RES_MASKS.name: np.ascontiguousarray(low_res[start:stop]),
-                     C.IOU_PREDICTIONS.name: np.ascontiguousarray(iou[start:stop]),
-                     C.INPUT_SIZE.name: np.asarray(input_size, np.int64).reshape(2),
-                     C.CROP_SIZE.name: np.asarray(crop_size, np.int64).reshape(2),
-                     C.AMG_THRESHOLDS.name: np.asarray(thresholds, np.float32).reshape(3)}
+            feeds = {
+                C.LOW_RES_MASKS.name: np.ascontiguousarray(low_res[start:stop]),
+                C.IOU_PREDICTIONS.name: np.ascontiguousarray(iou[start:stop]),
+                C.INPUT_SIZE.name: np.asarray(input_size, np.int64).reshape(2),
+                C.CROP_SIZE.name: np.asarray(crop_size, np.int64).reshape(2),
+                C.AMG_THRESHOLDS.name: np.asarray(thresholds, np.float32).reshape(3),
+            }
             out = call_model(self.model, feeds, names, self.caller)
             out[C.KEPT_INDEX.name] = out[C.KEPT_INDEX.name] + 3 * start
             parts.append(out)

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from samtriton import contract as C
 
 
-def kept_masks(low_res: torch.Tensor, iou: torch.Tensor, input_size, crop_size, thresholds,
-               budget_bytes: int) -> Dict[str, np.ndarray]:
+def kept_masks(
+    low_res: torch.Tensor, iou: torch.Tensor, input_size, crop_size, thresholds, budget_bytes: int
+) -> Dict[str, np.ndarray]:
     """``contract.AMG``'s outputs for one point batch, computed where the decoder ran.
 
     SamAutomaticMaskGenerator._process_batch's filtering with the reference's own operations
@@ -45,7 +46,7 @@ def kept_masks(low_res: torch.Tensor, iou: torch.Tensor, input_size, crop_size, 
     chunk = max(1, budget_bytes // per_mask)
     kept, stabilities, bits = [], [], []
     for start in range(0, len(index), chunk):
-        part = index[start:start + chunk]
+        part = index[start : start + chunk]
         masks = F.interpolate(logits[part], (C.IMAGE_SIZE, C.IMAGE_SIZE), mode="bilinear", align_corners=False)
         masks = F.interpolate(masks[..., :in_h, :in_w], (crop_h, crop_w), mode="bilinear", align_corners=False)[:, 0]
         intersections = (masks > offset).sum(dim=(-1, -2), dtype=torch.int64)
@@ -57,8 +58,10 @@ def kept_masks(low_res: torch.Tensor, iou: torch.Tensor, input_size, crop_size, 
         kept.append(part)
         stabilities.append(stability)
         bits.append(pack_bits(masks > 0))
-    outputs = {C.KEPT_INDEX.name: torch.cat(kept) if kept else index,
-               C.KEPT_STABILITY.name: torch.cat(stabilities) if stabilities else scores[:0]}
+    outputs = {
+        C.KEPT_INDEX.name: torch.cat(kept) if kept else index,
+        C.KEPT_STABILITY.name: torch.cat(stabilities) if stabilities else scores[:0],
+    }
     outputs[C.KEPT_IOU.name] = scores[outputs[C.KEPT_INDEX.name]]
     packed_width = (crop_h * crop_w + 7) // 8
     outputs[C.KEPT_MASKS.name] = torch.cat(bits) if bits else torch.zeros((0, packed_width), dtype=torch.uint8)
@@ -77,6 +80,7 @@ def pack_bits(masks: torch.Tensor) -> torch.Tensor:
         flat = F.pad(flat, (0, pad))
     weights = _BIT_WEIGHTS.get(flat.device)
     if weights is None:
-        weights = _BIT_WEIGHTS[flat.device] = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8,
-                                                           device=flat.device)
+        weights = _BIT_WEIGHTS[flat.device] = torch.tensor(
+            [128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=flat.device
+        )
     return (flat.view(count, flat.shape[1] // 8, 8).to(torch.uint8) * weights).sum(dim=-1, dtype=torch.uint8)

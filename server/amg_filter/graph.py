@@ -41,13 +41,23 @@ def build_graph() -> onnx.ModelProto:
     size = C.LOW_RES_SIZE
     n = helper.make_node
     nodes = [
-        _const("one_i", [1], np.int64), _const("four_i", [4], np.int64), _const("axis1", [1], np.int64),
-        _const("axes23", [2, 3], np.int64), _const("zeros2", [0, 0], np.int64),
-        _const("flat1", [-1, 1, size, size], np.int64), _const("flat", [-1], np.int64),
-        _const("big", [C.IMAGE_SIZE, C.IMAGE_SIZE], np.int64), _const("zero_f", 0.0, np.float32),
-        _const("i0", 0, np.int64), _const("i1", 1, np.int64), _const("i2", 2, np.int64),
-        _const("eight", [8], np.int64), _const("seven", 7, np.int64), _const("eight_s", 8, np.int64),
-        _const("bit_weights", [128, 64, 32, 16, 8, 4, 2, 1], np.int32), _const("pad_head", [0, 0, 0], np.int64),
+        _const("one_i", [1], np.int64),
+        _const("four_i", [4], np.int64),
+        _const("axis1", [1], np.int64),
+        _const("axes23", [2, 3], np.int64),
+        _const("zeros2", [0, 0], np.int64),
+        _const("flat1", [-1, 1, size, size], np.int64),
+        _const("flat", [-1], np.int64),
+        _const("big", [C.IMAGE_SIZE, C.IMAGE_SIZE], np.int64),
+        _const("zero_f", 0.0, np.float32),
+        _const("i0", 0, np.int64),
+        _const("i1", 1, np.int64),
+        _const("i2", 2, np.int64),
+        _const("eight", [8], np.int64),
+        _const("seven", 7, np.int64),
+        _const("eight_s", 8, np.int64),
+        _const("bit_weights", [128, 64, 32, 16, 8, 4, 2, 1], np.int32),
+        _const("pad_head", [0, 0, 0], np.int64),
         _const("zero_i", [0], np.int64),
         # The three multimask outputs of each prompt, flattened prompt-major: index = 3 * k + j.
         n("Slice", [low_res, "one_i", "four_i", "axis1"], ["multi_logits"]),
@@ -69,12 +79,22 @@ def build_graph() -> onnx.ModelProto:
         n("Shape", ["sel_logits"], ["sel_shape"]),
         n("Slice", ["sel_shape", "zero_i", "axis1"], ["sel_n"]),
         n("Concat", ["sel_n", "one_i", "big"], ["size_1024"], axis=0),
-        n("Resize", ["sel_logits", "", "", "size_1024"], ["up"], mode="linear",
-          coordinate_transformation_mode="pytorch_half_pixel"),
+        n(
+            "Resize",
+            ["sel_logits", "", "", "size_1024"],
+            ["up"],
+            mode="linear",
+            coordinate_transformation_mode="pytorch_half_pixel",
+        ),
         n("Slice", ["up", "zeros2", C.INPUT_SIZE.name, "axes23"], ["cropped"]),
         n("Concat", ["sel_n", "one_i", C.CROP_SIZE.name], ["size_crop"], axis=0),
-        n("Resize", ["cropped", "", "", "size_crop"], ["masks"], mode="linear",
-          coordinate_transformation_mode="pytorch_half_pixel"),
+        n(
+            "Resize",
+            ["cropped", "", "", "size_crop"],
+            ["masks"],
+            mode="linear",
+            coordinate_transformation_mode="pytorch_half_pixel",
+        ),
         # Stability: pixels over +offset / pixels over -offset (mask threshold 0), as the reference.
         n("Greater", ["masks", "offset"], ["over_hi"]),
         n("Neg", ["offset"], ["neg_offset"]),
@@ -135,8 +155,7 @@ def build_graph() -> onnx.ModelProto:
         helper.make_tensor_value_info(C.KEPT_MASKS.name, TensorProto.UINT8, ["kept", "packed"]),
     ]
     graph = helper.make_graph(nodes, "samtriton_amg_filter", inputs, outputs)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="samtriton")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="samtriton")
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     return model

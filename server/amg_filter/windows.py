@@ -43,7 +43,7 @@ class _Windows:
         self.taps = np.minimum(self.in0[:, None] + np.arange(width), matrix.shape[1] - 1)  # [windows, width]
         self.weights = np.zeros((len(self.out0), size, width), np.float32)
         for w, (o0, n, i0, d) in enumerate(zip(self.out0, self.count, self.in0, self.width)):
-            self.weights[w, :n, :d] = matrix[o0:o0 + n, i0:i0 + d]
+            self.weights[w, :n, :d] = matrix[o0 : o0 + n, i0 : i0 + d]
 
     def extrema(self, low: np.ndarray, high: np.ndarray, axis: int):
         """Min of ``low`` and max of ``high`` over each window's inputs along ``axis`` (1 or 2):
@@ -80,8 +80,7 @@ def flat_bits(row_bytes: np.ndarray, width: int, out: Optional[np.ndarray] = Non
     groups, group_bytes = -(-height // group), group * width // 8
     aligned = height % group == 0
     target = out.reshape(groups, group_bytes) if aligned else np.empty((groups, group_bytes), np.uint8)
-    rows = row_bytes if aligned else np.concatenate(
-        [row_bytes, np.zeros((groups * group - height, per_row), np.uint8)])
+    rows = row_bytes if aligned else np.concatenate([row_bytes, np.zeros((groups * group - height, per_row), np.uint8)])
     for k in range(group):
         start, shift = divmod(k * width, 8)
         part = rows[k::group]
@@ -90,10 +89,10 @@ def flat_bits(row_bytes: np.ndarray, width: int, out: Optional[np.ndarray] = Non
             target[:, :per_row] = part
             target[:, per_row:] = 0
         else:
-            target[:, start:stop] |= part[:, :stop - start] >> shift
+            target[:, start:stop] |= part[:, : stop - start] >> shift
             if shift:
                 spill = min(start + 1 + per_row, group_bytes) - (start + 1)
-                target[:, start + 1:start + 1 + spill] |= part[:, :spill] << (8 - shift)
+                target[:, start + 1 : start + 1 + spill] |= part[:, :spill] << (8 - shift)
     if not aligned:
         out[:] = target.reshape(-1)[:total]
     return out
@@ -106,8 +105,15 @@ def _exact_windows(logits, masks, row_windows, rows: _Windows, col_windows, cols
     return np.matmul(np.matmul(rows.weights[row_windows], taps), cols.weights[col_windows].transpose(0, 2, 1))
 
 
-def kept_mask_outputs(low_res_masks: np.ndarray, iou_predictions: np.ndarray, input_size, crop_size,
-                      thresholds, work_bytes: int = 256 * 2**20, threads: int = 1) -> Dict[str, np.ndarray]:
+def kept_mask_outputs(
+    low_res_masks: np.ndarray,
+    iou_predictions: np.ndarray,
+    input_size,
+    crop_size,
+    thresholds,
+    work_bytes: int = 256 * 2**20,
+    threads: int = 1,
+) -> Dict[str, np.ndarray]:
     """The AMG stage's response for one batch (what NAME_amg and the session model both send):
     ``filter_batch``'s result with ``thresholds`` = (pred_iou_thresh, stability_score_thresh,
     stability_score_offset), the kept masks packed as bits, by ``contract.AMG`` output name.
@@ -123,8 +129,9 @@ def kept_mask_outputs(low_res_masks: np.ndarray, iou_predictions: np.ndarray, in
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1, user_api="blas"):
-        return _kept_mask_outputs(low_res_masks, iou_predictions, input_size, crop_size, thresholds, work_bytes,
-                                  threads)
+        return _kept_mask_outputs(
+            low_res_masks, iou_predictions, input_size, crop_size, thresholds, work_bytes, threads
+        )
 
 
 def _kept_mask_outputs(low_res_masks, iou_predictions, input_size, crop_size, thresholds, work_bytes, threads):
@@ -144,8 +151,9 @@ def _kept_mask_outputs(low_res_masks, iou_predictions, input_size, crop_size, th
     edge_of_zero = np.zeros_like(above_zero)
 
     def count(part):
-        counts[:, part], above_zero[part], edge_of_zero[part] = _window_counts(logits, index[part], rows, cols, offset,
-                                                                               work_bytes)
+        counts[:, part], above_zero[part], edge_of_zero[part] = _window_counts(
+            logits, index[part], rows, cols, offset, work_bytes
+        )
 
     with _pool(threads) as pool:
         list(pool.map(count, parts))
@@ -158,13 +166,18 @@ def _kept_mask_outputs(low_res_masks, iou_predictions, input_size, crop_size, th
         def pack(outputs):
             for out in outputs:
                 i = kept[out]
-                _mask_bits(logits[index[i]], above_zero[i], edge_of_zero[i], rows, cols, height, width, work_bytes,
-                           packed[out])
+                _mask_bits(
+                    logits[index[i]], above_zero[i], edge_of_zero[i], rows, cols, height, width, work_bytes, packed[out]
+                )
 
         list(pool.map(pack, [np.arange(k, len(kept), threads) for k in range(threads)]))
     index = index[kept]
-    return {C.KEPT_INDEX.name: index.astype(np.int64), C.KEPT_IOU.name: scores[index].astype(np.float32),
-            C.KEPT_STABILITY.name: stability[kept], C.KEPT_MASKS.name: packed}
+    return {
+        C.KEPT_INDEX.name: index.astype(np.int64),
+        C.KEPT_IOU.name: scores[index].astype(np.float32),
+        C.KEPT_STABILITY.name: stability[kept],
+        C.KEPT_MASKS.name: packed,
+    }
 
 
 class _Inline:
@@ -199,19 +212,20 @@ def _window_counts(logits, index, rows: _Windows, cols: _Windows, offset: float,
     group = max(1, work_bytes // (8 * len(rows.out0) * logits.shape[-1]))
     chunk = max(1, work_bytes // (16 * rows.size * cols.size))
     for g0 in range(0, n, group):
-        selected = logits[index[g0:g0 + group]].astype(np.float32, copy=False)
+        selected = logits[index[g0 : g0 + group]].astype(np.float32, copy=False)
         lo, hi = cols.extrema(*rows.extrema(selected, selected, 1), 2)  # [masks, row windows, col windows]
         margin = CERTAIN_MARGIN * np.maximum(1.0, np.maximum(-lo, hi))  # the window's largest |logit|
         above = [lo > t + margin for t in levels]
         straddles = [~a & (hi > t - margin) for a, t in zip(above, levels)]
         unsure = straddles[0] | straddles[1]  # the stability counts' levels; level 0 waits for the bits
         for k in range(2):
-            counts[k, g0:g0 + len(selected)] = ((above[k] & ~unsure).reshape(len(selected), -1) @ area.ravel()).astype(
-                np.int64)
-        above_zero[g0:g0 + len(selected)], edge_of_zero[g0:g0 + len(selected)] = above[2], straddles[2]
+            counts[k, g0 : g0 + len(selected)] = (
+                (above[k] & ~unsure).reshape(len(selected), -1) @ area.ravel()
+            ).astype(np.int64)
+        above_zero[g0 : g0 + len(selected)], edge_of_zero[g0 : g0 + len(selected)] = above[2], straddles[2]
         masks, row_w, col_w = np.nonzero(unsure)
         for c0 in range(0, len(masks), chunk):
-            m, r, c = masks[c0:c0 + chunk], row_w[c0:c0 + chunk], col_w[c0:c0 + chunk]
+            m, r, c = masks[c0 : c0 + chunk], row_w[c0 : c0 + chunk], col_w[c0 : c0 + chunk]
             values = _exact_windows(selected, m, r, rows, c, cols)
             # Padding outside the crop has weight 0, so value 0: over a level below 0 it counts.
             padding = np.bincount(m, rows.size * cols.size - rows.count[r] * cols.count[c], minlength=len(selected))
@@ -237,7 +251,7 @@ def _mask_bits(logits, above_zero, edge_of_zero, rows: _Windows, cols: _Windows,
     single = logits[None].astype(np.float32, copy=False)
     chunk = max(1, work_bytes // (16 * rows.size * cols.size))
     for c0 in range(0, len(row_w), chunk):
-        r, c = row_w[c0:c0 + chunk], col_w[c0:c0 + chunk]
+        r, c = row_w[c0 : c0 + chunk], col_w[c0 : c0 + chunk]
         exact = _exact_windows(single, np.zeros(len(r), np.intp), r, rows, c, cols) > 0.0
         blocks[r, :, c, :] = np.packbits(exact, axis=2)
     image = image[:height, :per_row]

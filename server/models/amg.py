@@ -33,7 +33,19 @@ class TritonPythonModel:
 
     def _one(self, request):
         get = lambda spec: pb_utils.get_input_tensor_by_name(request, spec.name).as_numpy()  # noqa: E731
-        outputs = self.amg(*(get(spec) for spec in (C.DECODER_IMAGE_EMBEDDINGS, C.POINT_COORDS, C.POINT_LABELS,
-                                                     C.INPUT_SIZE, C.CROP_SIZE, C.AMG_THRESHOLDS)))
+        outputs = self.amg(
+            *(
+                get(spec)
+                for spec in (
+                    C.DECODER_IMAGE_EMBEDDINGS,
+                    C.POINT_COORDS,
+                    C.POINT_LABELS,
+                    C.INPUT_SIZE,
+                    C.CROP_SIZE,
+                    C.AMG_THRESHOLDS,
+                )
+            )
+        )
         return pb_utils.InferenceResponse(
-            output_tensors=[pb_utils.Tensor(spec.name, outputs[spec.name]) for spec in C.AMG.outputs])
+            output_tensors=[pb_utils.Tensor(spec.name, outputs[spec.name]) for spec in C.AMG.outputs]
+        )

@@ -28,4 +28,5 @@ class TritonPythonModel:
         check_decoder_inputs(*(feeds[name] for name in self.input_names))
         outputs = run_decoder(self.session, self.output_names, feeds)
         return pb_utils.InferenceResponse(
-            output_tensors=[pb_utils.Tensor(n, v) for n, v in zip(self.output_names, outputs)])
+            output_tensors=[pb_utils.Tensor(n, v) for n, v in zip(self.output_names, outputs)]
+        )

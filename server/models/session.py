@@ -22,11 +22,23 @@ from samtriton.errors import InvalidInput
 from samtriton.server import lifecycle, metrics
 from samtriton.server.amg_stage import AmgStage
 from samtriton.server.embedding_cache import EmbeddingCache, cache_directory, default_root, sweep_orphans
-from samtriton.server.runtime import (ModelError, call_model, decoder_graph_path, load_config, onnx_session,
-                                      respond_each, run_decoder)
+from samtriton.server.runtime import (
+    ModelError,
+    call_model,
+    decoder_graph_path,
+    load_config,
+    onnx_session,
+    respond_each,
+    run_decoder,
+)
 from samtriton.transforms import decode_image, preprocess
-from samtriton.validation import (check_array, check_decoder_inputs, check_encoder_inputs, check_mask_prompts,
-                                  check_points)
+from samtriton.validation import (
+    check_array,
+    check_decoder_inputs,
+    check_encoder_inputs,
+    check_mask_prompts,
+    check_points,
+)
 
 
 class TritonPythonModel:
@@ -37,8 +49,11 @@ class TritonPythonModel:
         self.encoder, self.decoder = C.ENCODER.served_name(base), C.DECODER.served_name(base)
         # The server's own directory unless one is given: the server's environment (samtriton
         # serve --session-cache-dir), then the model's config (samtriton export --session-cache-dir).
-        directory = (os.environ.get(C.SESSION_CACHE_DIR_ENV) or settings.session_cache_dir
-                     or cache_directory(args["model_repository"], base))
+        directory = (
+            os.environ.get(C.SESSION_CACHE_DIR_ENV)
+            or settings.session_cache_dir
+            or cache_directory(args["model_repository"], base)
+        )
         self.cache = EmbeddingCache(directory, settings.session_cache_mib * 2**20, metrics.CacheMetrics(self.name))
         sweep_orphans(default_root(), keep={self.cache.directory})
         # With the python decoder, run its ONNX graph here: a BLS hop to another stub costs
@@ -79,20 +94,39 @@ class TritonPythonModel:
         else:
             entry = self._lookup(image_id)
         if entry is None:
-            raise ModelError(f"{C.UNKNOWN_IMAGE_ID_MESSAGE} {image_id!r}: this server holds no embedding for it "
-                             "(never set here, or evicted); send the image again", C.ERROR_CODE_UNKNOWN_IMAGE)
+            raise ModelError(
+                f"{C.UNKNOWN_IMAGE_ID_MESSAGE} {image_id!r}: this server holds no embedding for it "
+                "(never set here, or evicted); send the image again",
+                C.ERROR_CODE_UNKNOWN_IMAGE,
+            )
         embedding, input_size, original_size = entry
         outputs = {C.INPUT_SIZE.name: input_size, C.ORIGINAL_SIZE.name: original_size}
         if C.DECODER_IMAGE_EMBEDDINGS.name in wanted:
-            outputs[C.DECODER_IMAGE_EMBEDDINGS.name] = (embedding if self.torch is None
-                                                        else embedding.cpu().numpy())
+            outputs[C.DECODER_IMAGE_EMBEDDINGS.name] = embedding if self.torch is None else embedding.cpu().numpy()
         thresholds, crop_size = get(C.AMG_THRESHOLDS), get(C.CROP_SIZE)
         if thresholds is not None or crop_size is not None:
-            outputs.update(self._amg(embedding, input_size, coords, get(C.POINT_LABELS), crop_size, thresholds,
-                                     get(C.MASK_INPUT), get(C.HAS_MASK_INPUT), get(C.MULTIMASK_OUTPUT)))
+            outputs.update(
+                self._amg(
+                    embedding,
+                    input_size,
+                    coords,
+                    get(C.POINT_LABELS),
+                    crop_size,
+                    thresholds,
+                    get(C.MASK_INPUT),
+                    get(C.HAS_MASK_INPUT),
+                    get(C.MULTIMASK_OUTPUT),
+                )
+            )
         elif coords is not None:
-            low_res, iou = self._decode(embedding, coords, get(C.POINT_LABELS), get(C.MASK_INPUT),
-                                        get(C.HAS_MASK_INPUT), get(C.MULTIMASK_OUTPUT))
+            low_res, iou = self._decode(
+                embedding,
+                coords,
+                get(C.POINT_LABELS),
+                get(C.MASK_INPUT),
+                get(C.HAS_MASK_INPUT),
+                get(C.MULTIMASK_OUTPUT),
+            )
             outputs[C.SESSION_IOU.name] = iou
             if C.LOW_RES_MASKS_FP16.name in wanted:
                 outputs[C.LOW_RES_MASKS_FP16.name] = low_res.astype(np.float16)
@@ -101,13 +135,15 @@ class TritonPythonModel:
         elif wanted & {C.SESSION_IOU.name, C.LOW_RES_MASKS_FP16.name, C.SESSION_LOW_RES_MASKS.name}:
             raise InvalidInput("point_coords: masks were requested but the request carries no prompts")
         return pb_utils.InferenceResponse(
-            output_tensors=[pb_utils.Tensor(name, value) for name, value in outputs.items() if name in wanted])
+            output_tensors=[pb_utils.Tensor(name, value) for name, value in outputs.items() if name in wanted]
+        )
 
     def _set(self, image_id, image, input_size, original_size, encoded):
         if encoded is not None:
             if image is not None or input_size is not None or original_size is not None:
-                raise InvalidInput("encoded_image: send either encoded_image or image + input_size + original_size, "
-                                   "not both")
+                raise InvalidInput(
+                    "encoded_image: send either encoded_image or image + input_size + original_size, not both"
+                )
             check_array(C.ENCODED_IMAGE.name, encoded, np.object_, 1)
             if encoded.shape != (1,):
                 raise InvalidInput(f"encoded_image: expected shape [1] (one file), got {list(encoded.shape)}")
@@ -120,8 +156,9 @@ class TritonPythonModel:
                 raise InvalidInput(f"image: expected shape [1, 1024, 1024, 3] (one image), got {list(image.shape)}")
             check_array(C.ORIGINAL_SIZE.name, original_size, np.int64, 1)
             if original_size.shape != (2,) or original_size.min() < 1 or original_size.max() > C.MAX_IMAGE_SIDE:
-                raise InvalidInput(f"original_size: expected (height, width) in 1..{C.MAX_IMAGE_SIDE}, "
-                                   f"got {original_size.tolist()}")
+                raise InvalidInput(
+                    f"original_size: expected (height, width) in 1..{C.MAX_IMAGE_SIDE}, got {original_size.tolist()}"
+                )
             original_size = original_size.copy()
             _check_id(image_id, C.image_id_for(image[0], input_size[0], original_size))
         entry = self._lookup(image_id)  # the same image was encoded already (by this client or another)
@@ -156,8 +193,9 @@ class TritonPythonModel:
             on_device = self.torch.encode(self.encoder, image, input_size, self.name)
             embedding = np.ascontiguousarray(on_device.cpu().numpy())
         else:
-            out = call_model(self.encoder, {C.IMAGE.name: image, C.INPUT_SIZE.name: input_size},
-                             [C.IMAGE_EMBEDDINGS.name], self.name)
+            out = call_model(
+                self.encoder, {C.IMAGE.name: image, C.INPUT_SIZE.name: input_size}, [C.IMAGE_EMBEDDINGS.name], self.name
+            )
             embedding = np.ascontiguousarray(out[C.IMAGE_EMBEDDINGS.name])
         try:
             entry = self.cache.put(image_id, embedding, input_size[0].copy(), original_size)
@@ -165,17 +203,23 @@ class TritonPythonModel:
                 return self.torch.embeddings.put(image_id, on_device, *entry[1:])
             return entry
         except OSError as exc:
-            raise ModelError(f"session cache {self.cache.directory}: cannot store the embedding ({exc}); give the "
-                             "cache more room (/dev/shm size) or lower session_cache_mib", C.ERROR_CODE_INTERNAL)
+            raise ModelError(
+                f"session cache {self.cache.directory}: cannot store the embedding ({exc}); give the "
+                "cache more room (/dev/shm size) or lower session_cache_mib",
+                C.ERROR_CODE_INTERNAL,
+            ) from exc
 
     def _amg(self, embedding, input_size, coords, labels, crop_size, thresholds, mask_input, has_mask, multimask):
         """The AMG stage's work on the stored embedding: only the kept masks go back, as bits."""
         if coords is None or crop_size is None or thresholds is None:
-            raise InvalidInput("crop_size / amg_thresholds: automatic mask generation needs both, "
-                               "with point_coords + point_labels")
+            raise InvalidInput(
+                "crop_size / amg_thresholds: automatic mask generation needs both, with point_coords + point_labels"
+            )
         if mask_input is not None or has_mask is not None or multimask is not None:
-            raise InvalidInput("mask_input / has_mask_input / multimask_output: not used with amg_thresholds "
-                               "(AMG keeps the three multimask outputs of single-point prompts)")
+            raise InvalidInput(
+                "mask_input / has_mask_input / multimask_output: not used with amg_thresholds "
+                "(AMG keeps the three multimask outputs of single-point prompts)"
+            )
         return self.amg(embedding, coords, labels, input_size, crop_size, thresholds, stored=True)
 
     def _decode(self, embedding, coords, labels, mask_input, has_mask, multimask):
@@ -195,11 +239,16 @@ class TritonPythonModel:
         check_decoder_inputs(*feeds)
         output_names = [spec.name for spec in C.DECODER.outputs]
         if self.local_decoder is not None:
-            low_res, iou = run_decoder(self.local_decoder, output_names, {
-                spec.name: value for spec, value in zip(C.DECODER.inputs, feeds)})
+            low_res, iou = run_decoder(
+                self.local_decoder, output_names, {spec.name: value for spec, value in zip(C.DECODER.inputs, feeds)}
+            )
         else:
-            decoded = call_model(self.decoder, {spec.name: value for spec, value in zip(C.DECODER.inputs, feeds)},
-                                 output_names, self.name)
+            decoded = call_model(
+                self.decoder,
+                {spec.name: value for spec, value in zip(C.DECODER.inputs, feeds)},
+                output_names,
+                self.name,
+            )
             low_res, iou = decoded[C.LOW_RES_MASKS.name], decoded[C.IOU_PREDICTIONS.name]
         if multimask is not None:
             check_array(C.MULTIMASK_OUTPUT.name, multimask, np.bool_, 1)
@@ -210,8 +259,9 @@ class TritonPythonModel:
 
 def _check_id(image_id, expected):
     if image_id != expected:
-        raise InvalidInput(f"image_id: expected {expected!r} (samtriton.contract.image_id_for of the image sent), "
-                           f"got {image_id!r}")
+        raise InvalidInput(
+            f"image_id: expected {expected!r} (samtriton.contract.image_id_for of the image sent), got {image_id!r}"
+        )
 
 
 def _image_id(value):
@@ -224,6 +274,8 @@ def _image_id(value):
     raw = raw if isinstance(raw, bytes) else str(raw).encode()
     text = raw.decode("ascii", "replace")
     if not C.IMAGE_ID_PATTERN.fullmatch(text):
-        raise InvalidInput(f"image_id: expected {C.IMAGE_ID_LENGTH} lowercase hex digits "
-                           f"(samtriton.contract.image_id_for), got {text[:80]!r}")
+        raise InvalidInput(
+            f"image_id: expected {C.IMAGE_ID_LENGTH} lowercase hex digits "
+            f"(samtriton.contract.image_id_for), got {text[:80]!r}"
+        )
     return text

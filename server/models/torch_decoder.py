@@ -29,16 +29,24 @@ class TritonPythonModel:
         return respond_each(self.name, requests, self._one)
 
     def _one(self, request):
-        tensors = {spec.name: T.to_torch(pb_utils.get_input_tensor_by_name(request, spec.name))
-                   for spec in C.DECODER.inputs}
+        tensors = {
+            spec.name: T.to_torch(pb_utils.get_input_tensor_by_name(request, spec.name)) for spec in C.DECODER.inputs
+        }
         embedding = tensors[C.DECODER_IMAGE_EMBEDDINGS.name]
         T.check_embedding(embedding)
         # The prompts are small: checked on the host, with the client's own checks.
-        prompts = {name: np.asarray(tensor.cpu()) for name, tensor in tensors.items()
-                   if name != C.DECODER_IMAGE_EMBEDDINGS.name}
+        prompts = {
+            name: np.asarray(tensor.cpu())
+            for name, tensor in tensors.items()
+            if name != C.DECODER_IMAGE_EMBEDDINGS.name
+        }
         k = check_points(prompts[C.POINT_COORDS.name], prompts[C.POINT_LABELS.name])
         check_mask_prompts(prompts[C.MASK_INPUT.name], prompts[C.HAS_MASK_INPUT.name], k)
         low_res, iou = self.decoder(embedding, *(tensors[spec.name] for spec in C.DECODER.inputs[1:]))
         T.synchronize(self.device)  # Triton reads the outputs outside PyTorch's stream
-        return pb_utils.InferenceResponse(output_tensors=[
-            T.to_triton(pb_utils, C.LOW_RES_MASKS.name, low_res), T.to_triton(pb_utils, C.IOU_PREDICTIONS.name, iou)])
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                T.to_triton(pb_utils, C.LOW_RES_MASKS.name, low_res),
+                T.to_triton(pb_utils, C.IOU_PREDICTIONS.name, iou),
+            ]
+        )

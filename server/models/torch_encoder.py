@@ -15,8 +15,8 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from samtriton.server import lifecycle
-from samtriton.server.config import read as read_config
 from samtriton.server import torch_runtime as T
+from samtriton.server.config import read as read_config
 from samtriton.server.runtime import respond_encoder_batch
 
 
@@ -25,12 +25,18 @@ class TritonPythonModel:
         lifecycle.exit_with_server()
         config, self.device, sam = T.load_instance(args)
         self.name, settings = config["name"], read_config(config)
-        self.encoder = T.TorchEncoder(sam, self.device, settings.torch_precision, compile_mode=settings.torch_compile,
-                                      max_batch=max(1, int(config.get("max_batch_size", 1))),
-                                      fused_attention=settings.torch_fused_attention)
+        self.encoder = T.TorchEncoder(
+            sam,
+            self.device,
+            settings.torch_precision,
+            compile_mode=settings.torch_compile,
+            max_batch=max(1, int(config.get("max_batch_size", 1))),
+            fused_attention=settings.torch_fused_attention,
+        )
         if self.encoder.compile_seconds:
-            pb_utils.Logger.log_info(f"{self.name}: compiled in {self.encoder.compile_seconds:.1f} s "
-                                     f"for batches {self.encoder.buckets}")
+            pb_utils.Logger.log_info(
+                f"{self.name}: compiled in {self.encoder.compile_seconds:.1f} s for batches {self.encoder.buckets}"
+            )
 
     def execute(self, requests):
         return respond_encoder_batch(self.name, requests, self._run, partial(T.to_triton, pb_utils))

@@ -71,8 +71,9 @@ class Annotator:
             self._rgb.put(key, to_rgb_uint8(str(path)))
         return self._rgb[key]
 
-    def predict(self, key: str, load: Callable[[], bytes], points, labels, box, refine=None,
-                multimask: Optional[bool] = None) -> dict:
+    def predict(
+        self, key: str, load: Callable[[], bytes], points, labels, box, refine=None, multimask: Optional[bool] = None
+    ) -> dict:
         """SAM on one prompt set. ``refine``: (prediction id, candidate) whose low-resolution
         logits go in as ``mask_input``, as segment-anything's iterative refinement does."""
         mask_input = None
@@ -88,14 +89,21 @@ class Annotator:
         with self._lock:
             set_s = self._use(key, load)
             start = time.perf_counter()
-            masks, scores, logits = self.predictor.predict(point_coords=points, point_labels=labels, box=box,
-                                                           mask_input=mask_input, multimask_output=multimask)
+            masks, scores, logits = self.predictor.predict(
+                point_coords=points, point_labels=labels, box=box, mask_input=mask_input, multimask_output=multimask
+            )
             predict_s = time.perf_counter() - start
         ident = uuid.uuid4().hex[:12]
-        self.predictions.put(ident, {"image": key, "masks": masks, "scores": scores,
-                                     "logits": logits.astype(np.float32)})
-        return {"id": ident, "scores": [float(s) for s in scores], "best": int(np.argmax(scores)),
-                "set_image_ms": round(set_s * 1000, 2), "predict_ms": round(predict_s * 1000, 2)}
+        self.predictions.put(
+            ident, {"image": key, "masks": masks, "scores": scores, "logits": logits.astype(np.float32)}
+        )
+        return {
+            "id": ident,
+            "scores": [float(s) for s in scores],
+            "best": int(np.argmax(scores)),
+            "set_image_ms": round(set_s * 1000, 2),
+            "predict_ms": round(predict_s * 1000, 2),
+        }
 
     def get(self, ident: str, index: int) -> dict:
         found = self.predictions.get(ident)
@@ -103,8 +111,12 @@ class Annotator:
             raise UnknownPrediction(f"id: no recent prediction {ident!r} (the app keeps the last {KEEP_PREDICTIONS})")
         if not 0 <= index < len(found["masks"]):
             raise ValueError(f"index: expected 0..{len(found['masks']) - 1} for prediction {ident!r}, got {index}")
-        return {"image": found["image"], "mask": found["masks"][index], "score": float(found["scores"][index]),
-                "logits": found["logits"]}
+        return {
+            "image": found["image"],
+            "mask": found["masks"][index],
+            "score": float(found["scores"][index]),
+            "logits": found["logits"],
+        }
 
     def masks(self, ident: str) -> np.ndarray:
         found = self.predictions.get(ident)

@@ -18,6 +18,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from samtriton.errors import InvalidInput, ModelNotReady, SamTritonError, ServerUnavailable
+
 from . import label_studio, prompts
 from .annotator import Annotator, UnknownPrediction, runs
 from .catalog import Catalog, UnknownImage
@@ -70,11 +71,17 @@ def _handler(fn):
             return await fn(request)
         except Exception as exc:  # noqa: BLE001 - error_response re-raises what it does not know
             return error_response(exc)
+
     return endpoint
 
 
-def create_app(catalog: Catalog, store: Store, annotator: Annotator, model: str = "",
-               label_studio_source: "label_studio.ImageSource | None" = None) -> Starlette:
+def create_app(
+    catalog: Catalog,
+    store: Store,
+    annotator: Annotator,
+    model: str = "",
+    label_studio_source: "label_studio.ImageSource | None" = None,
+) -> Starlette:
     def loader(name):
         path = catalog.path(name)
         return lambda: path.read_bytes()
@@ -101,9 +108,15 @@ def create_app(catalog: Catalog, store: Store, annotator: Annotator, model: str 
         result = await run_in_threadpool(annotator.predict, name, loader(name), points, labels, box, refine)
         result["masks"] = [runs(m) for m in annotator.masks(result["id"])]
         result["server_ms"] = round((time.perf_counter() - received) * 1000, 2)
-        log.info("click image=%s points=%d box=%s set_image_ms=%.1f predict_ms=%.1f server_ms=%.1f", name,
-                 0 if points is None else len(points), box is not None, result["set_image_ms"],
-                 result["predict_ms"], result["server_ms"])
+        log.info(
+            "click image=%s points=%d box=%s set_image_ms=%.1f predict_ms=%.1f server_ms=%.1f",
+            name,
+            0 if points is None else len(points),
+            box is not None,
+            result["set_image_ms"],
+            result["predict_ms"],
+            result["server_ms"],
+        )
         return JSONResponse(result)
 
     async def prepare(request):
@@ -141,13 +154,21 @@ def create_app(catalog: Catalog, store: Store, annotator: Annotator, model: str 
         size = catalog.size(name)
         choice = prompts.parse_choice(body.get("mask"), "mask")
         if choice is None:
-            raise ValueError("mask: expected {\"id\": prediction id, \"index\": candidate}")
+            raise ValueError('mask: expected {"id": prediction id, "index": candidate}')
         found = annotator.get(*choice)
         if found["image"] != name:
             raise ValueError(f"mask: prediction {choice[0]!r} is of another image than {name!r}")
         rgb = await run_in_threadpool(annotator.rgb, name, catalog.path(name))
-        obj = await run_in_threadpool(store.add, name, size, body.get("label"), found["mask"], rgb, found["score"],
-                                      {"prediction": choice[0], "index": choice[1]})
+        obj = await run_in_threadpool(
+            store.add,
+            name,
+            size,
+            body.get("label"),
+            found["mask"],
+            rgb,
+            found["score"],
+            {"prediction": choice[0], "index": choice[1]},
+        )
         log.info("accepted image=%s object=%d label=%r area=%d", name, obj["id"], obj["label"], obj["area"])
         return JSONResponse({"object": summary([obj])[0]}, status_code=201)
 
@@ -164,8 +185,9 @@ def create_app(catalog: Catalog, store: Store, annotator: Annotator, model: str 
     async def export(request):
         path = await run_in_threadpool(store.export_coco, catalog)
         document = json.loads(path.read_text())
-        return JSONResponse({"coco": str(path), "images": len(document["images"]),
-                             "annotations": len(document["annotations"])})
+        return JSONResponse(
+            {"coco": str(path), "images": len(document["images"]), "annotations": len(document["annotations"])}
+        )
 
     routes = [
         Route("/", _handler(index)),
@@ -180,14 +202,25 @@ def create_app(catalog: Catalog, store: Store, annotator: Annotator, model: str 
         Route("/api/export", _handler(export), methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC)),
     ]
-    routes += [Route(path, _handler(fn), methods=methods)
-               for path, fn, methods in label_studio.routes(annotator, catalog, label_studio_source, read_json)]
+    routes += [
+        Route(path, _handler(fn), methods=methods)
+        for path, fn, methods in label_studio.routes(annotator, catalog, label_studio_source, read_json)
+    ]
     return Starlette(routes=routes)
 
 
-def serve(images, url: str, model: str, out: str, host: str = "127.0.0.1", port: int = 8080,
-          timeout: float = 60.0, label_studio_url: str = "", label_studio_token: str = "",
-          amg_options: "dict | None" = None) -> int:
+def serve(
+    images,
+    url: str,
+    model: str,
+    out: str,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    timeout: float = 60.0,
+    label_studio_url: str = "",
+    label_studio_token: str = "",
+    amg_options: "dict | None" = None,
+) -> int:
     """Run the app until interrupted (``samtriton annotate``)."""
     import uvicorn
 
@@ -200,8 +233,11 @@ def serve(images, url: str, model: str, out: str, host: str = "127.0.0.1", port:
     source = label_studio.ImageSource(catalog, label_studio_url, label_studio_token)
     app = create_app(catalog, store, annotator, model=model, label_studio_source=source)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    print(f"samtriton annotate: {len(catalog.names)} images, objects saved to {store.out}; "
-          f"open http://{host}:{port}/ (Label Studio ML backend at the same URL)", flush=True)
+    print(
+        f"samtriton annotate: {len(catalog.names)} images, objects saved to {store.out}; "
+        f"open http://{host}:{port}/ (Label Studio ML backend at the same URL)",
+        flush=True,
+    )
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:

@@ -20,6 +20,7 @@ from typing import Optional
 import numpy as np
 
 from samtriton import __version__
+
 from .annotator import _Bounded
 
 log = logging.getLogger("samtriton.tools.annotate")
@@ -59,7 +60,7 @@ def brush_rle(mask: np.ndarray) -> list:
                 break
     bits = "".join(parts)
     bits += "0" * (8 - len(bits) % 8)  # as Label Studio's encoder: always some padding
-    return [int(bits[i:i + 8], 2) for i in range(0, len(bits), 8)]
+    return [int(bits[i : i + 8], 2) for i in range(0, len(bits), 8)]
 
 
 def brush_decode(rle, height: int, width: int) -> np.ndarray:
@@ -70,7 +71,7 @@ def brush_decode(rle, height: int, width: int) -> np.ndarray:
     def read(n):
         nonlocal pos
         pos += n
-        return int(bits[pos - n:pos], 2)
+        return int(bits[pos - n : pos], 2)
 
     num, word = read(32), read(5) + 1
     sizes = [read(4) + 1 for _ in range(4)]
@@ -91,10 +92,10 @@ def brush_decode(rle, height: int, width: int) -> np.ndarray:
 # --- the labeling config ------------------------------------------------------------------
 @dataclass
 class Config:
-    brush: str          # BrushLabels name (from_name of our results)
-    image: str          # Image name (to_name)
-    value: str          # the task data key of the image ("$image" -> "image")
-    label: str          # the first brush label, used when the prompt carries none
+    brush: str  # BrushLabels name (from_name of our results)
+    image: str  # Image name (to_name)
+    value: str  # the task data key of the image ("$image" -> "image")
+    label: str  # the first brush label, used when the prompt carries none
 
 
 def parse_config(label_config: str) -> Config:
@@ -108,7 +109,7 @@ def parse_config(label_config: str) -> Config:
     to_name = brush.get("toName", "")
     image = next((el for el in root.iter() if el.tag == "Image" and el.get("name") == to_name), None)
     if image is None or not image.get("value", "").startswith("$"):
-        raise ValueError(f"label_config: expected <Image name=\"{to_name}\" value=\"$key\"> for the BrushLabels")
+        raise ValueError(f'label_config: expected <Image name="{to_name}" value="$key"> for the BrushLabels')
     labels = [el.get("value") for el in brush if el.tag == "Label" and el.get("value")]
     return Config(brush.get("name"), to_name, image.get("value")[1:], labels[0] if labels else "Object")
 
@@ -130,11 +131,13 @@ class ImageSource:
             raise ValueError(f"task.data: expected the image URL, got {image_url!r:.80}")
         parsed = urllib.parse.urlsplit(image_url)
         path = urllib.parse.unquote(parsed.path)
-        if path.startswith("/images/") and path[len("/images/"):] in self.catalog.paths:
-            name = path[len("/images/"):]
+        if path.startswith("/images/") and path[len("/images/") :] in self.catalog.paths:
+            name = path[len("/images/") :]
             return f"file:{name}", self.catalog.path(name).read_bytes
         if not self.url:
-            raise ValueError(f"task image {image_url!r}: not a served image, and no --label-studio-url to fetch it from")
+            raise ValueError(
+                f"task image {image_url!r}: not a served image, and no --label-studio-url to fetch it from"
+            )
         full = urllib.parse.urljoin(self.url + "/", image_url)
         if urllib.parse.urlsplit(full)[:2] != urllib.parse.urlsplit(self.url)[:2]:
             raise ValueError(f"task image {image_url!r}: expected an image of {self.url} or a served image")
@@ -142,7 +145,9 @@ class ImageSource:
 
     def _download(self, url: str) -> bytes:
         if url not in self._cache:
-            request = urllib.request.Request(url, headers={"Authorization": f"Token {self.token}"} if self.token else {})
+            request = urllib.request.Request(
+                url, headers={"Authorization": f"Token {self.token}"} if self.token else {}
+            )
             with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - same origin, checked above
                 data = response.read(MAX_IMAGE_BYTES + 1)
             if len(data) > MAX_IMAGE_BYTES:
@@ -180,7 +185,10 @@ def prompts_of(context: dict):
             label = label or (value.get("keypointlabels") or [None])[0]
         elif kind == "rectanglelabels":
             x, y = _percent(value.get("x"), f"{field}.value.x"), _percent(value.get("y"), f"{field}.value.y")
-            w, h = _percent(value.get("width"), f"{field}.value.width"), _percent(value.get("height"), f"{field}.value.height")
+            w, h = (
+                _percent(value.get("width"), f"{field}.value.width"),
+                _percent(value.get("height"), f"{field}.value.height"),
+            )
             box = np.array([x * width / 100, y * height / 100, (x + w) * width / 100, (y + h) * height / 100])
             label = label or (value.get("rectanglelabels") or [None])[0]
         else:
@@ -207,15 +215,31 @@ def predict(body: dict, annotator, source: ImageSource) -> dict:
     result = annotator.predict(key, load, points, labels, box, multimask=False)
     mask = annotator.masks(result["id"])[0]
     if mask.shape != (height, width):
-        raise ValueError(f"context.result: original size {width}x{height} is not the image's "
-                         f"{mask.shape[1]}x{mask.shape[0]}")
-    region = {"from_name": config.brush, "to_name": config.image, "type": "brushlabels",
-              "original_width": width, "original_height": height, "image_rotation": 0, "readonly": False,
-              "value": {"format": "rle", "rle": brush_rle(mask), "brushlabels": [label or config.label]}}
-    log.info("label-studio predict image=%s points=%d box=%s set_image_ms=%.1f predict_ms=%.1f total_ms=%.1f",
-             key, 0 if points is None else len(points), box is not None, result["set_image_ms"],
-             result["predict_ms"], (time.perf_counter() - started) * 1000)
-    return {"results": [{"result": [region], "score": result["scores"][0], "model_version": f"samtriton-{__version__}"}]}
+        raise ValueError(
+            f"context.result: original size {width}x{height} is not the image's {mask.shape[1]}x{mask.shape[0]}"
+        )
+    region = {
+        "from_name": config.brush,
+        "to_name": config.image,
+        "type": "brushlabels",
+        "original_width": width,
+        "original_height": height,
+        "image_rotation": 0,
+        "readonly": False,
+        "value": {"format": "rle", "rle": brush_rle(mask), "brushlabels": [label or config.label]},
+    }
+    log.info(
+        "label-studio predict image=%s points=%d box=%s set_image_ms=%.1f predict_ms=%.1f total_ms=%.1f",
+        key,
+        0 if points is None else len(points),
+        box is not None,
+        result["set_image_ms"],
+        result["predict_ms"],
+        (time.perf_counter() - started) * 1000,
+    )
+    return {
+        "results": [{"result": [region], "score": result["scores"][0], "model_version": f"samtriton-{__version__}"}]
+    }
 
 
 def routes(annotator, catalog, source: Optional[ImageSource], read_json):
@@ -238,5 +262,9 @@ def routes(annotator, catalog, source: Optional[ImageSource], read_json):
     async def webhook(request):
         return JSONResponse({"status": "ok"})
 
-    return [("/health", health, ["GET"]), ("/setup", setup, ["POST"]), ("/predict", predict_route, ["POST"]),
-            ("/webhook", webhook, ["POST"])]
+    return [
+        ("/health", health, ["GET"]),
+        ("/setup", setup, ["POST"]),
+        ("/predict", predict_route, ["POST"]),
+        ("/webhook", webhook, ["POST"]),
+    ]

@@ -16,7 +16,9 @@ def _number(value, field: str) -> float:
 
 def _inside(value: float, limit: int, field: str) -> float:
     if not 0 <= value <= limit:
-        raise ValueError(f"{field}: expected 0 <= {field.rsplit('.', 1)[-1]} <= {limit} (inside the image), got {value}")
+        raise ValueError(
+            f"{field}: expected 0 <= {field.rsplit('.', 1)[-1]} <= {limit} (inside the image), got {value}"
+        )
     return value
 
 
@@ -54,7 +56,12 @@ def parse_box(value, size: Tuple[int, int]) -> Optional[np.ndarray]:
     if not isinstance(value, list) or len(value) != 4:
         raise ValueError(f"box: expected [x0, y0, x1, y1] or null, got {value!r:.80}")
     x0, y0, x1, y1 = (_number(v, f"box[{i}]") for i, v in enumerate(value))
-    for v, limit, name in ((x0, width, "box.x0"), (x1, width, "box.x1"), (y0, height, "box.y0"), (y1, height, "box.y1")):
+    for v, limit, name in (
+        (x0, width, "box.x0"),
+        (x1, width, "box.x1"),
+        (y0, height, "box.y0"),
+        (y1, height, "box.y1"),
+    ):
         _inside(v, limit, name)
     if not (x0 < x1 and y0 < y1):
         raise ValueError(f"box: expected x0 < x1 and y0 < y1, got {value}")
@@ -68,5 +75,5 @@ def parse_choice(value, field: str) -> Optional[Tuple[str, int]]:
     require_object(value, field)
     ident, index = value.get("id"), value.get("index")
     if not isinstance(ident, str) or isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        raise ValueError(f"{field}: expected {{\"id\": string, \"index\": integer >= 0}}, got {value!r:.80}")
+        raise ValueError(f'{field}: expected {{"id": string, "index": integer >= 0}}, got {value!r:.80}')
     return ident, index

@@ -80,12 +80,21 @@ class Store:
             number = max((o["id"] for o in objects), default=0) + 1
             mask_file = f"masks/{stem}_{number}.png"
             cutout_file = f"cutouts/{stem}_{number}.png"
-            _write_atomic(self.out / mask_file,
-                          lambda p: Image.fromarray(mask.astype(np.uint8) * 255).save(p, format="PNG"))
+            _write_atomic(
+                self.out / mask_file, lambda p: Image.fromarray(mask.astype(np.uint8) * 255).save(p, format="PNG")
+            )
             _write_atomic(self.out / cutout_file, lambda p: cutout(rgb, mask).save(p, format="PNG"))
-            obj = {"id": number, "label": label, "bbox": bbox_xywh(mask), "area": int(mask.sum()),
-                   "score": float(score), "source": source, "mask": mask_file, "cutout": cutout_file,
-                   "segmentation": coco_rle(mask)}
+            obj = {
+                "id": number,
+                "label": label,
+                "bbox": bbox_xywh(mask),
+                "area": int(mask.sum()),
+                "score": float(score),
+                "source": source,
+                "mask": mask_file,
+                "cutout": cutout_file,
+                "segmentation": coco_rle(mask),
+            }
             objects.append(obj)
             self._save(name, size, objects)
         return obj
@@ -115,12 +124,25 @@ class Store:
             images.append({"id": image_id, "file_name": name, "height": height, "width": width})
             for obj in self.objects(name):
                 category = categories.setdefault(obj["label"], len(categories) + 1)
-                annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category,
-                                    "segmentation": obj["segmentation"], "area": obj["area"], "bbox": obj["bbox"],
-                                    "iscrowd": 0, "score": obj["score"], "mask_file": obj["mask"],
-                                    "cutout_file": obj["cutout"]})
-        document = {"images": images, "annotations": annotations,
-                    "categories": [{"id": i, "name": n} for n, i in categories.items()]}
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        "category_id": category,
+                        "segmentation": obj["segmentation"],
+                        "area": obj["area"],
+                        "bbox": obj["bbox"],
+                        "iscrowd": 0,
+                        "score": obj["score"],
+                        "mask_file": obj["mask"],
+                        "cutout_file": obj["cutout"],
+                    }
+                )
+        document = {
+            "images": images,
+            "annotations": annotations,
+            "categories": [{"id": i, "name": n} for n, i in categories.items()],
+        }
         path = self.out / "coco.json"
         with self._lock:
             _write_atomic(path, lambda p: p.write_text(json.dumps(document) + "\n"))

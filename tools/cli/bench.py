@@ -20,8 +20,12 @@ def add_parser(sub) -> None:
 
 
 def add_server(sub) -> None:
-    parser = sub.add_parser("server", aliases=["gpu"], parents=[connection_options()],
-                            help="throughput of a running deployment (encoder, decoder, end to end)")
+    parser = sub.add_parser(
+        "server",
+        aliases=["gpu"],
+        parents=[connection_options()],
+        help="throughput of a running deployment (encoder, decoder, end to end)",
+    )
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16], help="encoder batch sizes to time")
     parser.add_argument("--prompts", type=int, default=64, help="prompts per decoder request")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement")
@@ -38,8 +42,15 @@ def run_server(args) -> int:
         from samtriton.transforms import to_rgb_uint8
 
         image = to_rgb_uint8(args.image)
-    rows = bench.run(args.url, args.model, batches=args.batches, prompts=args.prompts, repeats=args.repeats,
-                     clients=args.clients, image=image)
+    rows = bench.run(
+        args.url,
+        args.model,
+        batches=args.batches,
+        prompts=args.prompts,
+        repeats=args.repeats,
+        clients=args.clients,
+        image=image,
+    )
     print(bench.format_table(rows))
     return 0
 
@@ -51,14 +62,17 @@ def _reference_options(parser) -> None:
 
 
 def add_compare(sub) -> None:
-    parser = sub.add_parser("compare", parents=[connection_options(or_repository=True)],
-                            help="samtriton vs the in-process reference SamPredictor: latency, bytes, "
-                                 "concurrency sweep")
+    parser = sub.add_parser(
+        "compare",
+        parents=[connection_options(or_repository=True)],
+        help="samtriton vs the in-process reference SamPredictor: latency, bytes, concurrency sweep",
+    )
     parser.add_argument("images", nargs="*", help="images or folders (default: 3 scikit-image photographs)")
     _reference_options(parser)
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per operation and image (median)")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8],
-                        help="concurrent client counts of the sweep")
+    parser.add_argument(
+        "--clients", type=int, nargs="+", default=[1, 2, 4, 8], help="concurrent client counts of the sweep"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="images (and batched predicts) per client")
     parser.add_argument("--batch-prompts", type=int, default=64, help="prompts of the batched predict")
     parser.add_argument("--amg-points-per-side", type=int, help="also time automatic mask generation")
@@ -78,21 +92,32 @@ def run_compare(args) -> int:
         try:
             from skimage import data
         except ImportError:
-            raise SystemExit("samtriton bench compare: give image paths (scikit-image, for its sample images, "
-                             "is not installed)") from None
+            raise SystemExit(
+                "samtriton bench compare: give image paths (scikit-image, for its sample images, is not installed)"
+            ) from None
         images = {name: to_rgb_uint8(getattr(data, name)()) for name in ("astronaut", "chelsea", "coffee")}
     with contextlib.ExitStack() as stack:
         url = args.url
         if args.repository:  # serve it here, on the embedded tritonserver
             from samtriton.server import EmbeddedTriton, free_port
 
-            server = stack.enter_context(EmbeddedTriton(args.repository, grpc_port=free_port(),
-                                                        http_port=free_port(), metrics_port=free_port()))
+            server = stack.enter_context(
+                EmbeddedTriton(args.repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+            )
             url = server.grpc_url
             print(f"serving {args.repository} at {url}", file=sys.stderr)
-        document = bench_compare.run(url, args.model, images, checkpoint=args.checkpoint, model_type=args.model_type,
-                                     repeats=args.repeats, clients=args.clients, rounds=args.rounds,
-                                     batch_prompts=args.batch_prompts, amg_points_per_side=args.amg_points_per_side)
+        document = bench_compare.run(
+            url,
+            args.model,
+            images,
+            checkpoint=args.checkpoint,
+            model_type=args.model_type,
+            repeats=args.repeats,
+            clients=args.clients,
+            rounds=args.rounds,
+            batch_prompts=args.batch_prompts,
+            amg_points_per_side=args.amg_points_per_side,
+        )
     paths = bench_compare.write(document, Path(args.out))
     print(paths["markdown"].read_text())
     for kind, path in paths.items():
@@ -101,9 +126,11 @@ def run_compare(args) -> int:
 
 
 def add_amg(sub) -> None:
-    parser = sub.add_parser("amg", help="automatic mask generation vs the in-process reference",
-                            parents=[connection_options(), amg_options("automatic masks (samtriton's and the "
-                                                                       "reference's)")])
+    parser = sub.add_parser(
+        "amg",
+        help="automatic mask generation vs the in-process reference",
+        parents=[connection_options(), amg_options("automatic masks (samtriton's and the reference's)")],
+    )
     parser.add_argument("images", nargs="+", help="image files or folders")
     _reference_options(parser)
     parser.add_argument("--markdown", help="also write the table to this file")
@@ -116,8 +143,7 @@ def run_amg(args) -> int:
 
     images = {Path(p).stem: to_rgb_uint8(p) for p in image_paths(args.images)}
     sam, _ = bench_compare.reference_predictor(args.model_type, args.checkpoint)
-    rows = bench_compare.amg_versus_reference(args.url, args.model, sam, args.model_type, images,
-                                              **amg_settings(args))
+    rows = bench_compare.amg_versus_reference(args.url, args.model, sam, args.model_type, images, **amg_settings(args))
     table = bench_compare.format_amg_table(rows)
     print(table)
     if args.markdown:

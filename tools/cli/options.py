@@ -39,6 +39,7 @@ def parsers(parser: argparse.ArgumentParser):
 # Each function below returns a new parent parser: a subcommand's set_defaults changes the
 # defaults of the option objects it was given, so two subcommands must never share them.
 
+
 def connection_options(timeout: bool = False, or_repository: bool = False) -> argparse.ArgumentParser:
     """Parent parser of a subcommand that calls a running server: ``--url`` and ``--model``;
     with ``timeout``, ``--timeout`` (seconds per call); with ``or_repository``, ``--repository``
@@ -61,21 +62,31 @@ def amg_options(title: str = "automatic masks", crops: bool = False) -> argparse
     group = parent.add_argument_group(title)
     group.add_argument("--points-per-side", type=int, default=32, help="grid points per image side")
     group.add_argument("--points-per-batch", type=int, default=64, help="prompts per request")
-    group.add_argument("--pred-iou-thresh", type=float, default=0.88,
-                       help="drop masks whose predicted IoU is lower")
-    group.add_argument("--stability-score-thresh", type=float, default=0.95,
-                       help="drop masks whose stability score is lower")
+    group.add_argument("--pred-iou-thresh", type=float, default=0.88, help="drop masks whose predicted IoU is lower")
+    group.add_argument(
+        "--stability-score-thresh", type=float, default=0.95, help="drop masks whose stability score is lower"
+    )
     if crops:
         group.add_argument("--crop-n-layers", type=int, default=0, help="layers of image crops (0: none)")
-        group.add_argument("--min-mask-region-area", type=int, default=0,
-                           help="remove holes and islands smaller than this, in pixels (needs OpenCV)")
+        group.add_argument(
+            "--min-mask-region-area",
+            type=int,
+            default=0,
+            help="remove holes and islands smaller than this, in pixels (needs OpenCV)",
+        )
     return parent
 
 
 def amg_settings(args) -> dict:
     """The SamAutomaticMaskGenerator keyword arguments among parsed ``amg_options``."""
-    names = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
-             "crop_n_layers", "min_mask_region_area")
+    names = (
+        "points_per_side",
+        "points_per_batch",
+        "pred_iou_thresh",
+        "stability_score_thresh",
+        "crop_n_layers",
+        "min_mask_region_area",
+    )
     return {name: getattr(args, name) for name in names if hasattr(args, name)}
 
 

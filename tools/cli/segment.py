@@ -12,9 +12,11 @@ from .options import amg_options, amg_settings, connection_options, image_paths
 
 
 def add_parser(sub) -> None:
-    parser = sub.add_parser("segment", help="segment images by points and boxes on a running server",
-                            parents=[connection_options(timeout=True),
-                                     amg_options("automatic masks (--auto)", crops=True)])
+    parser = sub.add_parser(
+        "segment",
+        help="segment images by points and boxes on a running server",
+        parents=[connection_options(timeout=True), amg_options("automatic masks (--auto)", crops=True)],
+    )
     parser.add_argument("images", nargs="+", help="image files or folders")
     parser.add_argument("--point", action="append", help="foreground point x,y (repeatable)")
     parser.add_argument("--negative-point", action="append", help="background point x,y (repeatable)")
@@ -50,15 +52,21 @@ def run(args) -> int:
                 point_coords=np.array(points) if points else None,
                 point_labels=np.array(labels) if points else None,
                 box=np.array(boxes[0]) if boxes else None,
-                multimask_output=not boxes and len(points) == 1)
+                multimask_output=not boxes and len(points) == 1,
+            )
             best = int(np.argmax(scores))
-            masks, scores = masks[best:best + 1], scores[best:best + 1]
+            masks, scores = masks[best : best + 1], scores[best : best + 1]
         stem = Path(path).stem
         overlay_path = out_dir / f"{stem}_overlay.png"
-        overlay(image, masks, points=np.array(points) if points else None, labels=np.array(labels),
-                boxes=boxes).save(overlay_path)
-        record = {"image": str(path), "height": image.shape[0], "width": image.shape[1],
-                  "masks": [{"score": float(s), "area": int(m.sum())} for m, s in zip(masks, scores)]}
+        overlay(image, masks, points=np.array(points) if points else None, labels=np.array(labels), boxes=boxes).save(
+            overlay_path
+        )
+        record = {
+            "image": str(path),
+            "height": image.shape[0],
+            "width": image.shape[1],
+            "masks": [{"score": float(s), "area": int(m.sum())} for m, s in zip(masks, scores)],
+        }
         if args.cutout:
             for i, mask in enumerate(masks):
                 cutout(image, mask).save(out_dir / f"{stem}_cutout{i}.png")
@@ -74,6 +82,7 @@ def _segment_auto(args) -> int:
 
     try:
         import pycocotools  # noqa: F401
+
         output_mode = "coco_rle"
     except ImportError:  # the client's own dependencies only: uncompressed RLE
         output_mode = "uncompressed_rle"
@@ -86,8 +95,10 @@ def _segment_auto(args) -> int:
         stem = Path(path).stem
         masks = [_record_mask(r["segmentation"]) for r in sorted(records, key=lambda r: -r["area"])]
         overlay(image, masks).save(out_dir / f"{stem}_overlay.png")
-        document = {"image": {"file_name": str(path), "height": image.shape[0], "width": image.shape[1]},
-                    "annotations": records}
+        document = {
+            "image": {"file_name": str(path), "height": image.shape[0], "width": image.shape[1]},
+            "annotations": records,
+        }
         (out_dir / f"{stem}.json").write_text(json.dumps(document) + "\n")
         print(f"{progress} {path}: {len(records)} masks -> {out_dir / (stem + '.json')}", file=sys.stderr, flush=True)
 
@@ -128,8 +139,11 @@ def _each_image(args, make_worker, one) -> int:
     finally:
         predictor.close()
     if failed or missing:
-        print(f"samtriton segment: {len(failed) + len(missing)} of {len(paths) + len(missing)} inputs failed",
-              file=sys.stderr, flush=True)
+        print(
+            f"samtriton segment: {len(failed) + len(missing)} of {len(paths) + len(missing)} inputs failed",
+            file=sys.stderr,
+            flush=True,
+        )
         return 1
     return 0
 
