@@ -127,12 +127,7 @@ INPUT_SIZE = TensorSpec(
 )
 IMAGE_EMBEDDINGS = TensorSpec("image_embeddings", np.float32, (EMBED_DIM, EMBED_SIZE, EMBED_SIZE))
 
-ENCODER = ModelSpec(
-    suffix="_encoder",
-    inputs=(IMAGE, INPUT_SIZE),
-    outputs=(IMAGE_EMBEDDINGS,),
-    batching=True,
-)
+ENCODER = ModelSpec(suffix="_encoder", inputs=(IMAGE, INPUT_SIZE), outputs=(IMAGE_EMBEDDINGS,), batching=True)
 
 # --- Decoder: ONE image embedding + K prompts -> 4 low-res masks and IoU scores each -----
 DECODER_IMAGE_EMBEDDINGS = TensorSpec(
@@ -190,11 +185,7 @@ ENSEMBLE = ModelSpec(
 
 # How the ensemble wires its members: (member spec, {member tensor: ensemble tensor}).
 ENSEMBLE_STEPS = (
-    (
-        ENCODER,
-        {IMAGE.name: IMAGE.name, INPUT_SIZE.name: INPUT_SIZE.name},
-        {IMAGE_EMBEDDINGS.name: "_embedding"},
-    ),
+    (ENCODER, {IMAGE.name: IMAGE.name, INPUT_SIZE.name: INPUT_SIZE.name}, {IMAGE_EMBEDDINGS.name: "_embedding"}),
     (
         DECODER,
         {
