@@ -219,7 +219,7 @@ AMG = ModelSpec(
     batching=False,
 )
 
-# The AMG filter alone (export/amg_filter.py): the decoder's outputs for a batch in, the kept
+# The AMG filter alone (server/amg_filter/graph.py): the decoder's outputs for a batch in, the kept
 # masks out. Served as its own model only where the decoder runs on a GPU (onnxruntime);
 # with the python decoder the AMG and session stages filter in numpy, in their stubs.
 AMG_FILTER = ModelSpec(

@@ -12,7 +12,7 @@ Backends:
   ``tensorrt_engine.build_engine`` (KIND_GPU, dynamic batching matching its profile).
 - ``torch``: python-backend models running segment-anything's own modules in PyTorch on the
   GPU (``torch_device`` cuda: KIND_GPU) or the CPU, weights as safetensors
-  (export/torch_weights.py, export/python_models/torch_*.py); for the embedded server on a
+  (export/torch_weights.py, server/models/torch_*.py); for the embedded server on a
   GPU machine. Beside a torch decoder, the session and AMG stages decode and filter on
   their own device.
 """

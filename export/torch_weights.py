@@ -1,7 +1,7 @@
 """A SAM's weights for the ``torch`` backends: ``model.safetensors`` + ``sam.json``.
 
 The torch backends run segment-anything's (MobileSAM's) own modules inside the python
-backend (export/python_models/torch_runtime.py). What they need from the export is the state
+backend (server/torch_runtime.py). What they need from the export is the state
 dict, as safetensors (no pickle on load), and how to build the modules it fits: the model
 type, for a Hugging Face SamModel its checked config, and the model's pixel statistics (a
 non-persistent buffer, absent from the state dict).

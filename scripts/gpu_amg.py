@@ -9,7 +9,7 @@ fp32 with TF32 off, at three crop sizes (512 x 512, 3 MP 1536 x 2304, 12 MP 3000
   upscaled to the crop) and ``SamAutomaticMaskGenerator._process_batch``'s IoU filter,
   stability score and binarization, all on the GPU;
 - samtriton: the decoder as exported (``PromptDecoder``, what NAME_decoder serves) and the AMG
-  decoder (``AmgPromptDecoder``), then the AMG filter graph (export/amg_filter.py, what
+  decoder (``AmgPromptDecoder``), then the AMG filter graph (server/amg_filter/graph.py, what
   NAME_amg_filter serves) run on the GPU through onnx2torch's conversion of the ONNX graph,
   in the stage's prompt chunks (``samtriton.server.amg_filter.prompt_chunks``, 256 MiB) and whole, with
   the kept bits copied to the host (what the client receives).
