@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from samtriton import SamPredictor, ServerUnavailable
-from samtriton.server import SHM_PREFIX, EmbeddedTriton, free_port, popen_tied
+from samtriton.server.launcher import SHM_PREFIX, EmbeddedTriton, free_port, popen_tied
 from samtriton.server.embedding_cache import DIRECTORY_PREFIX
 
 GONE_WITHIN_S = 5.0
@@ -94,7 +94,7 @@ def _processes():
 
 TIED_CHILD = """
 import sys
-from samtriton.server import popen_tied
+from samtriton.server.launcher import popen_tied
 child = popen_tied(["sleep", "120"])
 print(child.pid, flush=True)
 sys.stdin.read()
