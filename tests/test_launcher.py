@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 from samtriton import SamPredictor, ServerUnavailable
-from samtriton.server.launcher import SHM_PREFIX, EmbeddedTriton, free_port, popen_tied
 from samtriton.server.embedding_cache import DIRECTORY_PREFIX
+from samtriton.server.launcher import SHM_PREFIX, EmbeddedTriton, free_port, popen_tied
 
 GONE_WITHIN_S = 5.0
 
