@@ -8,14 +8,35 @@
 ``import samtriton`` never imports torch.
 """
 
-from .errors import ImageNotCached, InvalidInput, ModelNotReady, RequestTimeout, SamTritonError, ServerError, ServerUnavailable
-from .automatic_mask_generator import SamAutomaticMaskGenerator
-from .predictor import SamPredictor, TritonSam
 from .aio import AsyncSamPredictor, ImageHandle, segment_many
+from .automatic_mask_generator import SamAutomaticMaskGenerator
+from .errors import (
+    ImageNotCached,
+    InvalidInput,
+    ModelNotReady,
+    RequestTimeout,
+    SamTritonError,
+    ServerError,
+    ServerUnavailable,
+)
+from .predictor import SamPredictor, TritonSam
 from .transport import endpoints_from_dns
 
 __version__ = "0.1.0"
 __all__ = [
-    "SamPredictor", "SamAutomaticMaskGenerator", "AsyncSamPredictor", "ImageHandle", "segment_many", "TritonSam", "ImageNotCached", "InvalidInput", "ModelNotReady", "RequestTimeout", "SamTritonError",
-    "ServerError", "ServerUnavailable", "endpoints_from_dns", "__version__",
+    "SamPredictor",
+    "SamAutomaticMaskGenerator",
+    "AsyncSamPredictor",
+    "ImageHandle",
+    "segment_many",
+    "TritonSam",
+    "ImageNotCached",
+    "InvalidInput",
+    "ModelNotReady",
+    "RequestTimeout",
+    "SamTritonError",
+    "ServerError",
+    "ServerUnavailable",
+    "endpoints_from_dns",
+    "__version__",
 ]

@@ -14,6 +14,7 @@ batcher can batch them. Inputs, outputs and errors are ``SamPredictor``'s.
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -42,13 +43,22 @@ class AsyncSamPredictor:
     """``SamPredictor`` for asyncio: the same arguments, results, errors and transport (one
     endpoint or several, image affinity, fail-over, re-send: ``samtriton.transport``)."""
 
-    def __init__(self, url: Union[str, Sequence[str]] = DEFAULT_URL, model: str = C.DEFAULT_MODEL_NAME,
-                 timeout: float = DEFAULT_TIMEOUT_S, headers: Optional[Dict[str, str]] = None,
-                 retries: int = DEFAULT_RETRIES, backoff: float = 0.2, down_seconds: float = 5.0, **client_kwargs):
+    def __init__(
+        self,
+        url: Union[str, Sequence[str]] = DEFAULT_URL,
+        model: str = C.DEFAULT_MODEL_NAME,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        headers: Optional[Dict[str, str]] = None,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = 0.2,
+        down_seconds: float = 5.0,
+        **client_kwargs,
+    ):
         self.urls = parse_urls(url)
         self.model = model
-        self.transport = AsyncTransport(self.urls, TransportOptions(timeout, headers, retries, backoff, down_seconds),
-                                        **client_kwargs)
+        self.transport = AsyncTransport(
+            self.urls, TransportOptions(timeout, headers, retries, backoff, down_seconds), **client_kwargs
+        )
         self.transform = ResizeLongestSide(C.IMAGE_SIZE)
 
     @property
@@ -63,8 +73,9 @@ class AsyncSamPredictor:
         """The endpoint that requests for ``image`` go to now."""
         return self.transport.endpoints.order(image.image_id)[0]
 
-    async def infer(self, spec: C.ModelSpec, tensors: Dict[str, np.ndarray],
-                    outputs: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
+    async def infer(
+        self, spec: C.ModelSpec, tensors: Dict[str, np.ndarray], outputs: Optional[Sequence[str]] = None
+    ) -> Dict[str, np.ndarray]:
         """One stateless request to ``spec``'s model (see ``TritonSam.infer``)."""
         return await self.transport.call(make_call(spec, self.model, tensors, outputs))
 
@@ -77,11 +88,11 @@ class AsyncSamPredictor:
         await self._session_set(image_id, source)
         return ImageHandle(image_id, source["input_size"], source["original_size"], source)
 
-    async def set_image_file(self, image_file: Union[bytes, str]) -> ImageHandle:
+    async def set_image_file(self, image_file: Union[bytes, bytearray, str, "os.PathLike"]) -> ImageHandle:
         """An image file's bytes (or path), decoded and preprocessed by the server."""
         data = bytes(image_file) if isinstance(image_file, (bytes, bytearray)) else read_image_file(image_file)
         encoded_image_size(data)
-        source = dict(encoded_image=data)
+        source: calls.Source = dict(encoded_image=data)
         image_id = C.image_id_for(**source)
         input_size, original_size = await self._session_set(image_id, source)
         return ImageHandle(image_id, input_size, original_size, source)
@@ -90,8 +101,16 @@ class AsyncSamPredictor:
         return calls.set_result(await self.transport.call(calls.session_set(self.model, image_id, source)))
 
     # --- prompts ---------------------------------------------------------------------------
-    async def predict(self, image: ImageHandle, point_coords=None, point_labels=None, box=None, mask_input=None,
-                      multimask_output: bool = True, return_logits: bool = False):
+    async def predict(
+        self,
+        image: ImageHandle,
+        point_coords=None,
+        point_labels=None,
+        box=None,
+        mask_input=None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ):
         """One prompt on ``image``, as ``SamPredictor.predict``: (masks, scores, low-res logits)."""
         if not isinstance(image, ImageHandle):
             raise InvalidInput(f"image: expected the ImageHandle set_image returned, got {type(image).__name__}")
@@ -99,21 +118,27 @@ class AsyncSamPredictor:
         tensors = prompt_tensors(self.transform, points, labels, boxes, masks, image.original_size)
         if masks is None:
             del tensors[C.MASK_INPUT.name], tensors[C.HAS_MASK_INPUT.name]
-        call = calls.session_decode(self.model, image.image_id, tensors, multimask_output,
-                                    float16=not return_logits, source=image.source)
+        call = calls.session_decode(
+            self.model, image.image_id, tensors, multimask_output, float16=not return_logits, source=image.source
+        )
         low_res, iou = calls.decode_result(call, await self.transport.call(call))
-        result = await asyncio.to_thread(masks_from_logits, low_res, iou, None, return_logits, image.input_size,
-                                         image.original_size)
+        result = await asyncio.to_thread(
+            masks_from_logits, low_res, iou, None, return_logits, image.input_size, image.original_size
+        )
         return tuple(x[0] for x in result)
 
-    async def segment(self, image: ImageLike, **predict_kwargs):
+    async def segment(self, image: Union[ImageLike, bytes, bytearray], **predict_kwargs):
         """``set_image`` + ``predict``: (masks, scores, low-res logits)."""
-        handle = await (self.set_image_file(image) if isinstance(image, (bytes, bytearray))
-                        else self.set_image(image))
+        handle = await (self.set_image_file(image) if isinstance(image, (bytes, bytearray)) else self.set_image(image))
         return await self.predict(handle, **predict_kwargs)
 
-    async def map(self, images: Sequence[ImageLike], prompts: Optional[Sequence[Dict[str, Any]]] = None,
-                  concurrency: int = 8, **predict_kwargs) -> List[tuple]:
+    async def map(
+        self,
+        images: Sequence[ImageLike],
+        prompts: Optional[Sequence[Dict[str, Any]]] = None,
+        concurrency: int = 8,
+        **predict_kwargs,
+    ) -> List[tuple]:
         """``segment`` for every image, keeping ``concurrency`` images in flight; results in
         input order. ``prompts``: one dict of ``predict`` arguments per image, or None to use
         ``predict_kwargs`` as every image's prompt."""
@@ -140,10 +165,17 @@ class AsyncSamPredictor:
         await self.close()
 
 
-def segment_many(url: Union[str, Sequence[str]], images: Sequence[ImageLike], prompts: Optional[Sequence[Dict[str, Any]]] = None,
-                 concurrency: int = 8, model: str = C.DEFAULT_MODEL_NAME, timeout: float = DEFAULT_TIMEOUT_S,
-                 **predict_kwargs) -> List[tuple]:
+def segment_many(
+    url: Union[str, Sequence[str]],
+    images: Sequence[ImageLike],
+    prompts: Optional[Sequence[Dict[str, Any]]] = None,
+    concurrency: int = 8,
+    model: str = C.DEFAULT_MODEL_NAME,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    **predict_kwargs,
+) -> List[tuple]:
     """Synchronous ``AsyncSamPredictor.map``: segments every image, ``concurrency`` in flight."""
+
     async def run():
         async with AsyncSamPredictor(url, model=model, timeout=timeout) as sam:
             return await sam.map(images, prompts, concurrency=concurrency, **predict_kwargs)

@@ -12,7 +12,7 @@ NMS, RLE, small-region removal) runs here in numpy, as the reference does it.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union, cast
 
 import numpy as np
 
@@ -27,13 +27,25 @@ OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
 
 class SamAutomaticMaskGenerator:
-    def __init__(self, model: Union[SamPredictor, str], points_per_side: Optional[int] = 32,
-                 points_per_batch: int = 64, pred_iou_thresh: float = 0.88, stability_score_thresh: float = 0.95,
-                 stability_score_offset: float = 1.0, box_nms_thresh: float = 0.7, crop_n_layers: int = 0,
-                 crop_nms_thresh: float = 0.7, crop_overlap_ratio: float = 512 / 1500,
-                 crop_n_points_downscale_factor: int = 1, point_grids: Optional[List[np.ndarray]] = None,
-                 min_mask_region_area: int = 0, output_mode: str = "binary_mask", model_name: str = C.DEFAULT_MODEL_NAME,
-                 requests_in_flight: int = 4) -> None:
+    def __init__(
+        self,
+        model: Union[SamPredictor, str],
+        points_per_side: Optional[int] = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: Optional[List[np.ndarray]] = None,
+        min_mask_region_area: int = 0,
+        output_mode: str = "binary_mask",
+        model_name: str = C.DEFAULT_MODEL_NAME,
+        requests_in_flight: int = 4,
+    ) -> None:
         """``model``: a samtriton ``SamPredictor``, or a Triton gRPC URL (then ``model_name``
         names the deployment). The other arguments are the reference's, with its defaults."""
         if (points_per_side is None) == (point_grids is None):
@@ -52,9 +64,12 @@ class SamAutomaticMaskGenerator:
                 import cv2  # noqa: F401
             except ImportError:
                 raise InvalidInput("min_mask_region_area > 0 needs OpenCV: pip install 'samtriton[amg]'") from None
-        self.point_grids = (amg.build_all_layer_point_grids(points_per_side, crop_n_layers,
-                                                            crop_n_points_downscale_factor)
-                            if points_per_side is not None else point_grids)
+        # Exactly one was given (checked above).
+        self.point_grids: List[np.ndarray] = (
+            amg.build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
+            if points_per_side is not None
+            else cast(List[np.ndarray], point_grids)
+        )
         self.predictor = model if isinstance(model, SamPredictor) else SamPredictor(model, model=model_name)
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh
@@ -81,23 +96,28 @@ class SamAutomaticMaskGenerator:
         self.bytes_sent += client.bytes_sent - sent
         self.bytes_received += client.bytes_received - received
         if self.min_mask_region_area > 0:
-            data = self.postprocess_small_regions(data, self.min_mask_region_area,
-                                                  max(self.box_nms_thresh, self.crop_nms_thresh))
+            data = self.postprocess_small_regions(
+                data, self.min_mask_region_area, max(self.box_nms_thresh, self.crop_nms_thresh)
+            )
+        segmentations: List[Any]  # COCO RLE dicts, HxW bool arrays or uncompressed RLE dicts
         if self.output_mode == "coco_rle":
             segmentations = [amg.coco_encode_rle(rle) for rle in data["rles"]]
         elif self.output_mode == "binary_mask":
             segmentations = [amg.rle_to_mask(rle) for rle in data["rles"]]
         else:
             segmentations = data["rles"]
-        return [{
-            "segmentation": segmentations[i],
-            "area": amg.area_from_rle(data["rles"][i]),
-            "bbox": amg.box_xyxy_to_xywh(data["boxes"][i]).tolist(),
-            "predicted_iou": float(data["iou_preds"][i]),
-            "point_coords": [data["points"][i].tolist()],
-            "stability_score": float(data["stability_score"][i]),
-            "crop_box": amg.box_xyxy_to_xywh(np.asarray(data["crop_boxes"][i])).tolist(),
-        } for i in range(len(segmentations))]
+        return [
+            {
+                "segmentation": segmentations[i],
+                "area": amg.area_from_rle(data["rles"][i]),
+                "bbox": amg.box_xyxy_to_xywh(data["boxes"][i]).tolist(),
+                "predicted_iou": float(data["iou_preds"][i]),
+                "point_coords": [data["points"][i].tolist()],
+                "stability_score": float(data["stability_score"][i]),
+                "crop_box": amg.box_xyxy_to_xywh(np.asarray(data["crop_boxes"][i])).tolist(),
+            }
+            for i in range(len(segmentations))
+        ]
 
     # --- the reference's pipeline, with batched encoding and server-side filtering ---------
     def _generate_masks(self, image: np.ndarray) -> Dict[str, Any]:
@@ -105,12 +125,16 @@ class SamAutomaticMaskGenerator:
         crop_boxes, layer_idxs = amg.generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
         crops = [image[y0:y1, x0:x1] for x0, y0, x1, y1 in crop_boxes]
         encoded, input_sizes = self._encode(crops)
-        parts = [self._process_crop(crop, handle, input_size, box, layer, orig_size)
-                 for crop, handle, input_size, box, layer in zip(crops, encoded, input_sizes, crop_boxes, layer_idxs)]
+        parts = [
+            self._process_crop(crop, handle, input_size, box, layer, orig_size)
+            for crop, handle, input_size, box, layer in zip(crops, encoded, input_sizes, crop_boxes, layer_idxs)
+        ]
         data = _cat(parts)
         if len(crop_boxes) > 1 and len(data["boxes"]):
             scores = 1 / amg.box_area(np.asarray(data["crop_boxes"], dtype=np.float64))
-            keep = amg.batched_nms(data["boxes"].astype(np.float32), scores, np.zeros(len(scores)), self.crop_nms_thresh)
+            keep = amg.batched_nms(
+                data["boxes"].astype(np.float32), scores, np.zeros(len(scores)), self.crop_nms_thresh
+            )
             data = _filter(data, keep)
         return data
 
@@ -119,7 +143,7 @@ class SamAutomaticMaskGenerator:
         session entry per crop, under its content hash) and a handle comes back; otherwise
         the embeddings come back, in batched encoder requests."""
         sources = [image_source(crop, "RGB", self.transform) for crop in crops]
-        sizes = [tuple(int(v) for v in source["input_size"]) for source in sources]
+        sizes = [(int(height), int(width)) for height, width in (source["input_size"] for source in sources)]
         client = self.predictor.client
         if self.predictor.session:
             handles = [(C.image_id_for(**source), source) for source in sources]
@@ -138,8 +162,16 @@ class SamAutomaticMaskGenerator:
         it), or NAME_amg with the embedding and input size."""
         client = self.predictor.client
         if not self.predictor.session:
-            return client.infer(C.AMG, dict(tensors, **{C.DECODER_IMAGE_EMBEDDINGS.name: encoded[None],
-                                                          C.INPUT_SIZE.name: np.asarray(input_size, np.int64)}))
+            return client.infer(
+                C.AMG,
+                dict(
+                    tensors,
+                    **{
+                        C.DECODER_IMAGE_EMBEDDINGS.name: encoded[None],
+                        C.INPUT_SIZE.name: np.asarray(input_size, np.int64),
+                    },
+                ),
+            )
         image_id, source = encoded
         return client.session_amg(image_id, tensors, source)
 
@@ -151,11 +183,13 @@ class SamAutomaticMaskGenerator:
         per_batch = max(1, min(self.points_per_batch, C.MAX_AMG_PROMPT_PIXELS // (crop_size[0] * crop_size[1])))
         batches = [points for (points,) in amg.batch_iterator(per_batch, points_for_image)]
         with ThreadPoolExecutor(self.requests_in_flight) as pool:
-            parts = list(pool.map(lambda p: self._process_batch(p, encoded, input_size, crop_size, crop_box,
-                                                                orig_size), batches))
+            parts = list(
+                pool.map(lambda p: self._process_batch(p, encoded, input_size, crop_size, crop_box, orig_size), batches)
+            )
         data = _cat(parts)
-        keep = amg.batched_nms(data["boxes"].astype(np.float32), data["iou_preds"], np.zeros(len(data["boxes"])),
-                               self.box_nms_thresh)
+        keep = amg.batched_nms(
+            data["boxes"].astype(np.float32), data["iou_preds"], np.zeros(len(data["boxes"])), self.box_nms_thresh
+        )
         data = _filter(data, keep)
         data["boxes"] = amg.uncrop_boxes_xyxy(data["boxes"], crop_box)
         data["points"] = amg.uncrop_points(data["points"], crop_box)
@@ -165,23 +199,29 @@ class SamAutomaticMaskGenerator:
     def _process_batch(self, points, encoded, input_size, crop_size, crop_box, orig_size) -> Dict[str, Any]:
         orig_h, orig_w = orig_size
         k = len(points)
-        coords = np.concatenate([self.transform.apply_coords(points, crop_size)[:, None, :], np.zeros((k, 1, 2))],
-                                axis=1).astype(np.float32)
+        coords = np.concatenate(
+            [self.transform.apply_coords(points, crop_size)[:, None, :], np.zeros((k, 1, 2))], axis=1
+        ).astype(np.float32)
         labels = np.tile(np.array([[C.LABEL_FOREGROUND, C.LABEL_PAD]], np.float32), (k, 1))
         tensors = {
             C.POINT_COORDS.name: coords,
             C.POINT_LABELS.name: labels,
             C.CROP_SIZE.name: np.asarray(crop_size, np.int64),
-            C.AMG_THRESHOLDS.name: np.array([self.pred_iou_thresh, self.stability_score_thresh,
-                                             self.stability_score_offset], np.float32),
+            C.AMG_THRESHOLDS.name: np.array(
+                [self.pred_iou_thresh, self.stability_score_thresh, self.stability_score_offset], np.float32
+            ),
         }
         out = self._filter_on_server(encoded, input_size, tensors)
         index = out[C.KEPT_INDEX.name]
         h, w = crop_size
         masks = np.unpackbits(out[C.KEPT_MASKS.name], axis=1, count=h * w).reshape(-1, h, w).astype(bool)
         n_masks = C.MULTIMASK_SLICE.stop - C.MULTIMASK_SLICE.start
-        data = {"iou_preds": out[C.KEPT_IOU.name], "stability_score": out[C.KEPT_STABILITY.name],
-                "points": points[index // n_masks], "boxes": amg.batched_mask_to_box(masks)}
+        data = {
+            "iou_preds": out[C.KEPT_IOU.name],
+            "stability_score": out[C.KEPT_STABILITY.name],
+            "points": points[index // n_masks],
+            "boxes": amg.batched_mask_to_box(masks),
+        }
         keep = ~amg.is_box_near_crop_edge(data["boxes"], crop_box, [0, 0, orig_w, orig_h])
         data = {key: value[keep] for key, value in data.items()}
         data["rles"] = amg.mask_to_rle(amg.uncrop_masks(masks[keep], crop_box, orig_h, orig_w))
@@ -192,17 +232,17 @@ class SamAutomaticMaskGenerator:
         """Remove small islands and holes from every mask, then NMS preferring untouched masks."""
         if not data["rles"]:
             return data
-        new_masks, scores = [], []
+        new_masks, untouched = [], []
         for rle in data["rles"]:
             mask = amg.rle_to_mask(rle)
             mask, changed = amg.remove_small_regions(mask, min_area, mode="holes")
             unchanged = not changed
             mask, changed = amg.remove_small_regions(mask, min_area, mode="islands")
             new_masks.append(mask)
-            scores.append(float(unchanged and not changed))
+            untouched.append(float(unchanged and not changed))
         masks = np.stack(new_masks)
         boxes = amg.batched_mask_to_box(masks)
-        scores = np.asarray(scores, dtype=np.float32)
+        scores = np.asarray(untouched, dtype=np.float32)
         keep = amg.batched_nms(boxes.astype(np.float32), scores, np.zeros(len(boxes)), nms_thresh)
         data = dict(data, rles=list(data["rles"]), boxes=np.array(data["boxes"], copy=True))
         for i in keep:

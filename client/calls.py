@@ -8,7 +8,7 @@ that uses a stored embedding, knows what to send again when the server does not 
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, cast
 
 import numpy as np
 
@@ -21,13 +21,17 @@ Source = Dict[str, Any]  # padded_image + input_size + original_size, or encoded
 def encode(model: str, padded_images: np.ndarray, input_sizes: np.ndarray) -> Call:
     """[B, 1024, 1024, 3] uint8 + [B, 2] -> [B, 256, 64, 64] embeddings (NAME_encoder)."""
     size = len(padded_images) * int(np.prod(C.IMAGE_EMBEDDINGS.dims)) * 4
-    return make_call(C.ENCODER, model, {C.IMAGE.name: padded_images, C.INPUT_SIZE.name: input_sizes},
-                     output_bytes={C.IMAGE_EMBEDDINGS.name: size})
+    return make_call(
+        C.ENCODER,
+        model,
+        {C.IMAGE.name: padded_images, C.INPUT_SIZE.name: input_sizes},
+        output_bytes={C.IMAGE_EMBEDDINGS.name: size},
+    )
 
 
 def decode(model: str, prompts: Dict[str, np.ndarray]) -> Call:
     """One embedding + K prompts -> all 4 masks' logits and IoU predictions (NAME_decoder)."""
-    size = len(prompts[C.POINT_COORDS.name]) * C.NUM_MASK_OUTPUTS * C.LOW_RES_SIZE ** 2 * 4
+    size = len(prompts[C.POINT_COORDS.name]) * C.NUM_MASK_OUTPUTS * C.LOW_RES_SIZE**2 * 4
     return make_call(C.DECODER, model, prompts, output_bytes={C.LOW_RES_MASKS.name: size})
 
 
@@ -45,26 +49,43 @@ def session_set(model: str, image_id: str, source: Source) -> Call:
 
 def set_result(out: Dict[str, np.ndarray]) -> Tuple[Tuple[int, int], Tuple[int, int]]:
     """(input_size, original_size) from a ``session_set`` answer."""
-    return tuple(int(v) for v in out[C.INPUT_SIZE.name]), tuple(int(v) for v in out[C.ORIGINAL_SIZE.name])
+    # Each is (height, width): the contract's dims for both are (2,).
+    return (
+        cast(Tuple[int, int], tuple(int(v) for v in out[C.INPUT_SIZE.name])),
+        cast(Tuple[int, int], tuple(int(v) for v in out[C.ORIGINAL_SIZE.name])),
+    )
 
 
-def _on_stored(model: str, image_id: str, source: Optional[Source], tensors: Dict[str, np.ndarray],
-               outputs: Sequence[str], output_bytes: Optional[Dict[str, int]] = None) -> Call:
+def _on_stored(
+    model: str,
+    image_id: str,
+    source: Optional[Source],
+    tensors: Dict[str, np.ndarray],
+    outputs: Sequence[str],
+    output_bytes: Optional[Dict[str, int]] = None,
+) -> Call:
     tensors = dict(tensors, **{C.IMAGE_ID.name: np.array([image_id], dtype=object)})
     resend = session_set(model, image_id, source) if source is not None else None
-    return make_call(C.SESSION, model, tensors, outputs=outputs, output_bytes=output_bytes, image_id=image_id,
-                     resend=resend)
+    return make_call(
+        C.SESSION, model, tensors, outputs=outputs, output_bytes=output_bytes, image_id=image_id, resend=resend
+    )
 
 
-def session_decode(model: str, image_id: str, prompts: Dict[str, np.ndarray], multimask_output: bool,
-                   float16: bool = True, source: Optional[Source] = None) -> Call:
+def session_decode(
+    model: str,
+    image_id: str,
+    prompts: Dict[str, np.ndarray],
+    multimask_output: bool,
+    float16: bool = True,
+    source: Optional[Source] = None,
+) -> Call:
     """K prompts against the stored embedding -> ([K, C, 256, 256] logits, [K, C] IoU), C = 3
     with ``multimask_output`` else 1; logits as float16 unless ``float16=False``.
     ``mask_input`` / ``has_mask_input`` may be left out of ``prompts`` (no mask prompt)."""
     logits = C.LOW_RES_MASKS_FP16 if float16 else C.SESSION_LOW_RES_MASKS
     k = len(prompts[C.POINT_COORDS.name])
     count = C.MULTIMASK_SLICE if multimask_output else C.SINGLE_MASK_SLICE
-    size = k * (count.stop - count.start) * C.LOW_RES_SIZE ** 2 * np.dtype(logits.dtype).itemsize
+    size = k * (count.stop - count.start) * C.LOW_RES_SIZE**2 * np.dtype(logits.dtype).itemsize
     tensors = dict(prompts, **{C.MULTIMASK_OUTPUT.name: np.array([multimask_output])})
     return _on_stored(model, image_id, source, tensors, (logits.name, C.SESSION_IOU.name), {logits.name: size})
 

@@ -14,9 +14,12 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, replace
-from typing import Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
 
 # SAM's fixed geometry: the encoder sees a square of IMAGE_SIZE pixels, the embedding is
 # EMBED_DIM x EMBED_SIZE x EMBED_SIZE, low-resolution masks are LOW_RES_SIZE square.
@@ -64,7 +67,7 @@ WIRE_DTYPES = {  # tritonclient's datatype strings
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    dtype: np.dtype
+    dtype: DTypeLike  # a scalar type (np.float32, ...): read through np.dtype()
     dims: Tuple[int, ...]
     doc: str = ""
     optional: bool = False  # a request may leave it out (config.pbtxt ``optional: true``)
@@ -95,9 +98,6 @@ class ModelSpec:
     def input(self, name: str) -> TensorSpec:
         return _by_name(self.inputs, name)
 
-    def output(self, name: str) -> TensorSpec:
-        return _by_name(self.outputs, name)
-
     def full_shape(self, spec: TensorSpec) -> Tuple[int, ...]:
         """The shape of the tensor as the ONNX graph sees it (batch axis included)."""
         return ((-1,) + spec.dims) if self.batching else spec.dims
@@ -112,30 +112,31 @@ def _by_name(specs, name):
 
 # --- Encoder: the resized, padded image -> image embeddings ------------------------------
 IMAGE = TensorSpec(
-    "image", np.uint8, (IMAGE_SIZE, IMAGE_SIZE, 3),
+    "image",
+    np.uint8,
+    (IMAGE_SIZE, IMAGE_SIZE, 3),
     "RGB, layout HWC (NHWC with the batch axis): the image resized so its long side is "
     "1024 (PIL bilinear, as segment-anything), placed top-left, the rest zero.",
 )
 INPUT_SIZE = TensorSpec(
-    "input_size", np.int64, (2,),
+    "input_size",
+    np.int64,
+    (2,),
     "(height, width) of the resized image inside the 1024 square; the encoder zeroes the "
     "padding after normalization, as Sam.preprocess does.",
 )
 IMAGE_EMBEDDINGS = TensorSpec("image_embeddings", np.float32, (EMBED_DIM, EMBED_SIZE, EMBED_SIZE))
 
-ENCODER = ModelSpec(
-    suffix="_encoder",
-    inputs=(IMAGE, INPUT_SIZE),
-    outputs=(IMAGE_EMBEDDINGS,),
-    batching=True,
-)
+ENCODER = ModelSpec(suffix="_encoder", inputs=(IMAGE, INPUT_SIZE), outputs=(IMAGE_EMBEDDINGS,), batching=True)
 
 # --- Decoder: ONE image embedding + K prompts -> 4 low-res masks and IoU scores each -----
 DECODER_IMAGE_EMBEDDINGS = TensorSpec(
     "image_embeddings", np.float32, (1, EMBED_DIM, EMBED_SIZE, EMBED_SIZE), "one image"
 )
 POINT_COORDS = TensorSpec(
-    "point_coords", np.float32, (-1, -1, 2),
+    "point_coords",
+    np.float32,
+    (-1, -1, 2),
     "K prompts x N points x (x, y) in the 1024 frame (ResizeLongestSide.apply_coords).",
 )
 POINT_LABELS = TensorSpec("point_labels", np.float32, (-1, -1), "K x N labels from VALID_LABELS")
@@ -184,11 +185,7 @@ ENSEMBLE = ModelSpec(
 
 # How the ensemble wires its members: (member spec, {member tensor: ensemble tensor}).
 ENSEMBLE_STEPS = (
-    (
-        ENCODER,
-        {IMAGE.name: IMAGE.name, INPUT_SIZE.name: INPUT_SIZE.name},
-        {IMAGE_EMBEDDINGS.name: "_embedding"},
-    ),
+    (ENCODER, {IMAGE.name: IMAGE.name, INPUT_SIZE.name: INPUT_SIZE.name}, {IMAGE_EMBEDDINGS.name: "_embedding"}),
     (
         DECODER,
         {
@@ -208,7 +205,8 @@ ENSEMBLE_STEPS = (
 # point (about 800 MB per image at points_per_side=32). Calls NAME_decoder through BLS.
 CROP_SIZE = TensorSpec("crop_size", np.int64, (2,), "(height, width) of the image (or crop) encoded")
 AMG_THRESHOLDS = TensorSpec(
-    "amg_thresholds", np.float32, (3,), "pred_iou_thresh, stability_score_thresh, stability_score_offset")
+    "amg_thresholds", np.float32, (3,), "pred_iou_thresh, stability_score_thresh, stability_score_offset"
+)
 KEPT_INDEX = TensorSpec("kept_index", np.int64, (-1,), "indices into the K x 3 multimask outputs, prompt-major")
 KEPT_IOU = TensorSpec("kept_iou_predictions", np.float32, (-1,))
 KEPT_STABILITY = TensorSpec("kept_stability_scores", np.float32, (-1,))
@@ -221,7 +219,7 @@ AMG = ModelSpec(
     batching=False,
 )
 
-# The AMG filter alone (export/amg_filter.py): the decoder's outputs for a batch in, the kept
+# The AMG filter alone (server/amg_filter/graph.py): the decoder's outputs for a batch in, the kept
 # masks out. Served as its own model only where the decoder runs on a GPU (onnxruntime);
 # with the python decoder the AMG and session stages filter in numpy, in their stubs.
 AMG_FILTER = ModelSpec(
@@ -230,6 +228,7 @@ AMG_FILTER = ModelSpec(
     outputs=(KEPT_INDEX, KEPT_IOU, KEPT_STABILITY, KEPT_MASKS),
     batching=False,
 )
+
 
 # --- Session: the embedding stays on the server ------------------------------------------
 # A python-backend model holds embeddings in an LRU cache (bounded in bytes) under an image
@@ -247,15 +246,23 @@ def _optional(spec: TensorSpec, dims=None) -> TensorSpec:
 
 IMAGE_ID = TensorSpec("image_id", np.object_, (1,), "the client's id for the image: a content hash")
 ENCODED_IMAGE = TensorSpec(
-    "encoded_image", np.object_, (1,),
+    "encoded_image",
+    np.object_,
+    (1,),
     "the image file's bytes (JPEG, PNG, ...); the server decodes and preprocesses it as the client would",
-    optional=True)
+    optional=True,
+)
 MULTIMASK_OUTPUT = TensorSpec(
-    "multimask_output", np.bool_, (1,), "True: masks 1..3 (SamPredictor's multimask), False: mask 0", optional=True)
+    "multimask_output", np.bool_, (1,), "True: masks 1..3 (SamPredictor's multimask), False: mask 0", optional=True
+)
 ORIGINAL_SIZE = TensorSpec("original_size", np.int64, (2,), "(height, width) of the image before resizing")
 SESSION_LOW_RES_MASKS = TensorSpec(LOW_RES_MASKS.name, np.float32, (-1, -1, LOW_RES_SIZE, LOW_RES_SIZE))
-LOW_RES_MASKS_FP16 = TensorSpec("low_res_masks_fp16", np.float16, (-1, -1, LOW_RES_SIZE, LOW_RES_SIZE),
-                                "the same logits as float16: half the bytes, for callers that threshold them")
+LOW_RES_MASKS_FP16 = TensorSpec(
+    "low_res_masks_fp16",
+    np.float16,
+    (-1, -1, LOW_RES_SIZE, LOW_RES_SIZE),
+    "the same logits as float16: half the bytes, for callers that threshold them",
+)
 SESSION_IOU = TensorSpec(IOU_PREDICTIONS.name, np.float32, (-1, -1))
 
 SESSION = ModelSpec(
@@ -274,14 +281,29 @@ SESSION = ModelSpec(
         _optional(CROP_SIZE),
         _optional(AMG_THRESHOLDS),
     ),
-    outputs=(SESSION_LOW_RES_MASKS, LOW_RES_MASKS_FP16, SESSION_IOU, INPUT_SIZE, ORIGINAL_SIZE,
-             DECODER_IMAGE_EMBEDDINGS, KEPT_INDEX, KEPT_IOU, KEPT_STABILITY, KEPT_MASKS),
+    outputs=(
+        SESSION_LOW_RES_MASKS,
+        LOW_RES_MASKS_FP16,
+        SESSION_IOU,
+        INPUT_SIZE,
+        ORIGINAL_SIZE,
+        DECODER_IMAGE_EMBEDDINGS,
+        KEPT_INDEX,
+        KEPT_IOU,
+        KEPT_STABILITY,
+        KEPT_MASKS,
+    ),
     batching=False,
 )
 SESSION_SET_OUTPUTS = (INPUT_SIZE.name, ORIGINAL_SIZE.name)
 
 
-def image_id_for(padded_image: np.ndarray = None, input_size=None, original_size=None, encoded_image: bytes = None) -> str:
+def image_id_for(
+    padded_image: Optional[np.ndarray] = None,
+    input_size=None,
+    original_size=None,
+    encoded_image: Optional[bytes] = None,
+) -> str:
     """The session image id: a hash of what is encoded (the padded image and its sizes, or
     the file's bytes). The server recomputes it and refuses a mismatch, so an id cannot be
     bound to another image, and the same image set by any client finds its embedding there."""
@@ -328,11 +350,11 @@ MAX_REQUEST_BYTES = 80 * 1024 * 1024
 # Automatic mask generation: prompts x crop pixels per request (64 points on a 4.2 MP crop,
 # 16 on a 4096 x 4096 one). It bounds the work and the response (at most 3 masks a prompt,
 # 1 bit a pixel: 96 MiB); the client splits its point batches to fit.
-MAX_AMG_PROMPT_PIXELS = 2 ** 28
+MAX_AMG_PROMPT_PIXELS = 2**28
 # Working memory of the AMG filter per request, by default (model parameter amg_filter_mib):
 # the filter runs over chunks of masks that fit it, whatever the prompts and crop size. On a
-# GPU (the NAME_amg_filter graph) each chunk is a call: 256 MiB chunks cost 3.6x at 512 x 512
-# and 2.6x at 3 MP against 2048 MiB (H100, docs/deployment.md), so GPU repositories get more.
+# GPU each chunk is a call, and small chunks cost several times larger ones (docs/benchmarks.md),
+# so GPU repositories get more.
 DEFAULT_AMG_FILTER_MIB = 256
 DEFAULT_AMG_FILTER_MIB_GPU = 2048
 

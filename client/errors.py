@@ -29,8 +29,9 @@ class ContractMismatch(SamTritonError):
     """The endpoint's models follow another major version of the wire contract than this
     client (``contract.CONTRACT_VERSION``): nothing is sent there."""
 
-    def __init__(self, message: str, url: str = "", model: str = "", server_version: str = "",
-                 client_version: str = ""):
+    def __init__(
+        self, message: str, url: str = "", model: str = "", server_version: str = "", client_version: str = ""
+    ):
         super().__init__(message)
         self.url, self.model = url, model
         self.server_version, self.client_version = server_version, client_version

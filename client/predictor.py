@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
 from . import calls
 from . import contract as C
 from .errors import InvalidInput
-from .prompts import (batch_prompt, image_source, masks_from_logits, prompt_tensors, read_image_file,
-                      single_prompt)
-from .transport import Transport, TransportOptions, make_call, parse_urls
+from .prompts import batch_prompt, image_source, masks_from_logits, prompt_tensors, read_image_file, single_prompt
 from .transforms import ImageLike, ResizeLongestSide, decode_image, encoded_image_size
+from .transport import Transport, TransportOptions, make_call, parse_urls
 from .validation import check_decoder_inputs
 
 logger = logging.getLogger("samtriton")
@@ -46,10 +45,18 @@ class TritonSam:
     See ``samtriton.transport``.
     """
 
-    def __init__(self, url: Union[str, Sequence[str]] = DEFAULT_URL, model: str = C.DEFAULT_MODEL_NAME,
-                 timeout: float = DEFAULT_TIMEOUT_S, headers: Optional[Dict[str, str]] = None,
-                 retries: int = DEFAULT_RETRIES, backoff: float = 0.2, down_seconds: float = 5.0,
-                 shared_memory: bool = False, **client_kwargs):
+    def __init__(
+        self,
+        url: Union[str, Sequence[str]] = DEFAULT_URL,
+        model: str = C.DEFAULT_MODEL_NAME,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        headers: Optional[Dict[str, str]] = None,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = 0.2,
+        down_seconds: float = 5.0,
+        shared_memory: bool = False,
+        **client_kwargs,
+    ):
         self.urls = parse_urls(url)
         self.model = model
         self.options = TransportOptions(timeout, headers, retries, backoff, down_seconds)
@@ -92,8 +99,13 @@ class TritonSam:
         """True when at least one endpoint is live with all of the deployment's models READY."""
         return any(self.endpoint_ready(u) for u in self.urls)
 
-    def infer(self, spec: C.ModelSpec, tensors: Dict[str, np.ndarray], outputs: Optional[Sequence[str]] = None,
-              output_bytes: Optional[Dict[str, int]] = None) -> Dict[str, np.ndarray]:
+    def infer(
+        self,
+        spec: C.ModelSpec,
+        tensors: Dict[str, np.ndarray],
+        outputs: Optional[Sequence[str]] = None,
+        output_bytes: Optional[Dict[str, int]] = None,
+    ) -> Dict[str, np.ndarray]:
         """One stateless request to ``spec``'s model: ``tensors`` by input name (optional
         inputs may be left out), ``outputs`` the names wanted (default all). ``output_bytes``
         bounds the size of outputs that may come back through shared memory."""
@@ -109,31 +121,45 @@ class TritonSam:
         out = self.transport.call(calls.decode(self.model, prompts))
         return out[C.LOW_RES_MASKS.name], out[C.IOU_PREDICTIONS.name]
 
-    def segment(self, padded_image: np.ndarray, input_size: Tuple[int, int],
-                prompts: Dict[str, np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+    def segment(
+        self, padded_image: np.ndarray, input_size: Tuple[int, int], prompts: Dict[str, np.ndarray]
+    ) -> Tuple[np.ndarray, np.ndarray]:
         """Image + K prompts through the ensemble in one call."""
         tensors = dict(prompts)
         tensors[C.IMAGE.name] = padded_image[None]
         tensors[C.INPUT_SIZE.name] = np.asarray([input_size], dtype=np.int64)
-        check_decoder_inputs(np.zeros(C.DECODER_IMAGE_EMBEDDINGS.dims, np.float32),
-                             *(prompts[s.name] for s in C.DECODER.inputs[1:]))
+        check_decoder_inputs(
+            np.zeros(C.DECODER_IMAGE_EMBEDDINGS.dims, np.float32), *(prompts[s.name] for s in C.DECODER.inputs[1:])
+        )
         out = self.infer(C.ENSEMBLE, tensors)
         return out[C.LOW_RES_MASKS.name], out[C.IOU_PREDICTIONS.name]
 
     # --- session model: embeddings kept on the server under an image id ------------------
-    def session_set(self, image_id: str, padded_image: Optional[np.ndarray] = None,
-                    input_size: Optional[Tuple[int, int]] = None, original_size: Optional[Tuple[int, int]] = None,
-                    encoded_image: Optional[bytes] = None) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    def session_set(
+        self,
+        image_id: str,
+        padded_image: Optional[np.ndarray] = None,
+        input_size: Optional[Tuple[int, int]] = None,
+        original_size: Optional[Tuple[int, int]] = None,
+        encoded_image: Optional[bytes] = None,
+    ) -> Tuple[Tuple[int, int], Tuple[int, int]]:
         """Encode an image on the server and keep its embedding there under ``image_id``.
 
         Either the padded image (+ its input and original sizes) or the image file's bytes
         (decoded and preprocessed by the server). Returns (input_size, original_size)."""
-        source = dict(padded_image=padded_image, input_size=input_size, original_size=original_size,
-                      encoded_image=encoded_image)
+        source = dict(
+            padded_image=padded_image, input_size=input_size, original_size=original_size, encoded_image=encoded_image
+        )
         return calls.set_result(self.transport.call(calls.session_set(self.model, image_id, source)))
 
-    def session_decode(self, image_id: str, prompts: Dict[str, np.ndarray], multimask_output: bool,
-                       float16: bool = True, source: Optional[calls.Source] = None) -> Tuple[np.ndarray, np.ndarray]:
+    def session_decode(
+        self,
+        image_id: str,
+        prompts: Dict[str, np.ndarray],
+        multimask_output: bool,
+        float16: bool = True,
+        source: Optional[calls.Source] = None,
+    ) -> Tuple[np.ndarray, np.ndarray]:
         """K prompts against the stored embedding -> ([K, C, 256, 256] logits, [K, C] IoU),
         C = 3 with ``multimask_output`` else 1; logits as float16 unless ``float16=False``.
         With ``source`` (the ``session_set`` arguments) the image is sent again if the
@@ -141,8 +167,9 @@ class TritonSam:
         call = calls.session_decode(self.model, image_id, prompts, multimask_output, float16, source)
         return calls.decode_result(call, self.transport.call(call))
 
-    def session_amg(self, image_id: str, tensors: Dict[str, np.ndarray],
-                    source: Optional[calls.Source] = None) -> Dict[str, np.ndarray]:
+    def session_amg(
+        self, image_id: str, tensors: Dict[str, np.ndarray], source: Optional[calls.Source] = None
+    ) -> Dict[str, np.ndarray]:
         """The AMG stage's request (``C.AMG``'s inputs but the embedding) against the stored
         embedding of ``image_id``: the kept masks' outputs, as ``C.AMG.outputs``."""
         return self.transport.call(calls.session_amg(self.model, image_id, tensors, source))
@@ -175,12 +202,28 @@ class SamPredictor:
     ``SamAutomaticMaskGenerator`` and the benchmarks use).
     """
 
-    def __init__(self, url: Union[str, Sequence[str]] = DEFAULT_URL, model: str = C.DEFAULT_MODEL_NAME,
-                 timeout: float = DEFAULT_TIMEOUT_S, headers: Optional[Dict[str, str]] = None,
-                 retries: int = DEFAULT_RETRIES, session: bool = True, shared_memory: bool = False,
-                 **client_kwargs):
-        self.client = TritonSam(url, model, timeout=timeout, headers=headers, retries=retries,
-                                 shared_memory=shared_memory, **client_kwargs)
+    # The current image (``reset_image``: none). ``features``: its embedding, stateless mode
+    # only; ``image_id`` and ``_image_source`` (what to send again): session mode only.
+    features: Optional[np.ndarray]
+    image_id: Optional[str]
+    _image_source: Optional[calls.Source]
+    original_size: Optional[Tuple[int, int]]
+    input_size: Optional[Tuple[int, int]]
+
+    def __init__(
+        self,
+        url: Union[str, Sequence[str]] = DEFAULT_URL,
+        model: str = C.DEFAULT_MODEL_NAME,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        headers: Optional[Dict[str, str]] = None,
+        retries: int = DEFAULT_RETRIES,
+        session: bool = True,
+        shared_memory: bool = False,
+        **client_kwargs,
+    ):
+        self.client = TritonSam(
+            url, model, timeout=timeout, headers=headers, retries=retries, shared_memory=shared_memory, **client_kwargs
+        )
         self.session = session
         self.transform = ResizeLongestSide(C.IMAGE_SIZE)
         self.reset_image()
@@ -202,8 +245,9 @@ class SamPredictor:
             self.client.session_set(image_id, **source)
             self.image_id = image_id
         else:
-            self.features = self.client.encode(source["padded_image"][None],
-                                                np.asarray([source["input_size"]], dtype=np.int64))
+            self.features = self.client.encode(
+                source["padded_image"][None], np.asarray([source["input_size"]], dtype=np.int64)
+            )
         self.original_size = source["original_size"]
         self.input_size = source["input_size"]
         self.is_image_set = True
@@ -226,22 +270,27 @@ class SamPredictor:
     def get_image_embedding(self) -> np.ndarray:
         """The [1, 256, 64, 64] float32 embedding of the current image."""
         self._require_image()
+        # With an image set, session mode has its id and stateless mode its embedding.
         if self.session:
-            return self.client.session_embedding(self.image_id, self._image_source)
-        return self.features
+            return self.client.session_embedding(cast(str, self.image_id), self._image_source)
+        return cast(np.ndarray, self.features)
 
     def reset_image(self) -> None:
+        """Forget the current image (its embedding, id, sizes), as the reference does."""
         self.is_image_set = False
-        self.features = None
-        self.image_id = None
-        self._image_source = None
-        self.original_size = None
-        self.input_size = None
+        self.features = self.image_id = self._image_source = None
+        self.original_size = self.input_size = None
 
     # --- prompts -------------------------------------------------------------------------
-    def predict(self, point_coords: Optional[np.ndarray] = None, point_labels: Optional[np.ndarray] = None,
-                box: Optional[np.ndarray] = None, mask_input: Optional[np.ndarray] = None,
-                multimask_output: bool = True, return_logits: bool = False):
+    def predict(
+        self,
+        point_coords: Optional[np.ndarray] = None,
+        point_labels: Optional[np.ndarray] = None,
+        box: Optional[np.ndarray] = None,
+        mask_input: Optional[np.ndarray] = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ):
         """One prompt, as ``segment_anything.SamPredictor.predict``.
 
         point_coords: Nx2 (x, y) pixels of the original image; point_labels: N of 1
@@ -253,9 +302,15 @@ class SamPredictor:
         out = self._predict(*prompt, multimask_output, return_logits)
         return tuple(x[0] for x in out)
 
-    def predict_batch(self, point_coords: Optional[np.ndarray] = None, point_labels: Optional[np.ndarray] = None,
-                      boxes: Optional[np.ndarray] = None, mask_input: Optional[np.ndarray] = None,
-                      multimask_output: bool = True, return_logits: bool = False):
+    def predict_batch(
+        self,
+        point_coords: Optional[np.ndarray] = None,
+        point_labels: Optional[np.ndarray] = None,
+        boxes: Optional[np.ndarray] = None,
+        mask_input: Optional[np.ndarray] = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ):
         """K prompts on the current image in ONE request (``predict_torch`` in original pixels).
 
         point_coords: KxNx2; point_labels: KxN; boxes: Kx4; mask_input: Kx1x256x256. Returns
@@ -264,12 +319,22 @@ class SamPredictor:
         prompt = batch_prompt(point_coords, point_labels, boxes, mask_input)
         return self._predict(*prompt, multimask_output, return_logits)
 
-    def segment_image(self, image: ImageLike, image_format: str = "RGB", point_coords=None, point_labels=None,
-                      box=None, mask_input=None, multimask_output: bool = True, return_logits: bool = False):
+    def segment_image(
+        self,
+        image: ImageLike,
+        image_format: str = "RGB",
+        point_coords=None,
+        point_labels=None,
+        box=None,
+        mask_input=None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ):
         """``set_image`` + ``predict`` in one call through the ensemble; keeps no state."""
         source = image_source(image, image_format, self.transform)
-        prompts = prompt_tensors(self.transform, *single_prompt(point_coords, point_labels, box, mask_input),
-                                 source["original_size"])
+        prompts = prompt_tensors(
+            self.transform, *single_prompt(point_coords, point_labels, box, mask_input), source["original_size"]
+        )
         low_res, iou = self.client.segment(source["padded_image"], source["input_size"], prompts)
         selected = C.MULTIMASK_SLICE if multimask_output else C.SINGLE_MASK_SLICE
         out = masks_from_logits(low_res, iou, selected, return_logits, source["input_size"], source["original_size"])
@@ -282,8 +347,9 @@ class SamPredictor:
             if masks is None:  # the server fills in "no mask prompt": 256 KiB per prompt not sent
                 del prompts[C.MASK_INPUT.name], prompts[C.HAS_MASK_INPUT.name]
             # float16 logits unless the caller wants logits: the masks (logits > 0) are the same.
-            low_res, iou = self.client.session_decode(self.image_id, prompts, multimask_output,
-                                                       float16=not return_logits, source=self._image_source)
+            low_res, iou = self.client.session_decode(
+                self.image_id, prompts, multimask_output, float16=not return_logits, source=self._image_source
+            )
             return masks_from_logits(low_res, iou, None, return_logits, self.input_size, self.original_size)
         prompts[C.DECODER_IMAGE_EMBEDDINGS.name] = self.features
         low_res, iou = self.client.decode(prompts)

@@ -27,8 +27,9 @@ def image_source(image: ImageLike, image_format: str, transform: ResizeLongestSi
     return dict(padded_image=padded, input_size=input_size, original_size=tuple(rgb.shape[:2]))
 
 
-def masks_from_logits(low_res: np.ndarray, iou: np.ndarray, selected: Optional[slice], return_logits: bool,
-                      input_size, original_size):
+def masks_from_logits(
+    low_res: np.ndarray, iou: np.ndarray, selected: Optional[slice], return_logits: bool, input_size, original_size
+):
     """(masks, scores, low-res logits) as ``SamPredictor.predict`` returns them, from the
     decoder's [K, C, 256, 256] logits and [K, C] IoU predictions. ``selected``: the mask slice
     to keep (``contract.SINGLE_MASK_SLICE`` / ``MULTIMASK_SLICE``), or None when the server
@@ -81,6 +82,7 @@ def read_image_file(path) -> bytes:
 
 
 # --- input checks: each names the field and its expected form ----------------------------
+
 
 def single_prompt(point_coords, point_labels, box, mask_input) -> Prompt:
     """``predict``'s arguments checked and given a leading prompt axis of 1."""
@@ -142,8 +144,9 @@ def _as_points(value, field: str, batched: bool) -> np.ndarray:
 def _as_labels(value, n_points: int, field: str, batched: bool, count: int = 1) -> np.ndarray:
     expected = f"an array of shape {count}x{n_points}" if batched else f"an array of {n_points} labels"
     if value is None:
-        raise InvalidInput(f"{field}: point_labels must be supplied with point_coords ({expected}, 1 = foreground, "
-                           "0 = background)")
+        raise InvalidInput(
+            f"{field}: point_labels must be supplied with point_coords ({expected}, 1 = foreground, 0 = background)"
+        )
     array = _numeric(value, field, expected)
     shape = (count, n_points) if batched else (n_points,)
     if array.shape != shape:
@@ -176,6 +179,7 @@ def _as_mask_input(value, count: int, field: str, batched: bool) -> np.ndarray:
     array = _numeric(value, field, expected)
     shape = (count, 1, size, size) if batched else (1, size, size)
     if array.shape != shape:
-        raise InvalidInput(f"{field}: expected {expected} (low-res logits from a previous call), "
-                           f"got shape {list(array.shape)}")
+        raise InvalidInput(
+            f"{field}: expected {expected} (low-res logits from a previous call), got shape {list(array.shape)}"
+        )
     return array.astype(np.float32)

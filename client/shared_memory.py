@@ -14,7 +14,7 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import tritonclient.utils.shared_memory as shm
@@ -46,7 +46,9 @@ class Region:
 class SharedMemoryPool:
     """Registered system shared-memory regions of one client on one server, reused by size."""
 
-    def __init__(self, client, headers=None, timeout=None):
+    def __init__(self, client: Any, headers: Optional[Dict[str, str]] = None, timeout: Optional[float] = None):
+        """``client``: a tritonclient.grpc InferenceServerClient; ``headers`` and ``timeout``
+        (seconds) go with each (un)registration."""
         self.client, self.headers, self.timeout = client, headers, timeout
         self.prefix = f"samtriton_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         self._free: List[Region] = []
@@ -66,8 +68,9 @@ class SharedMemoryPool:
         key = "/" + name
         handle = shm.create_shared_memory_region(name, key, size)
         try:
-            self.client.register_system_shared_memory(name, key, size, headers=self.headers,
-                                                      client_timeout=self.timeout)
+            self.client.register_system_shared_memory(
+                name, key, size, headers=self.headers, client_timeout=self.timeout
+            )
         except Exception:
             shm.destroy_shared_memory_region(handle)
             raise
@@ -93,8 +96,9 @@ class SharedMemoryPool:
             regions, self._all, self._free = self._all, [], []
         for region in regions:
             try:
-                self.client.unregister_system_shared_memory(region.name, headers=self.headers,
-                                                            client_timeout=self.timeout)
+                self.client.unregister_system_shared_memory(
+                    region.name, headers=self.headers, client_timeout=self.timeout
+                )
             except Exception:  # the server may be gone; the local region is still ours to free
                 pass
             shm.destroy_shared_memory_region(region.handle)

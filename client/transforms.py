@@ -40,7 +40,9 @@ class ResizeLongestSide:
     def apply_image(self, image: np.ndarray) -> np.ndarray:
         """HWC uint8 -> HWC uint8 with the long side ``target_length`` (PIL bilinear)."""
         height, width = self.get_preprocess_shape(image.shape[0], image.shape[1], self.target_length)
-        return np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+        # Pillow sets its legacy filter names (BILINEAR, ...) by setattr, unseen by mypy; the typed
+        # Image.Resampling needs Pillow 9.1, and the client supports Pillow>=9.
+        return np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR))  # type: ignore[attr-defined]
 
     def apply_coords(self, coords: np.ndarray, original_size: Tuple[int, ...]) -> np.ndarray:
         old_h, old_w = original_size
@@ -64,11 +66,12 @@ def to_rgb_uint8(image: ImageLike, image_format: str = "RGB") -> np.ndarray:
     or uint16 (scaled by 255/65535, rounded), or bool.
     """
     if isinstance(image, (str, os.PathLike)):
+        path = image
         try:
-            with Image.open(image) as opened:
+            with Image.open(path) as opened:
                 image = _pil_to_array(opened)
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise InvalidInput(f"image: cannot read {os.fspath(image)!r} as an image ({exc})") from exc
+            raise InvalidInput(f"image: cannot read {os.fspath(path)!r} as an image ({exc})") from exc
     elif isinstance(image, Image.Image):
         image = _pil_to_array(image)
     elif not isinstance(image, np.ndarray):
@@ -105,7 +108,7 @@ def max_decoded_pixels() -> int:
     (``Image.MAX_IMAGE_PIXELS``, ~89 M), where Pillow only warns up to twice that. The server
     decodes untrusted bytes, so above it the file is refused, not decoded."""
     limit = Image.MAX_IMAGE_PIXELS
-    return C.MAX_IMAGE_SIDE ** 2 if limit is None else int(limit)
+    return C.MAX_IMAGE_SIDE**2 if limit is None else int(limit)
 
 
 def _open_encoded(data: bytes) -> "Image.Image":
@@ -116,17 +119,21 @@ def _open_encoded(data: bytes) -> "Image.Image":
     try:
         opened = Image.open(io.BytesIO(bytes(data)))  # reads the header only
     except Image.DecompressionBombError as exc:
-        raise InvalidInput(f"encoded_image: refused to decode ({exc}); expected at most {max_decoded_pixels()} "
-                           "pixels: resize the image first, or send it with set_image") from None
+        raise InvalidInput(
+            f"encoded_image: refused to decode ({exc}); expected at most {max_decoded_pixels()} "
+            "pixels: resize the image first, or send it with set_image"
+        ) from None
     except (OSError, ValueError) as exc:
         raise InvalidInput(f"encoded_image: not a readable image file ({exc})") from None
     width, height = opened.size
     if max(opened.size) > C.MAX_IMAGE_SIDE:
         raise InvalidInput(f"encoded_image: sides must be at most {C.MAX_IMAGE_SIDE} pixels, got {[height, width]}")
     if width * height > max_decoded_pixels():
-        raise InvalidInput(f"encoded_image: {height}x{width} is {width * height} pixels; expected at most "
-                           f"{max_decoded_pixels()} (Pillow's decompression-bomb limit): resize the image first, "
-                           "or send it with set_image")
+        raise InvalidInput(
+            f"encoded_image: {height}x{width} is {width * height} pixels; expected at most "
+            f"{max_decoded_pixels()} (Pillow's decompression-bomb limit): resize the image first, "
+            "or send it with set_image"
+        )
     return opened
 
 
@@ -145,8 +152,9 @@ def decode_image(data: bytes) -> np.ndarray:
         raise
     except Exception as exc:  # noqa: BLE001 - untrusted bytes: whatever a Pillow decoder raises (truncated
         # data raises OSError, but plugins also raise EOFError, SyntaxError, struct.error, zlib.error ...)
-        raise InvalidInput(f"encoded_image: cannot decode ({type(exc).__name__}: {exc}); expected a complete "
-                           "image file") from None
+        raise InvalidInput(
+            f"encoded_image: cannot decode ({type(exc).__name__}: {exc}); expected a complete image file"
+        ) from None
 
 
 def _pil_to_array(image: "Image.Image") -> np.ndarray:
@@ -201,14 +209,15 @@ def upscale_matrix(original: int, resized: int) -> np.ndarray:
     return _upscale_matrix(original, resized)
 
 
-def postprocess_masks(low_res_masks: np.ndarray, input_size: Tuple[int, int],
-                      original_size: Tuple[int, int]) -> np.ndarray:
+def postprocess_masks(
+    low_res_masks: np.ndarray, input_size: Tuple[int, int], original_size: Tuple[int, int]
+) -> np.ndarray:
     """Low-res logits [..., 256, 256] -> logits [..., H, W] at the original image size."""
     rows = _upscale_matrix(original_size[0], input_size[0])
     cols = _upscale_matrix(original_size[1], input_size[1])
     # One BLAS thread for a click's few masks: these products take milliseconds, and idle
     # OpenBLAS threads keep spinning afterwards, taking the cores a co-located server needs
-    # (measured: a click took 110 ms instead of 58 ms on 2 cores). Batches use them all.
+    # (docs/benchmarks.md, "Measurements behind choices in the code"). Batches use them all.
     small = int(np.prod(low_res_masks.shape[:-2])) <= SMALL_POSTPROCESS_MASKS
     with threadpool_limits(1 if small else None, user_api="blas"):
         return np.matmul(np.matmul(rows, low_res_masks.astype(np.float32, copy=False)), cols.T)

@@ -41,21 +41,32 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Awaitable, Callable, Dict, Generator, List, Optional, Sequence, Union
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from . import contract as C
-from .errors import (ContractMismatch, ImageNotCached, InvalidInput, ModelNotReady, RequestTimeout, SamTritonError,
-                     ServerError, ServerUnavailable)
+from .errors import (
+    ContractMismatch,
+    ImageNotCached,
+    InvalidInput,
+    ModelNotReady,
+    RequestTimeout,
+    SamTritonError,
+    ServerError,
+    ServerUnavailable,
+)
 from .shared_memory import MIN_SHARED_BYTES, SharedMemoryPool, is_local
 
 logger = logging.getLogger("samtriton")
 
 # Errors that say "not here": the next endpoint may serve the request.
 FAIL_OVER = (ServerUnavailable, ModelNotReady, ContractMismatch)
+
+# A tritonclient.grpc (or .aio) InferenceServerClient; tritonclient has no type information.
+TritonClient = Any
 
 
 def parse_urls(url: Union[str, Sequence[str]]) -> List[str]:
@@ -90,6 +101,7 @@ def endpoints_from_dns(host_port: str) -> List[str]:
 def rendezvous_order(key: str, urls: Sequence[str]) -> List[str]:
     """``urls`` ranked for ``key`` by highest random weight: a stable order per key that
     changes only where an endpoint is added or removed."""
+
     def weight(url: str) -> bytes:
         return hashlib.blake2b(f"{key}|{url}".encode(), digest_size=8).digest()
 
@@ -138,8 +150,9 @@ class Pause:
     seconds: float
 
 
-def attempts(endpoints: Endpoints, image_id: Optional[str], timeout: float, retries: int,
-             backoff: float) -> Iterator[Union[Attempt, Pause]]:
+def attempts(
+    endpoints: Endpoints, image_id: Optional[str], timeout: float, retries: int, backoff: float
+) -> Generator[Union[Attempt, Pause], Optional[Exception], None]:
     """The plan of one call. Yields an ``Attempt`` (try this endpoint) or a ``Pause`` (sleep,
     then ``next``). After a failed attempt, ``send`` its error: a fail-over error marks the
     endpoint down and the plan goes on (a ``ContractMismatch`` only skips it: nothing was
@@ -161,7 +174,7 @@ def attempts(endpoints: Endpoints, image_id: Optional[str], timeout: float, retr
                 raise error
         if error is None:  # every endpoint speaks another contract
             raise skipped[0] if len(skipped) == 1 else no_compatible_endpoint(skipped)
-        pause = backoff * (2 ** attempt) * random.uniform(0.5, 1.5)
+        pause = backoff * (2**attempt) * random.uniform(0.5, 1.5)
         # Only "unreachable" is worth waiting for; a missing model is a deployment matter.
         if not isinstance(error, ServerUnavailable) or attempt >= retries or time.monotonic() + pause >= deadline:
             raise error
@@ -175,11 +188,21 @@ def no_compatible_endpoint(skipped: Sequence[ContractMismatch]) -> ContractMisma
     return ContractMismatch(
         f"no endpoint serves {first.model} under this client's wire contract {first.client_version} (major "
         f"{_major(first.client_version)}): {found}; use a samtriton client of their version, or re-export the "
-        "repository with this one", first.url, first.model, first.server_version, first.client_version)
+        "repository with this one",
+        first.url,
+        first.model,
+        first.server_version,
+        first.client_version,
+    )
 
 
 def _major(version: str) -> str:
     return version.split(".", 1)[0].strip()
+
+
+def _remaining(deadline: float) -> float:
+    """Seconds left before ``deadline`` (monotonic), at least 1 ms: a client timeout of 0 means none."""
+    return max(deadline - time.monotonic(), 0.001)
 
 
 class ContractVersions:
@@ -210,8 +233,11 @@ class ContractVersions:
     def learn(self, url: str, model: str, config) -> str:
         """Records the version in ``config`` (a ``ModelConfig`` protobuf) and returns it."""
         parameters = config.parameters
-        version = (parameters[C.CONTRACT_VERSION_PARAMETER].string_value.strip()
-                   if C.CONTRACT_VERSION_PARAMETER in parameters else "") or C.UNVERSIONED_CONTRACT
+        version = (
+            parameters[C.CONTRACT_VERSION_PARAMETER].string_value.strip()
+            if C.CONTRACT_VERSION_PARAMETER in parameters
+            else ""
+        ) or C.UNVERSIONED_CONTRACT
         with self._lock:
             self._versions[(url, model)] = (version, time.monotonic())
         return version
@@ -225,6 +251,14 @@ class ContractVersions:
     def compatible(self, version: str) -> bool:
         return _major(version) == _major(self.client_version)
 
+    def check(self, url: str, model: str, known: Optional[str], config=None) -> None:
+        """Raises ``ContractMismatch`` when ``model`` at ``url`` follows another major version:
+        the one in ``config`` (the model config just fetched), else ``known`` (learnt before)."""
+        version = self.learn(url, model, config) if config is not None else known
+        mismatch = self.mismatch(url, model, version) if version is not None else None
+        if mismatch is not None:
+            raise mismatch
+
     def mismatch(self, url: str, model: str, version: str) -> Optional[ContractMismatch]:
         """None when ``version`` is usable, else the error (logged once per endpoint and version)."""
         if self.compatible(version):
@@ -232,7 +266,12 @@ class ContractVersions:
         error = ContractMismatch(
             f"{url} serves {model} under wire contract {version}; this client speaks {self.client_version} (another "
             f"major version): nothing is sent there. Use a samtriton client of contract {_major(version)}.x for it, "
-            "or re-export its repository with this samtriton", url, model, version, self.client_version)
+            "or re-export its repository with this samtriton",
+            url,
+            model,
+            version,
+            self.client_version,
+        )
         with self._lock:
             first = (url, version) not in self._warned
             self._warned.add((url, version))
@@ -257,8 +296,11 @@ class Call:
     def may_miss_image(self) -> bool:
         """A session request that names an image and carries none: NOT_FOUND means the
         server does not hold the image (or the model is missing: see ``Transport``)."""
-        return self.spec is C.SESSION and self.image_id is not None and not (
-            C.IMAGE.name in self.arrays or C.ENCODED_IMAGE.name in self.arrays)
+        return (
+            self.spec is C.SESSION
+            and self.image_id is not None
+            and not (C.IMAGE.name in self.arrays or C.ENCODED_IMAGE.name in self.arrays)
+        )
 
     def headers(self, base: Optional[Dict[str, str]]) -> Optional[Dict[str, str]]:
         if self.image_id is None:
@@ -266,14 +308,26 @@ class Call:
         return dict(base or {}, **{C.IMAGE_ID_HEADER: self.image_id})
 
 
-def make_call(spec: C.ModelSpec, model: str, tensors: Dict[str, np.ndarray], outputs: Optional[Sequence[str]] = None,
-              output_bytes: Optional[Dict[str, int]] = None, image_id: Optional[str] = None,
-              resend: Optional[Call] = None) -> Call:
+def make_call(
+    spec: C.ModelSpec,
+    model: str,
+    tensors: Dict[str, np.ndarray],
+    outputs: Optional[Sequence[str]] = None,
+    output_bytes: Optional[Dict[str, int]] = None,
+    image_id: Optional[str] = None,
+    resend: Optional[Call] = None,
+) -> Call:
     """A ``Call`` with its tensors checked and cast to the contract's dtypes."""
     model_name = spec.served_name(model)
-    return Call(spec, model_name, request_arrays(spec, model_name, tensors),
-                list(outputs) if outputs else [s.name for s in spec.outputs], dict(output_bytes or {}), image_id,
-                resend)
+    return Call(
+        spec,
+        model_name,
+        request_arrays(spec, model_name, tensors),
+        list(outputs) if outputs else [s.name for s in spec.outputs],
+        dict(output_bytes or {}),
+        image_id,
+        resend,
+    )
 
 
 def request_arrays(spec: C.ModelSpec, model_name: str, tensors: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -284,16 +338,19 @@ def request_arrays(spec: C.ModelSpec, model_name: str, tensors: Dict[str, np.nda
     arrays = {s.name: _wire_array(tensors[s.name], s) for s in spec.inputs if tensors.get(s.name) is not None}
     size = sum(nbytes(a) for a in arrays.values())
     if size > C.MAX_REQUEST_BYTES:
-        raise InvalidInput(f"request to {model_name}: {size / 2**20:.1f} MiB of tensors; the limit is "
-                           f"{C.MAX_REQUEST_BYTES / 2**20:.0f} MiB (send fewer prompts or images per call)")
+        raise InvalidInput(
+            f"request to {model_name}: {size / 2**20:.1f} MiB of tensors; the limit is "
+            f"{C.MAX_REQUEST_BYTES / 2**20:.0f} MiB (send fewer prompts or images per call)"
+        )
     return arrays
 
 
 def _wire_array(value, spec: C.TensorSpec) -> np.ndarray:
     if np.dtype(spec.dtype) == np.object_:
         array = np.asarray(value, dtype=object)
-        return np.array([v if isinstance(v, bytes) else str(v).encode() for v in array.ravel()],
-                        dtype=object).reshape(array.shape)
+        return np.array([v if isinstance(v, bytes) else str(v).encode() for v in array.ravel()], dtype=object).reshape(
+            array.shape
+        )
     return np.ascontiguousarray(value, dtype=spec.dtype)
 
 
@@ -310,16 +367,19 @@ def translate(exc: InferenceServerException, call: Call, url: str, timeout: floa
     status = (exc.status() or "").rsplit(".", 1)[-1]  # "StatusCode.NOT_FOUND" -> "NOT_FOUND"
     name = call.model_name
     if status == "UNAVAILABLE" or (not status and _is_connection_error(exc)):
-        return ServerUnavailable(f"{url} is unavailable for {name} ({message}); check that the server is running "
-                                 "and reachable")
+        return ServerUnavailable(
+            f"{url} is unavailable for {name} ({message}); check that the server is running and reachable"
+        )
     if status == "DEADLINE_EXCEEDED":
-        return RequestTimeout(f"{name} at {url} did not answer within {timeout:g} s; raise timeout= or check the "
-                              "server's load")
+        return RequestTimeout(
+            f"{name} at {url} did not answer within {timeout:g} s; raise timeout= or check the server's load"
+        )
     if status == "NOT_FOUND":
         if call.may_miss_image:
             return ImageNotCached(f"{name} at {url} holds no embedding for image {call.image_id} ({message})")
-        return ModelNotReady(f"{name} at {url} is not ready ({message}); load it (explicit model control) or check "
-                             "the deployment name")
+        return ModelNotReady(
+            f"{name} at {url} is not ready ({message}); load it (explicit model control) or check the deployment name"
+        )
     if status == "INVALID_ARGUMENT":
         return InvalidInput(f"{name} at {url} rejected the request: {message}")
     return ServerError(f"{name} at {url}: {status or 'error'} {message}".strip())
@@ -344,8 +404,9 @@ def _model_missing(call: Call, url: str) -> ModelNotReady:
     return ModelNotReady(f"{call.model_name} at {url} is not ready; load it or check the deployment name")
 
 
-def _send_failed(channels: "Channels", channel: "_Channel", exc: InferenceServerException, call: Call, url: str,
-                 timeout: float) -> SamTritonError:
+def _send_failed(
+    channels: "Channels", channel: "_Channel", exc: InferenceServerException, call: Call, url: str, timeout: float
+) -> SamTritonError:
     """A failed send as samtriton's error; an unreachable endpoint gets a fresh channel."""
     error = translate(exc, call, url, timeout)
     if isinstance(error, ServerUnavailable):
@@ -359,12 +420,16 @@ class Channels:
     server is back); the old one is closed when the last request using it has returned,
     never under a request in flight. ``close_client`` may return an awaitable (asyncio)."""
 
-    def __init__(self, urls: Sequence[str], make_client: Callable[[str], object],
-                 close_client: Callable[[object], object]):
+    def __init__(
+        self,
+        urls: Sequence[str],
+        make_client: Callable[[str], TritonClient],
+        close_client: Callable[[TritonClient], Optional[Awaitable[Any]]],
+    ):
         self._make, self._close = make_client, close_client
         self._current = {u: _Channel(make_client(u)) for u in urls}
         self._lock = threading.Lock()
-        self.closing: List[object] = []  # what close_client returned (awaitables to await)
+        self.closing: List[Awaitable[Any]] = []  # what close_client returned (awaitables to await)
 
     def acquire(self, url: str) -> "_Channel":
         with self._lock:
@@ -413,7 +478,7 @@ class Channels:
 
 @dataclass(eq=False)
 class _Channel:
-    client: object
+    client: TritonClient
     users: int = 0
     retired: bool = False
     closed: bool = False
@@ -439,8 +504,7 @@ class TransportOptions:
 class Transport:
     """The blocking transport: tritonclient.grpc clients, optional system shared memory."""
 
-    def __init__(self, urls: Sequence[str], options: TransportOptions, shared_memory: bool = False,
-                 **client_kwargs):
+    def __init__(self, urls: Sequence[str], options: TransportOptions, shared_memory: bool = False, **client_kwargs):
         self.endpoints = Endpoints(urls, options.down_seconds)
         self.options = options
         self.shared_memory = shared_memory
@@ -493,26 +557,25 @@ class Transport:
 
     def _check_contract(self, url: str, call: Call, deadline: float) -> None:
         """Raises ``ContractMismatch`` for an endpoint of another major contract version."""
-        version = self.versions.known(url, call.model_name)
-        if version is None:
+        known, config = self.versions.known(url, call.model_name), None
+        if known is None:
             channel = self.channels.acquire(url)
             try:
-                response = channel.client.get_model_config(call.model_name, headers=self.options.headers,
-                                                           client_timeout=max(deadline - time.monotonic(), 0.001))
+                config = channel.client.get_model_config(
+                    call.model_name, headers=self.options.headers, client_timeout=_remaining(deadline)
+                ).config
             except InferenceServerException:
                 return  # unreachable, or no such model: the request itself says which
             finally:
                 self.channels.release(channel)
-            version = self.versions.learn(url, call.model_name, response.config)
-        mismatch = self.versions.mismatch(url, call.model_name, version)
-        if mismatch is not None:
-            raise mismatch
+        self.versions.check(url, call.model_name, known, config)
 
     def _model_ready(self, url: str, call: Call, deadline: float) -> bool:
         channel = self.channels.acquire(url)
         try:
-            return channel.client.is_model_ready(call.model_name, headers=self.options.headers,
-                                                 client_timeout=max(deadline - time.monotonic(), 0.001))
+            return channel.client.is_model_ready(
+                call.model_name, headers=self.options.headers, client_timeout=_remaining(deadline)
+            )
         except InferenceServerException:
             return False
         finally:
@@ -521,8 +584,7 @@ class Transport:
     def _server_ready(self, url: str, deadline: float) -> bool:
         channel = self.channels.acquire(url)
         try:
-            return channel.client.is_server_ready(headers=self.options.headers,
-                                                  client_timeout=max(deadline - time.monotonic(), 0.001))
+            return channel.client.is_server_ready(headers=self.options.headers, client_timeout=_remaining(deadline))
         except InferenceServerException:
             return False
         finally:
@@ -562,18 +624,24 @@ class Transport:
                     output.set_shared_memory(region.name, region.byte_size)
                     shared_out[name] = region
                 requested.append(output)
-            result = channel.client.infer(call.model_name, inputs, outputs=requested,
-                                          headers=call.headers(self.options.headers),
-                                          client_timeout=max(deadline - time.monotonic(), 0.001))
+            result = channel.client.infer(
+                call.model_name,
+                inputs,
+                outputs=requested,
+                headers=call.headers(self.options.headers),
+                client_timeout=_remaining(deadline),
+            )
             values = {}
             for name in call.outputs:
                 if name in shared_out:
+                    assert pool is not None  # shared_out is filled from the pool only
                     meta = result.get_output(name)
                     values[name] = pool.read(shared_out[name], NUMPY_DTYPES[meta.datatype], meta.shape)
                 else:
                     values[name] = result.as_numpy(name)
         finally:
             if held:
+                assert pool is not None  # held is filled from the pool only
                 pool.release(held)
         received = sum(nbytes(v) for k, v in values.items() if k not in shared_out)
         with self._lock:
@@ -609,7 +677,8 @@ class Transport:
         try:
             return channel.client.is_server_ready(headers=headers, client_timeout=timeout) and all(
                 channel.client.is_model_ready(spec.served_name(model), headers=headers, client_timeout=timeout)
-                for spec in C.MODEL_SPECS)
+                for spec in C.MODEL_SPECS
+            )
         except InferenceServerException:
             self.channels.renew(url, channel)
             return False
@@ -635,8 +704,9 @@ class AsyncTransport:
 
         self.endpoints = Endpoints(urls, options.down_seconds)
         self.options = options
-        self.channels = Channels(urls, lambda url: grpcaio.InferenceServerClient(url, **client_kwargs),
-                                 lambda client: client.close())
+        self.channels = Channels(
+            urls, lambda url: grpcaio.InferenceServerClient(url, **client_kwargs), lambda client: client.close()
+        )
         self.versions = ContractVersions()
 
     async def call(self, call: Call) -> Dict[str, np.ndarray]:
@@ -680,27 +750,26 @@ class AsyncTransport:
             return await self._send(url, call, deadline)
 
     async def _check_contract(self, url: str, call: Call, deadline: float) -> None:
-        version = self.versions.known(url, call.model_name)
-        if version is None:
+        known, config = self.versions.known(url, call.model_name), None
+        if known is None:
             channel = self.channels.acquire(url)
             try:
                 response = await channel.client.get_model_config(
-                    call.model_name, headers=self.options.headers,
-                    client_timeout=max(deadline - time.monotonic(), 0.001))
+                    call.model_name, headers=self.options.headers, client_timeout=_remaining(deadline)
+                )
+                config = response.config
             except InferenceServerException:
-                return
+                return  # unreachable, or no such model: the request itself says which
             finally:
                 self.channels.release(channel)
-            version = self.versions.learn(url, call.model_name, response.config)
-        mismatch = self.versions.mismatch(url, call.model_name, version)
-        if mismatch is not None:
-            raise mismatch
+        self.versions.check(url, call.model_name, known, config)
 
     async def _model_ready(self, url: str, call: Call, deadline: float) -> bool:
         channel = self.channels.acquire(url)
         try:
-            return await channel.client.is_model_ready(call.model_name, headers=self.options.headers,
-                                                       client_timeout=max(deadline - time.monotonic(), 0.001))
+            return await channel.client.is_model_ready(
+                call.model_name, headers=self.options.headers, client_timeout=_remaining(deadline)
+            )
         except InferenceServerException:
             return False
         finally:
@@ -709,8 +778,9 @@ class AsyncTransport:
     async def _server_ready(self, url: str, deadline: float) -> bool:
         channel = self.channels.acquire(url)
         try:
-            return await channel.client.is_server_ready(headers=self.options.headers,
-                                                        client_timeout=max(deadline - time.monotonic(), 0.001))
+            return await channel.client.is_server_ready(
+                headers=self.options.headers, client_timeout=_remaining(deadline)
+            )
         except InferenceServerException:
             return False
         finally:
@@ -725,9 +795,13 @@ class AsyncTransport:
         requested = [grpcclient.InferRequestedOutput(name) for name in call.outputs]
         channel = self.channels.acquire(url)
         try:
-            result = await channel.client.infer(call.model_name, inputs, outputs=requested,
-                                                headers=call.headers(self.options.headers),
-                                                client_timeout=max(deadline - time.monotonic(), 0.001))
+            result = await channel.client.infer(
+                call.model_name,
+                inputs,
+                outputs=requested,
+                headers=call.headers(self.options.headers),
+                client_timeout=_remaining(deadline),
+            )
             return {name: result.as_numpy(name) for name in call.outputs}
         except InferenceServerException as exc:
             raise _send_failed(self.channels, channel, exc, call, url, self.options.timeout) from None
@@ -747,5 +821,20 @@ class AsyncTransport:
         await self._finish_closing()
 
 
-__all__ = ("Attempt", "AsyncTransport", "Call", "Channels", "ContractVersions", "Endpoints", "Pause", "Transport", "TransportOptions",
-           "attempts", "endpoints_from_dns", "make_call", "parse_urls", "rendezvous_order", "translate")
+__all__ = (
+    "Attempt",
+    "AsyncTransport",
+    "Call",
+    "Channels",
+    "ContractVersions",
+    "Endpoints",
+    "Pause",
+    "Transport",
+    "TransportOptions",
+    "attempts",
+    "endpoints_from_dns",
+    "make_call",
+    "parse_urls",
+    "rendezvous_order",
+    "translate",
+)

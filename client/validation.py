@@ -13,10 +13,6 @@ from . import contract as C
 from .errors import InvalidInput
 
 
-def _shape_str(shape) -> str:
-    return "[" + ", ".join("K" if d == -1 else str(d) for d in shape) + "]"
-
-
 def check_array(name: str, value: np.ndarray, dtype, ndim: int) -> None:
     if not isinstance(value, np.ndarray):
         raise InvalidInput(f"{name}: expected a numpy array, got {type(value).__name__}")
@@ -42,8 +38,9 @@ def check_mask_prompts(mask_input, has_mask_input, k: int) -> None:
     """Validate the mask inputs of K prompts."""
     check_array(C.MASK_INPUT.name, mask_input, np.float32, 4)
     if mask_input.shape != (k, 1, C.LOW_RES_SIZE, C.LOW_RES_SIZE):
-        raise InvalidInput(f"mask_input: expected shape [{k}, 1, {C.LOW_RES_SIZE}, {C.LOW_RES_SIZE}], "
-                           f"got {list(mask_input.shape)}")
+        raise InvalidInput(
+            f"mask_input: expected shape [{k}, 1, {C.LOW_RES_SIZE}, {C.LOW_RES_SIZE}], got {list(mask_input.shape)}"
+        )
     check_finite("mask_input", mask_input)
     check_array(C.HAS_MASK_INPUT.name, has_mask_input, np.float32, 1)
     if has_mask_input.shape != (k,):
@@ -56,9 +53,11 @@ def check_point_prompts(image_embeddings, point_coords, point_labels) -> int:
     """Validate one embedding + K point prompts; returns K."""
     check_array(C.DECODER_IMAGE_EMBEDDINGS.name, image_embeddings, np.float32, 4)
     if tuple(image_embeddings.shape) != C.DECODER_IMAGE_EMBEDDINGS.dims:
-        raise InvalidInput(f"image_embeddings: expected shape {list(C.DECODER_IMAGE_EMBEDDINGS.dims)} "
-                           f"(one image), got {list(image_embeddings.shape)}")
-    # A NaN or inf in the embedding would come back as NaN logits, not as an error (0.1 ms).
+        raise InvalidInput(
+            f"image_embeddings: expected shape {list(C.DECODER_IMAGE_EMBEDDINGS.dims)} "
+            f"(one image), got {list(image_embeddings.shape)}"
+        )
+    # A NaN or inf in the embedding would come back as NaN logits, not as an error.
     check_finite(C.DECODER_IMAGE_EMBEDDINGS.name, image_embeddings)
     return check_points(point_coords, point_labels)
 
@@ -76,7 +75,9 @@ def check_points(point_coords, point_labels) -> int:
     check_finite("point_coords", point_coords)
     check_array(C.POINT_LABELS.name, point_labels, np.float32, 2)
     if point_labels.shape != (k, n):
-        raise InvalidInput(f"point_labels: expected shape [{k}, {n}] to match point_coords, got {list(point_labels.shape)}")
+        raise InvalidInput(
+            f"point_labels: expected shape [{k}, {n}] to match point_coords, got {list(point_labels.shape)}"
+        )
     if not np.all(np.isin(point_labels, C.VALID_LABELS)):
         bad = np.unique(point_labels[~np.isin(point_labels, C.VALID_LABELS)])[:5]
         raise InvalidInput(f"point_labels: values must be in {list(C.VALID_LABELS)}, got {bad.tolist()}")
@@ -87,14 +88,17 @@ def check_encoder_inputs(image: np.ndarray, input_size: np.ndarray) -> None:
     """Validate a batch of encoder inputs ([B, 1024, 1024, 3] uint8, [B, 2] int64)."""
     check_array(C.IMAGE.name, image, np.uint8, 4)
     if image.shape[1:] != C.IMAGE.dims:
-        raise InvalidInput(f"image: expected shape [B, {', '.join(map(str, C.IMAGE.dims))}] (NHWC, RGB), "
-                           f"got {list(image.shape)}")
+        raise InvalidInput(
+            f"image: expected shape [B, {', '.join(map(str, C.IMAGE.dims))}] (NHWC, RGB), got {list(image.shape)}"
+        )
     check_array(C.INPUT_SIZE.name, input_size, np.int64, 2)
     if input_size.shape != (image.shape[0], 2):
         raise InvalidInput(f"input_size: expected shape [{image.shape[0]}, 2], got {list(input_size.shape)}")
     if np.any(input_size < 1) or np.any(input_size > C.IMAGE_SIZE) or np.all(input_size < C.IMAGE_SIZE, axis=1).any():
-        raise InvalidInput(f"input_size: each (height, width) must lie in 1..{C.IMAGE_SIZE} with the long side "
-                           f"equal to {C.IMAGE_SIZE}, got {input_size.tolist()}")
+        raise InvalidInput(
+            f"input_size: each (height, width) must lie in 1..{C.IMAGE_SIZE} with the long side "
+            f"equal to {C.IMAGE_SIZE}, got {input_size.tolist()}"
+        )
 
 
 def check_amg_inputs(input_size, crop_size, thresholds, prompts=None):
@@ -102,8 +106,9 @@ def check_amg_inputs(input_size, crop_size, thresholds, prompts=None):
     check_array(C.CROP_SIZE.name, crop_size, np.int64, 1)
     check_array(C.AMG_THRESHOLDS.name, thresholds, np.float32, 1)
     if input_size.shape != (2,) or not (1 <= input_size.min() and input_size.max() == C.IMAGE_SIZE):
-        raise InvalidInput(f"input_size: expected (height, width) with the long side {C.IMAGE_SIZE}, "
-                           f"got {input_size.tolist()}")
+        raise InvalidInput(
+            f"input_size: expected (height, width) with the long side {C.IMAGE_SIZE}, got {input_size.tolist()}"
+        )
     if crop_size.shape != (2,) or crop_size.min() < 1 or crop_size.max() > C.MAX_IMAGE_SIDE:
         raise InvalidInput(f"crop_size: expected (height, width) in 1..{C.MAX_IMAGE_SIDE}, got {crop_size.tolist()}")
     if thresholds.shape != (3,) or not np.all(np.isfinite(thresholds)):
@@ -116,7 +121,9 @@ def check_amg_work(prompts, crop_size):
     """Prompts x crop pixels of one automatic-mask-generation request within the contract's cap."""
     work = int(prompts) * int(crop_size[0]) * int(crop_size[1])
     if work > C.MAX_AMG_PROMPT_PIXELS:
-        raise InvalidInput(f"point_coords / crop_size: {prompts} prompts x {int(crop_size[0])}x{int(crop_size[1])} "
-                           f"crop pixels = {work}; at most {C.MAX_AMG_PROMPT_PIXELS} per request (send at most "
-                           f"{max(1, C.MAX_AMG_PROMPT_PIXELS // (int(crop_size[0]) * int(crop_size[1])))} prompts "
-                           "for this crop)")
+        raise InvalidInput(
+            f"point_coords / crop_size: {prompts} prompts x {int(crop_size[0])}x{int(crop_size[1])} "
+            f"crop pixels = {work}; at most {C.MAX_AMG_PROMPT_PIXELS} per request (send at most "
+            f"{max(1, C.MAX_AMG_PROMPT_PIXELS // (int(crop_size[0]) * int(crop_size[1])))} prompts "
+            "for this crop)"
+        )

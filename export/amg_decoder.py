@@ -77,8 +77,7 @@ def two_way_block(layer, queries, keys, query_pe, key_pe):
         queries = queries + layer.self_attn(q=q, k=q, v=queries)
     queries = layer.norm1(queries)
     keys_pe = keys + key_pe
-    queries = layer.norm2(queries + tokens_to_image(layer.cross_attn_token_to_image, queries + query_pe, keys_pe,
-                                                    keys))
+    queries = layer.norm2(queries + tokens_to_image(layer.cross_attn_token_to_image, queries + query_pe, keys_pe, keys))
     queries = layer.norm3(queries + layer.mlp(queries))
     keys = layer.norm4(keys + image_to_tokens(layer.cross_attn_image_to_token, keys_pe, queries + query_pe, queries))
     return queries, keys
@@ -127,12 +126,14 @@ class AmgPromptDecoder(nn.Module):
         for layer in transformer.layers:
             queries, keys = two_way_block(layer, queries, keys, tokens, key_pe)
         attention = transformer.final_attn_token_to_image
-        queries = transformer.norm_final_attn(queries + tokens_to_image(attention, queries + tokens, keys + key_pe,
-                                                                        keys))
+        queries = transformer.norm_final_attn(
+            queries + tokens_to_image(attention, queries + tokens, keys + key_pe, keys)
+        )
         iou_pred = decoder.iou_prediction_head(queries[:, 0, :])
-        mask_tokens = queries[:, 1:1 + decoder.num_mask_tokens, :]
-        hyper_in = torch.stack([mlp(mask_tokens[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)],
-                               dim=1)  # K, M, C
+        mask_tokens = queries[:, 1 : 1 + decoder.num_mask_tokens, :]
+        hyper_in = torch.stack(
+            [mlp(mask_tokens[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
+        )  # K, M, C
         upscaled = upscale_channels_last(decoder.output_upscaling, keys, height)  # K, P, C
         masks = hyper_in @ upscaled.transpose(1, 2)  # K, M, P
         m = masks.shape[1]

@@ -28,21 +28,33 @@ OFFICIAL_CHECKPOINTS = {
     c.model_type: c
     for c in (
         OfficialCheckpoint(
-            "vit_h", "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+            "vit_h",
+            "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
             "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
-            "sam_vit_h_4b8939.pth", "segment_anything"),
+            "sam_vit_h_4b8939.pth",
+            "segment_anything",
+        ),
         OfficialCheckpoint(
-            "vit_l", "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+            "vit_l",
+            "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
             "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
-            "sam_vit_l_0b3195.pth", "segment_anything"),
+            "sam_vit_l_0b3195.pth",
+            "segment_anything",
+        ),
         OfficialCheckpoint(
-            "vit_b", "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+            "vit_b",
+            "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
             "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
-            "sam_vit_b_01ec64.pth", "segment_anything"),
+            "sam_vit_b_01ec64.pth",
+            "segment_anything",
+        ),
         OfficialCheckpoint(
-            "vit_t", "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+            "vit_t",
+            "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
             "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
-            "mobile_sam.pt", "mobile_sam"),
+            "mobile_sam.pt",
+            "mobile_sam",
+        ),
     )
 }
 
@@ -54,7 +66,8 @@ class ChecksumMismatch(ValueError):
 def cache_dir() -> Path:
     """Where downloaded checkpoints live: $SAMTRITON_CACHE or ~/.cache/samtriton."""
     root = os.environ.get("SAMTRITON_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "samtriton")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "samtriton"
+    )
     return Path(root) / "checkpoints"
 
 
@@ -69,8 +82,7 @@ def sha256_of(path: os.PathLike) -> str:
 def verify(path: os.PathLike, expected_sha256: str) -> None:
     actual = sha256_of(path)
     if actual != expected_sha256:
-        raise ChecksumMismatch(
-            f"checkpoint {path}: sha256 {actual} does not match the expected {expected_sha256}")
+        raise ChecksumMismatch(f"checkpoint {path}: sha256 {actual} does not match the expected {expected_sha256}")
 
 
 def official_checkpoint_path(model_type: str, download: bool = True) -> Path:
@@ -110,8 +122,7 @@ def _official(model_type: str) -> OfficialCheckpoint:
     try:
         return OFFICIAL_CHECKPOINTS[model_type]
     except KeyError:
-        raise ValueError(
-            f"model_type must be one of {sorted(OFFICIAL_CHECKPOINTS)}, got {model_type!r}") from None
+        raise ValueError(f"model_type must be one of {sorted(OFFICIAL_CHECKPOINTS)}, got {model_type!r}") from None
 
 
 def load_sam(model_type: str, checkpoint: Optional[os.PathLike] = None, allow_unverified: bool = False):
@@ -132,8 +143,10 @@ def load_sam(model_type: str, checkpoint: Optional[os.PathLike] = None, allow_un
         try:
             verify(checkpoint, official.sha256)
         except ChecksumMismatch as exc:
-            raise ChecksumMismatch(f"{exc}: not the official {model_type} checkpoint; pass --allow-unverified "
-                                   "(allow_unverified=True) to export other weights") from None
+            raise ChecksumMismatch(
+                f"{exc}: not the official {model_type} checkpoint; pass --allow-unverified "
+                "(allow_unverified=True) to export other weights"
+            ) from None
     ensure_reference_imports()
     if official.package == "mobile_sam":
         from mobile_sam import sam_model_registry

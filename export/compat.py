@@ -34,16 +34,20 @@ _IMPORT_FAILURES = (ImportError, RuntimeError, OSError, AttributeError)
 
 def ensure_reference_imports() -> Dict[str, str]:
     """Make the reference packages importable; returns {package: "real" | "compat"}."""
-    return {"torchvision": _ensure("torchvision", _install_torchvision_compat),
-            "timm": _ensure("timm", _install_timm_compat)}
+    return {
+        "torchvision": _ensure("torchvision", _install_torchvision_compat),
+        "timm": _ensure("timm", _install_timm_compat),
+    }
 
 
 def _ensure(package: str, install) -> str:
     module = sys.modules.get(package)
     if module is not None and getattr(module, "__samtriton_compat__", False):
         return "compat"
-    probe = {"torchvision": ("torchvision.transforms.functional", "torchvision.ops.boxes"),
-             "timm": ("timm.models.layers", "timm.models.registry")}[package]
+    probe = {
+        "torchvision": ("torchvision.transforms.functional", "torchvision.ops.boxes"),
+        "timm": ("timm.models.layers", "timm.models.registry"),
+    }[package]
     try:
         for name in probe:
             importlib.import_module(name)
@@ -69,10 +73,11 @@ def _register(name: str, **attrs) -> types.ModuleType:
 
 # --- torchvision ------------------------------------------------------------------------
 
+
 def to_pil_image(pic, mode=None):
     """HWC uint8 array (or PIL image) -> PIL image, as torchvision does for uint8 input."""
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     if isinstance(pic, Image.Image):
         return pic
@@ -139,7 +144,7 @@ def batched_nms(boxes, scores, idxs, iou_threshold: float):
 
 
 def _install_torchvision_compat() -> None:
-    _register("torchvision", __version__ = "0.0+samtriton.compat")
+    _register("torchvision", __version__="0.0+samtriton.compat")
     _register("torchvision.transforms")
     _register("torchvision.transforms.functional", resize=resize, to_pil_image=to_pil_image)
     _register("torchvision.ops", nms=nms, batched_nms=batched_nms, box_area=box_area)
@@ -147,6 +152,7 @@ def _install_torchvision_compat() -> None:
 
 
 # --- timm -------------------------------------------------------------------------------
+
 
 def to_2tuple(x):
     if isinstance(x, collections.abc.Iterable) and not isinstance(x, str):
@@ -181,6 +187,5 @@ def _install_timm_compat() -> None:
 
     _register("timm", __version__="0.0+samtriton.compat")
     _register("timm.models")
-    _register("timm.models.layers", DropPath=DropPath, to_2tuple=to_2tuple,
-              trunc_normal_=torch.nn.init.trunc_normal_)
+    _register("timm.models.layers", DropPath=DropPath, to_2tuple=to_2tuple, trunc_normal_=torch.nn.init.trunc_normal_)
     _register("timm.models.registry", register_model=register_model)

@@ -16,10 +16,18 @@ from .repository import RepositoryOptions, write_repository
 from .tensorrt_engine import EngineOptions, build_engine, require_tensorrt
 
 
-def export(model_type: Optional[str], repository: os.PathLike, checkpoint: Optional[os.PathLike] = None,
-           options: Optional[RepositoryOptions] = None, allow_unverified: bool = False, log=print,
-           engine: Optional[EngineOptions] = None, hf_model: Optional[str] = None,
-           reference_decoder: bool = False, return_single_mask: bool = False) -> dict:
+def export(
+    model_type: Optional[str],
+    repository: os.PathLike,
+    checkpoint: Optional[os.PathLike] = None,
+    options: Optional[RepositoryOptions] = None,
+    allow_unverified: bool = False,
+    log=print,
+    engine: Optional[EngineOptions] = None,
+    hf_model: Optional[str] = None,
+    reference_decoder: bool = False,
+    return_single_mask: bool = False,
+) -> dict:
     """Export a SAM and write the repository; returns {served name or file: path written}.
 
     The model is ``model_type`` from ``checkpoint`` (segment-anything / MobileSAM state dict),
@@ -33,8 +41,11 @@ def export(model_type: Optional[str], repository: os.PathLike, checkpoint: Optio
     if options.encoder_backend == "tensorrt":
         require_tensorrt()  # fail fast, before anything is loaded or written
         engine = engine or EngineOptions(max_batch=options.max_encoder_batch)
-        options = dataclasses.replace(options, max_encoder_batch=engine.max_batch,
-                                      preferred_batch_sizes=tuple(sorted({engine.opt_batch, engine.max_batch})))
+        options = dataclasses.replace(
+            options,
+            max_encoder_batch=engine.max_batch,
+            preferred_batch_sizes=tuple(sorted({engine.opt_batch, engine.max_batch})),
+        )
 
     from .onnx_export import export_decoder, export_encoder
 
@@ -46,12 +57,19 @@ def export(model_type: Optional[str], repository: os.PathLike, checkpoint: Optio
         model_type = metadata["model_type"]
         if options.torch_precision is None:
             options = dataclasses.replace(options, torch_precision=DEFAULT_PRECISION[model_type])
-        architecture = architecture_of(sam, model_type, hf_config=metadata.pop("hf_config", None),
-                                       preprocessor=metadata.pop("preprocessor", None),
-                                       precision=options.torch_precision)
+        architecture = architecture_of(
+            sam,
+            model_type,
+            hf_config=metadata.pop("hf_config", None),
+            preprocessor=metadata.pop("preprocessor", None),
+            precision=options.torch_precision,
+        )
         torch_model = (sam, architecture)
-        metadata["torch"] = {"device": options.torch_device, "precision": options.torch_precision,
-                             "compile": options.torch_compile}
+        metadata["torch"] = {
+            "device": options.torch_device,
+            "precision": options.torch_precision,
+            "compile": options.torch_compile,
+        }
     metadata.pop("hf_config", None)
     metadata.pop("preprocessor", None)
     with tempfile.TemporaryDirectory(prefix="samtriton-export-") as tmp:
@@ -62,17 +80,20 @@ def export(model_type: Optional[str], repository: os.PathLike, checkpoint: Optio
         if options.decoder_backend != "torch":
             log("exporting the prompt encoder + mask decoder to ONNX")
             decoder = export_decoder(sam, Path(tmp) / "decoder" / "model.onnx")
-        metadata.update({
-            "encoder_backend": options.encoder_backend,
-            "decoder_backend": options.decoder_backend,
-            "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        })
+        metadata.update(
+            {
+                "encoder_backend": options.encoder_backend,
+                "decoder_backend": options.decoder_backend,
+                "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            }
+        )
         plan = None
         if options.encoder_backend == "tensorrt":
             plan = build_engine(encoder, Path(tmp) / "encoder" / "model.plan", engine, log=log)
             metadata["tensorrt"] = json.loads(Path(str(plan) + ".json").read_text())
-        written = write_repository(Path(repository), encoder, decoder, options, metadata=metadata, encoder_plan=plan,
-                                   torch_model=torch_model)
+        written = write_repository(
+            Path(repository), encoder, decoder, options, metadata=metadata, encoder_plan=plan, torch_model=torch_model
+        )
     if reference_decoder:
         from .reference_decoder import export_reference_decoder
 
@@ -85,7 +106,7 @@ def export(model_type: Optional[str], repository: os.PathLike, checkpoint: Optio
 
 
 def _source(model_type: Optional[str], checkpoint, hf_model: Optional[str]) -> str:
-    """"hf" for a Hugging Face SamModel (hub id or directory), else the checked model type."""
+    """ "hf" for a Hugging Face SamModel (hub id or directory), else the checked model type."""
     from .hf import is_hf_checkpoint
 
     if hf_model is not None:
@@ -95,11 +116,14 @@ def _source(model_type: Optional[str], checkpoint, hf_model: Optional[str]) -> s
     if checkpoint is not None and is_hf_checkpoint(checkpoint):
         return "hf"  # the architecture comes from its config.json; --model-type is not needed
     if checkpoint is not None and Path(checkpoint).is_dir():
-        raise ValueError(f"--checkpoint {checkpoint}: a directory must be a transformers SamModel "
-                         "(config.json with model_type 'sam', and model.safetensors or pytorch_model.bin)")
+        raise ValueError(
+            f"--checkpoint {checkpoint}: a directory must be a transformers SamModel "
+            "(config.json with model_type 'sam', and model.safetensors or pytorch_model.bin)"
+        )
     if model_type not in C.MODEL_TYPES:
-        raise ValueError(f"--model-type must be one of {list(C.MODEL_TYPES)} for a segment-anything "
-                         f"checkpoint, got {model_type!r}")
+        raise ValueError(
+            f"--model-type must be one of {list(C.MODEL_TYPES)} for a segment-anything checkpoint, got {model_type!r}"
+        )
     return model_type
 
 
@@ -111,11 +135,18 @@ def _load(source: str, checkpoint, hf_model: Optional[str], allow_unverified: bo
         directory = download_hf_model(hf_model) if hf_model else Path(checkpoint)
         log(f"loading the transformers SamModel from {hf_model or directory}")
         vision = read_config(directory)["vision"]
-        architecture = {k: vision[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                                               "window_size", "global_attn_indexes")}
-        metadata = {"model_type": "hf_sam", "checkpoint": hf_model or str(directory), "architecture": architecture,
-                    # for the torch backends' sam.json (popped before the metadata is written)
-                    "hf_config": read_config(directory), "preprocessor": read_preprocessor(directory)}
+        architecture = {
+            k: vision[k]
+            for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "window_size", "global_attn_indexes")
+        }
+        metadata = {
+            "model_type": "hf_sam",
+            "checkpoint": hf_model or str(directory),
+            "architecture": architecture,
+            # for the torch backends' sam.json (popped before the metadata is written)
+            "hf_config": read_config(directory),
+            "preprocessor": read_preprocessor(directory),
+        }
         return load_hf_sam(directory), metadata
     from .checkpoints import load_sam
 

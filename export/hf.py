@@ -17,15 +17,34 @@ import os
 import re
 from functools import partial
 from pathlib import Path
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Dict, Optional
 
 from samtriton import contract as C
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+if TYPE_CHECKING:  # torch is imported where weights are read
+    import torch
+
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 # What `--hf-model` fetches from the hub: the config, the weights and the preprocessing.
-HUB_PATTERNS = ["config.json", "preprocessor_config.json", "processor_config.json", "*.safetensors", "model.safetensors.index.json"]
-HUB_PATTERNS_BIN = ["config.json", "preprocessor_config.json", "processor_config.json", "pytorch_model.bin", "pytorch_model.bin.index.json"]
+HUB_PATTERNS = [
+    "config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+]
+HUB_PATTERNS_BIN = [
+    "config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+]
 
 
 def is_hf_checkpoint(path: os.PathLike) -> bool:
@@ -59,8 +78,9 @@ def read_config(path: os.PathLike) -> dict:
     """config.json with every field the conversion needs checked; ValueError names the field."""
     config = json.loads((Path(path) / "config.json").read_text())
     if config.get("model_type") != "sam":
-        raise ValueError(f"{path}/config.json: model_type must be 'sam' (a transformers SamModel), "
-                         f"got {config.get('model_type')!r}")
+        raise ValueError(
+            f"{path}/config.json: model_type must be 'sam' (a transformers SamModel), got {config.get('model_type')!r}"
+        )
     vision = _with_defaults(config.get("vision_config") or {}, _VISION_DEFAULTS)
     prompt = _with_defaults(config.get("prompt_encoder_config") or {}, _PROMPT_DEFAULTS)
     decoder = _with_defaults(config.get("mask_decoder_config") or {}, _DECODER_DEFAULTS)
@@ -79,22 +99,52 @@ def read_config(path: os.PathLike) -> dict:
     _expect(path, "prompt_encoder_config.num_point_embeddings", prompt["num_point_embeddings"], 4)
     _expect(path, "prompt_encoder_config.hidden_act", prompt["hidden_act"], "gelu")
     _expect(path, "mask_decoder_config.hidden_size", decoder["hidden_size"], C.EMBED_DIM)
-    _expect(path, "mask_decoder_config.num_multimask_outputs", decoder["num_multimask_outputs"],
-            C.NUM_MASK_OUTPUTS - 1)
+    _expect(path, "mask_decoder_config.num_multimask_outputs", decoder["num_multimask_outputs"], C.NUM_MASK_OUTPUTS - 1)
     _expect(path, "mask_decoder_config.hidden_act", decoder["hidden_act"], "relu")
     return {"vision": vision, "prompt": prompt, "decoder": decoder}
 
 
 # transformers' SamConfig defaults (facebook/sam-vit-huge style): fields a config.json omits.
-_VISION_DEFAULTS = dict(hidden_size=768, output_channels=256, num_hidden_layers=12, num_attention_heads=12,
-                        num_channels=3, image_size=1024, patch_size=16, hidden_act="gelu", layer_norm_eps=1e-6,
-                        qkv_bias=True, mlp_ratio=4.0, use_abs_pos=True, use_rel_pos=True, window_size=14,
-                        global_attn_indexes=[2, 5, 8, 11], num_pos_feats=128, mlp_dim=None)
-_PROMPT_DEFAULTS = dict(hidden_size=256, image_size=1024, patch_size=16, mask_input_channels=16,
-                        num_point_embeddings=4, hidden_act="gelu", layer_norm_eps=1e-6)
-_DECODER_DEFAULTS = dict(hidden_size=256, hidden_act="relu", mlp_dim=2048, num_hidden_layers=2,
-                         num_attention_heads=8, attention_downsample_rate=2, num_multimask_outputs=3,
-                         iou_head_depth=3, iou_head_hidden_dim=256, layer_norm_eps=1e-6)
+_VISION_DEFAULTS = dict(
+    hidden_size=768,
+    output_channels=256,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    num_channels=3,
+    image_size=1024,
+    patch_size=16,
+    hidden_act="gelu",
+    layer_norm_eps=1e-6,
+    qkv_bias=True,
+    mlp_ratio=4.0,
+    use_abs_pos=True,
+    use_rel_pos=True,
+    window_size=14,
+    global_attn_indexes=[2, 5, 8, 11],
+    num_pos_feats=128,
+    mlp_dim=None,
+)
+_PROMPT_DEFAULTS = dict(
+    hidden_size=256,
+    image_size=1024,
+    patch_size=16,
+    mask_input_channels=16,
+    num_point_embeddings=4,
+    hidden_act="gelu",
+    layer_norm_eps=1e-6,
+)
+_DECODER_DEFAULTS = dict(
+    hidden_size=256,
+    hidden_act="relu",
+    mlp_dim=2048,
+    num_hidden_layers=2,
+    num_attention_heads=8,
+    attention_downsample_rate=2,
+    num_multimask_outputs=3,
+    iou_head_depth=3,
+    iou_head_hidden_dim=256,
+    layer_norm_eps=1e-6,
+)
 
 
 def _with_defaults(section: dict, defaults: dict) -> dict:
@@ -119,21 +169,36 @@ def build_sam(config: dict, preprocessor: Optional[dict] = None):
     vision, prompt, decoder = config["vision"], config["prompt"], config["decoder"]
     hidden = vision["hidden_size"]
     encoder = ImageEncoderViT(
-        img_size=vision["image_size"], patch_size=vision["patch_size"], in_chans=vision["num_channels"],
-        embed_dim=hidden, depth=vision["num_hidden_layers"], num_heads=vision["num_attention_heads"],
+        img_size=vision["image_size"],
+        patch_size=vision["patch_size"],
+        in_chans=vision["num_channels"],
+        embed_dim=hidden,
+        depth=vision["num_hidden_layers"],
+        num_heads=vision["num_attention_heads"],
         # Block builds int(dim * mlp_ratio): the half keeps float rounding off mlp_dim.
-        mlp_ratio=(vision["mlp_dim"] + 0.5) / hidden, out_chans=vision["output_channels"],
-        qkv_bias=vision["qkv_bias"], norm_layer=partial(nn.LayerNorm, eps=vision["layer_norm_eps"]),
-        use_abs_pos=vision["use_abs_pos"], use_rel_pos=vision["use_rel_pos"],
-        window_size=vision["window_size"], global_attn_indexes=tuple(vision["global_attn_indexes"]))
+        mlp_ratio=(vision["mlp_dim"] + 0.5) / hidden,
+        out_chans=vision["output_channels"],
+        qkv_bias=vision["qkv_bias"],
+        norm_layer=partial(nn.LayerNorm, eps=vision["layer_norm_eps"]),
+        use_abs_pos=vision["use_abs_pos"],
+        use_rel_pos=vision["use_rel_pos"],
+        window_size=vision["window_size"],
+        global_attn_indexes=tuple(vision["global_attn_indexes"]),
+    )
     embed_size = prompt["image_size"] // prompt["patch_size"]
     prompt_encoder = PromptEncoder(
-        embed_dim=prompt["hidden_size"], image_embedding_size=(embed_size, embed_size),
-        input_image_size=(prompt["image_size"], prompt["image_size"]), mask_in_chans=prompt["mask_input_channels"])
+        embed_dim=prompt["hidden_size"],
+        image_embedding_size=(embed_size, embed_size),
+        input_image_size=(prompt["image_size"], prompt["image_size"]),
+        mask_in_chans=prompt["mask_input_channels"],
+    )
     transformer = TwoWayTransformer(
-        depth=decoder["num_hidden_layers"], embedding_dim=decoder["hidden_size"],
-        num_heads=decoder["num_attention_heads"], mlp_dim=decoder["mlp_dim"],
-        attention_downsample_rate=decoder["attention_downsample_rate"])
+        depth=decoder["num_hidden_layers"],
+        embedding_dim=decoder["hidden_size"],
+        num_heads=decoder["num_attention_heads"],
+        mlp_dim=decoder["mlp_dim"],
+        attention_downsample_rate=decoder["attention_downsample_rate"],
+    )
     # transformers' two-way blocks normalize with the config's eps (segment-anything: 1e-5);
     # its final norm keeps PyTorch's default, as segment-anything's does.
     for layer in transformer.layers:
@@ -143,12 +208,16 @@ def build_sam(config: dict, preprocessor: Optional[dict] = None):
         if hasattr(module, "eps"):
             module.eps = prompt["layer_norm_eps"]
     mask_decoder = MaskDecoder(
-        transformer_dim=decoder["hidden_size"], transformer=transformer,
-        num_multimask_outputs=decoder["num_multimask_outputs"], iou_head_depth=decoder["iou_head_depth"],
-        iou_head_hidden_dim=decoder["iou_head_hidden_dim"])
+        transformer_dim=decoder["hidden_size"],
+        transformer=transformer,
+        num_multimask_outputs=decoder["num_multimask_outputs"],
+        iou_head_depth=decoder["iou_head_depth"],
+        iou_head_hidden_dim=decoder["iou_head_hidden_dim"],
+    )
     mean, std = _normalization(preprocessor)
-    sam = Sam(image_encoder=encoder, prompt_encoder=prompt_encoder, mask_decoder=mask_decoder,
-              pixel_mean=mean, pixel_std=std)
+    sam = Sam(
+        image_encoder=encoder, prompt_encoder=prompt_encoder, mask_decoder=mask_decoder, pixel_mean=mean, pixel_std=std
+    )
     return sam.to(torch.float32)
 
 
@@ -164,7 +233,9 @@ def _normalization(preprocessor: Optional[dict]):
         if value != C.IMAGE_SIZE:
             raise ValueError(f"image processor config: {field}.{key} must be {C.IMAGE_SIZE}, got {value!r}")
     if preprocessor.get("do_normalize", True) and "image_mean" in preprocessor:
-        scale = 1.0 / float(preprocessor.get("rescale_factor", 1 / 255)) if preprocessor.get("do_rescale", True) else 1.0
+        scale = (
+            1.0 / float(preprocessor.get("rescale_factor", 1 / 255)) if preprocessor.get("do_rescale", True) else 1.0
+        )
         mean = [float(m) * scale for m in preprocessor["image_mean"]]
         std = [float(s) * scale for s in preprocessor["image_std"]]
         if len(mean) != 3 or len(std) != 3:
@@ -203,29 +274,38 @@ def _weight_files(path: Path):
 
 
 # transformers name -> segment-anything name, applied in order (first match wins).
+def _numbered(prefix: str, target: str, names) -> list:
+    """Renames of ``prefix.NAME.`` to ``target.INDEX.`` for (NAME, INDEX) pairs: transformers
+    names the layers of a Sequential that segment-anything indexes."""
+    return [(rf"^{prefix}\.{name}\.", f"{target}.{index}.") for name, index in names]
+
+
 _RENAMES = [
     (r"^vision_encoder\.patch_embed\.projection\.", "image_encoder.patch_embed.proj."),
     (r"^vision_encoder\.pos_embed$", "image_encoder.pos_embed"),
     (r"^vision_encoder\.layers\.(\d+)\.layer_norm1\.", r"image_encoder.blocks.\1.norm1."),
     (r"^vision_encoder\.layers\.(\d+)\.layer_norm2\.", r"image_encoder.blocks.\1.norm2."),
     (r"^vision_encoder\.layers\.(\d+)\.", r"image_encoder.blocks.\1."),
-    (r"^vision_encoder\.neck\.conv1\.", "image_encoder.neck.0."),
-    (r"^vision_encoder\.neck\.layer_norm1\.", "image_encoder.neck.1."),
-    (r"^vision_encoder\.neck\.conv2\.", "image_encoder.neck.2."),
-    (r"^vision_encoder\.neck\.layer_norm2\.", "image_encoder.neck.3."),
+    *_numbered(
+        r"vision_encoder\.neck",
+        "image_encoder.neck",
+        [("conv1", 0), ("layer_norm1", 1), ("conv2", 2), ("layer_norm2", 3)],
+    ),
     (r"^shared_image_embedding\.positional_embedding$", "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"),
     (r"^prompt_encoder\.point_embed\.(\d+)\.", r"prompt_encoder.point_embeddings.\1."),
-    (r"^prompt_encoder\.mask_embed\.conv1\.", "prompt_encoder.mask_downscaling.0."),
-    (r"^prompt_encoder\.mask_embed\.layer_norm1\.", "prompt_encoder.mask_downscaling.1."),
-    (r"^prompt_encoder\.mask_embed\.conv2\.", "prompt_encoder.mask_downscaling.3."),
-    (r"^prompt_encoder\.mask_embed\.layer_norm2\.", "prompt_encoder.mask_downscaling.4."),
-    (r"^prompt_encoder\.mask_embed\.conv3\.", "prompt_encoder.mask_downscaling.6."),
+    *_numbered(
+        r"prompt_encoder\.mask_embed",
+        "prompt_encoder.mask_downscaling",
+        [("conv1", 0), ("layer_norm1", 1), ("conv2", 3), ("layer_norm2", 4), ("conv3", 6)],
+    ),
     (r"^prompt_encoder\.(no_mask_embed|not_a_point_embed)\.", r"prompt_encoder.\1."),
     (r"^mask_decoder\.transformer\.layers\.(\d+)\.layer_norm(\d)\.", r"mask_decoder.transformer.layers.\1.norm\2."),
     (r"^mask_decoder\.transformer\.layer_norm_final_attn\.", "mask_decoder.transformer.norm_final_attn."),
-    (r"^mask_decoder\.upscale_conv1\.", "mask_decoder.output_upscaling.0."),
-    (r"^mask_decoder\.upscale_layer_norm\.", "mask_decoder.output_upscaling.1."),
-    (r"^mask_decoder\.upscale_conv2\.", "mask_decoder.output_upscaling.3."),
+    *_numbered(
+        r"mask_decoder",
+        "mask_decoder.output_upscaling",
+        [("upscale_conv1", 0), ("upscale_layer_norm", 1), ("upscale_conv2", 3)],
+    ),
     (r"^mask_decoder\.", "mask_decoder."),
 ]
 # Copies of a tensor that segment-anything holds once (transformers ties them).
@@ -249,16 +329,21 @@ def convert_state_dict(state: Dict[str, "torch.Tensor"], config: dict) -> Dict[s
         else:
             unknown.append(key)
     if unknown:
-        raise ValueError(f"weights not in a transformers SamModel: {', '.join(sorted(unknown)[:5])}"
-                         f"{' ...' if len(unknown) > 5 else ''}")
+        raise ValueError(
+            f"weights not in a transformers SamModel: {', '.join(sorted(unknown)[:5])}"
+            f"{' ...' if len(unknown) > 5 else ''}"
+        )
     return converted
 
 
 def _feed_forward_name(key: str, config: dict) -> str:
     """transformers' SamFeedForward (proj_in, layers.*, proj_out) -> segment-anything's MLP
     (layers.0 .. layers.depth-1), for the hypernetwork MLPs and the IoU head."""
-    match = re.match(r"^(mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head))\."
-                     r"(proj_in|proj_out|layers\.(\d+))\.(weight|bias)$", key)
+    match = re.match(
+        r"^(mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head))\."
+        r"(proj_in|proj_out|layers\.(\d+))\.(weight|bias)$",
+        key,
+    )
     if not match:
         return key
     prefix, part, hidden_index, kind = match.groups()
@@ -288,6 +373,7 @@ def load_hf_sam(path: os.PathLike):
     except RuntimeError as exc:  # a size mismatch
         raise ValueError(f"{path}: weights do not fit config.json's architecture: {exc}") from None
     if missing or unexpected:
-        raise ValueError(f"{path}: weights do not fit config.json's architecture; missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"{path}: weights do not fit config.json's architecture; missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     return sam.eval()

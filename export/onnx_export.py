@@ -131,7 +131,9 @@ def _export(module: nn.Module, args, path: Path, model_spec, large: bool) -> Pat
     try:
         with torch.no_grad():
             torch.onnx.export(
-                module, args, str(path),
+                module,
+                args,
+                str(path),
                 input_names=_names(model_spec.inputs),
                 output_names=_names(model_spec.outputs),
                 dynamic_axes=_dynamic_axes(model_spec),
@@ -173,12 +175,24 @@ def _move_weights_to_external_data(path: Path) -> None:
 
     location = path.name + ".data"
     before = onnx.load(str(path), load_external_data=False)
-    per_tensor = {entry.value for tensor in before.graph.initializer if uses_external_data(tensor)
-                  for entry in tensor.external_data if entry.key == "location"} - {location}
+    per_tensor = {
+        entry.value
+        for tensor in before.graph.initializer
+        if uses_external_data(tensor)
+        for entry in tensor.external_data
+        if entry.key == "location"
+    } - {location}
     del before
     model = onnx.load(str(path))
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=location, size_threshold=1024, convert_attribute=True)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=location,
+        size_threshold=1024,
+        convert_attribute=True,
+    )
     for name in per_tensor:
         (path.parent / name).unlink(missing_ok=True)
 

@@ -62,9 +62,17 @@ def export_reference_decoder(sam, path: os.PathLike, return_single_mask: bool = 
     )
     try:
         with torch.no_grad():
-            torch.onnx.export(module, args, str(path), input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
-                              dynamic_axes=DYNAMIC_AXES, opset_version=OPSET, do_constant_folding=True,
-                              dynamo=False)
+            torch.onnx.export(
+                module,
+                args,
+                str(path),
+                input_names=INPUT_NAMES,
+                output_names=OUTPUT_NAMES,
+                dynamic_axes=DYNAMIC_AXES,
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+            )
     finally:
         sam.eval()  # export can leave modules in training mode
     return path

@@ -12,7 +12,7 @@ Backends:
   ``tensorrt_engine.build_engine`` (KIND_GPU, dynamic batching matching its profile).
 - ``torch``: python-backend models running segment-anything's own modules in PyTorch on the
   GPU (``torch_device`` cuda: KIND_GPU) or the CPU, weights as safetensors
-  (export/torch_weights.py, export/python_models/torch_*.py); for the embedded server on a
+  (export/torch_weights.py, server/models/torch_*.py); for the embedded server on a
   GPU machine. Beside a torch decoder, the session and AMG stages decode and filter on
   their own device.
 """
@@ -31,12 +31,10 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from samtriton import contract as C
-from samtriton.export.amg_filter import write_graph as write_amg_filter
 from samtriton.export.torch_weights import DECODER_PARTS, ENCODER_PARTS, write_torch_weights
-
-# The torch backends' choices, as torch_runtime (server side) accepts them.
-TORCH_PRECISIONS = ("fp32", "tf32", "fp16-mixed", "bf16")
-TORCH_COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+from samtriton.server import config as model_config
+from samtriton.server.amg_filter.graph import write_graph as write_amg_filter
+from samtriton.server.config import TORCH_COMPILE_MODES, TORCH_PRECISIONS
 
 ENCODER_BACKENDS = ("tensorrt", "onnxruntime", "python", "torch")
 DECODER_BACKENDS = ("onnxruntime", "python", "torch")
@@ -58,7 +56,7 @@ class RepositoryOptions:
     decoder_instances: int = 1
     # Two AMG instances let one filter a batch while the other waits on the decoder.
     amg_instances: int = 2
-    # ONNX Runtime threads per python-backend instance; 0 lets ONNX Runtime decide.
+    # ONNX Runtime threads per python-backend instance; 0: one per CPU the stub may use (server/config.py).
     ort_threads: int = 0
     # Two session instances: a click is served while the other instance waits on an encode.
     session_instances: int = 2
@@ -106,8 +104,9 @@ class RepositoryOptions:
     @property
     def gpu_decoder(self) -> bool:
         """Whether the decoder (and the AMG filter beside it) runs on a GPU."""
-        return self.decoder_backend == "onnxruntime" or (self.decoder_backend == "torch"
-                                                          and self.torch_device == "cuda")
+        return self.decoder_backend == "onnxruntime" or (
+            self.decoder_backend == "torch" and self.torch_device == "cuda"
+        )
 
 
 def _tensor(spec: C.TensorSpec, cls):
@@ -133,7 +132,7 @@ def _instances(config: mc.ModelConfig, count: int, gpu: bool) -> None:
 def _backend(config: mc.ModelConfig, backend: str, options: RepositoryOptions) -> None:
     if backend == "python":
         config.backend = "python"
-        config.parameters["ort_intra_op_threads"].string_value = str(options.ort_threads)
+        model_config.write(config, ort_intra_op_threads=options.ort_threads)
     elif backend == "torch":
         config.backend = "python"
     elif backend == "onnxruntime":
@@ -156,9 +155,12 @@ def encoder_config(options: RepositoryOptions) -> mc.ModelConfig:
     if options.encoder_backend == "tensorrt":
         config.optimization.cuda.graphs = True
     if options.encoder_backend == "torch":
-        config.parameters["torch_precision"].string_value = options.torch_precision or "fp32"
-        config.parameters["torch_compile"].string_value = options.torch_compile
-        config.parameters["torch_fused_attention"].string_value = "true"
+        model_config.write(
+            config,
+            torch_precision=options.torch_precision or "fp32",
+            torch_compile=options.torch_compile,
+            torch_fused_attention=True,
+        )
     return config
 
 
@@ -173,7 +175,8 @@ def decoder_config(options: RepositoryOptions) -> mc.ModelConfig:
     _io(config, spec)
     _instances(config, options.decoder_instances, gpu=_on_gpu(options.decoder_backend, options))
     if options.decoder_backend == "torch":  # the ensemble's embedding stays in GPU memory
-        config.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value = "no"
+        name, value = model_config.GPU_INPUTS
+        config.parameters[name].string_value = value
     return config
 
 
@@ -212,11 +215,10 @@ def amg_filter_config(options: RepositoryOptions) -> mc.ModelConfig:
 def _amg_filter_parameters(config: mc.ModelConfig, options: RepositoryOptions) -> None:
     """Where the AMG filter runs for a stage: in its stub next to the python decoder, else the
     GPU model NAME_amg_filter; and its working memory per request."""
-    mib = options.amg_filter_mib or (C.DEFAULT_AMG_FILTER_MIB_GPU if options.gpu_decoder
-                                     else C.DEFAULT_AMG_FILTER_MIB)
-    config.parameters["amg_filter_mib"].string_value = str(mib)
+    mib = options.amg_filter_mib or (C.DEFAULT_AMG_FILTER_MIB_GPU if options.gpu_decoder else C.DEFAULT_AMG_FILTER_MIB)
+    model_config.write(config, amg_filter_mib=mib)
     if options.decoder_backend == "onnxruntime":
-        config.parameters["amg_filter_model"].string_value = C.AMG_FILTER.served_name(options.name)
+        model_config.write(config, amg_filter_model=C.AMG_FILTER.served_name(options.name))
 
 
 def session_config(options: RepositoryOptions) -> mc.ModelConfig:
@@ -225,11 +227,11 @@ def session_config(options: RepositoryOptions) -> mc.ModelConfig:
     config = mc.ModelConfig(name=spec.served_name(options.name), max_batch_size=0, backend="python")
     _io(config, spec)
     _instances(config, options.session_instances, gpu=_on_gpu(_stage_backend(options), options))
-    config.parameters["session_cache_mib"].string_value = str(options.session_cache_mib)
+    model_config.write(config, session_cache_mib=options.session_cache_mib)
     if options.decoder_backend == "torch":
-        config.parameters["device_cache_mib"].string_value = str(options.device_cache_mib)
+        model_config.write(config, device_cache_mib=options.device_cache_mib)
     if options.session_cache_dir:
-        config.parameters["session_cache_dir"].string_value = options.session_cache_dir
+        model_config.write(config, session_cache_dir=options.session_cache_dir)
     _in_process_decoder(config, options)
     _amg_filter_parameters(config, options)
     return config
@@ -239,10 +241,9 @@ def _in_process_decoder(config: mc.ModelConfig, options: RepositoryOptions) -> N
     """CPU (python decoder): a stage runs the decoder's graphs inside its own stub; a BLS hop
     to the decoder's stub costs about as much as a click's decoding."""
     if options.decoder_backend == "python":
-        config.parameters["decoder_in_process"].string_value = "true"
-        config.parameters["ort_intra_op_threads"].string_value = str(options.ort_threads)
+        model_config.write(config, decoder_in_process="true", ort_intra_op_threads=options.ort_threads)
     elif options.decoder_backend == "torch":  # the decoder in PyTorch, on the stage's device
-        config.parameters["decoder_in_process"].string_value = "torch"
+        model_config.write(config, decoder_in_process="torch")
 
 
 def _stage_backend(options: RepositoryOptions) -> str:
@@ -260,7 +261,7 @@ def parse_config(text: str) -> mc.ModelConfig:
 
 
 def _python_model_source(kind: str) -> str:
-    return resources.files("samtriton.export.python_models").joinpath(f"{kind}.py").read_text()
+    return resources.files("samtriton.server.models").joinpath(f"{kind}.py").read_text()
 
 
 def _copy_with_external_data(source: Path, target: Path) -> None:
@@ -278,7 +279,7 @@ def _write_model(repo: Path, config: mc.ModelConfig, files: Dict[str, Optional[P
         shutil.rmtree(model_dir)
     version_dir = model_dir / MODEL_VERSION
     version_dir.mkdir(parents=True)
-    config.parameters[C.CONTRACT_VERSION_PARAMETER].string_value = C.CONTRACT_VERSION  # every model: clients check it
+    model_config.write(config, samtriton_contract_version=C.CONTRACT_VERSION)  # every model: clients check it
     (model_dir / "config.pbtxt").write_text(config_text(config))
     for target, source in files.items():
         if source is not None:
@@ -288,9 +289,15 @@ def _write_model(repo: Path, config: mc.ModelConfig, files: Dict[str, Optional[P
     return model_dir
 
 
-def write_repository(repo: Path, encoder_onnx: Optional[Path], decoder_onnx: Optional[Path],
-                     options: RepositoryOptions, metadata: Optional[dict] = None, encoder_plan: Optional[Path] = None,
-                     torch_model: Optional[tuple] = None) -> Dict[str, Path]:
+def write_repository(
+    repo: Path,
+    encoder_onnx: Optional[Path],
+    decoder_onnx: Optional[Path],
+    options: RepositoryOptions,
+    metadata: Optional[dict] = None,
+    encoder_plan: Optional[Path] = None,
+    torch_model: Optional[tuple] = None,
+) -> Dict[str, Path]:
     """Write the models under ``repo``; returns {served name: model directory}.
 
     ``encoder_onnx`` / ``decoder_onnx`` are the graphs of the ONNX-based backends (None for a

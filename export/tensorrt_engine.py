@@ -21,8 +21,10 @@ from typing import Optional
 
 from samtriton import contract as C
 
-CONTAINER_HINT = ("build engines inside NVIDIA's TensorRT or Triton container (see docker/Dockerfile.export, "
-                  "nvcr.io/nvidia/tensorrt) on the GPU model that will serve them")
+CONTAINER_HINT = (
+    "build engines inside NVIDIA's TensorRT or Triton container (see docker/Dockerfile.export, "
+    "nvcr.io/nvidia/tensorrt) on the GPU model that will serve them"
+)
 
 
 class TensorRTUnavailable(RuntimeError):
@@ -49,8 +51,10 @@ class EngineOptions:
         if self.opt_batch is None:
             object.__setattr__(self, "opt_batch", max(self.min_batch, min(DEFAULT_OPT_BATCH, self.max_batch)))
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
-            raise ValueError("batch profile must satisfy 1 <= --min-batch <= --opt-batch <= --max-batch, got "
-                             f"{self.min_batch}/{self.opt_batch}/{self.max_batch}")
+            raise ValueError(
+                "batch profile must satisfy 1 <= --min-batch <= --opt-batch <= --max-batch, got "
+                f"{self.min_batch}/{self.opt_batch}/{self.max_batch}"
+            )
         if self.workspace_gib <= 0:
             raise ValueError(f"--workspace-gib must be positive, got {self.workspace_gib}")
 
@@ -62,7 +66,8 @@ def require_tensorrt():
     except Exception as exc:  # ImportError, or a CUDA library that cannot load
         raise TensorRTUnavailable(
             f"--encoder-backend tensorrt needs the 'tensorrt' Python package and a CUDA GPU ({exc}); "
-            f"{CONTAINER_HINT}. Nothing was written.") from None
+            f"{CONTAINER_HINT}. Nothing was written."
+        ) from None
     return trt
 
 
@@ -95,8 +100,9 @@ def _keep_in_fp32(trt, layer) -> bool:
         return any(layer.op == getattr(trt.UnaryOperation, n, None) for n in _FP32_UNARY) and _all_float(trt, layer)
     if kind == trt.LayerType.ELEMENTWISE:
         layer.__class__ = trt.IElementWiseLayer
-        return (any(layer.op == getattr(trt.ElementWiseOperation, n, None) for n in _FP32_ELEMENTWISE)
-                and _all_float(trt, layer))
+        return any(layer.op == getattr(trt.ElementWiseOperation, n, None) for n in _FP32_ELEMENTWISE) and _all_float(
+            trt, layer
+        )
     return False
 
 
@@ -128,16 +134,19 @@ def _use_timing_cache(trt, config, path: Optional[str], log):
         if loaded:
             log(f"timing cache {path}: loaded ({len(data)} bytes)")
             return cache
-        log(f"WARNING: timing cache {path} does not fit this GPU model / TensorRT {trt.__version__} (or is "
-            "damaged); building with a fresh cache, which replaces it")
+        log(
+            f"WARNING: timing cache {path} does not fit this GPU model / TensorRT {trt.__version__} (or is "
+            "damaged); building with a fresh cache, which replaces it"
+        )
     cache = config.create_timing_cache(b"")
     if not config.set_timing_cache(cache, ignore_mismatch=False):
         raise RuntimeError("TensorRT refused a fresh, empty timing cache")
     return cache
 
 
-def build_engine(onnx_path: os.PathLike, plan_path: os.PathLike, options: EngineOptions = EngineOptions(),
-                 log=print) -> Path:
+def build_engine(
+    onnx_path: os.PathLike, plan_path: os.PathLike, options: EngineOptions = EngineOptions(), log=print
+) -> Path:
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -173,8 +182,10 @@ def build_engine(onnx_path: os.PathLike, plan_path: os.PathLike, options: Engine
     if hasattr(trt, "IProgressMonitor"):
         config.progress_monitor = _progress_monitor(trt, log)
 
-    log(f"building the engine (batch {options.min_batch}/{options.opt_batch}/{options.max_batch}, "
-        f"{options.precision}); this takes minutes")
+    log(
+        f"building the engine (batch {options.min_batch}/{options.opt_batch}/{options.max_batch}, "
+        f"{options.precision}); this takes minutes"
+    )
     start = time.monotonic()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -184,9 +195,14 @@ def build_engine(onnx_path: os.PathLike, plan_path: os.PathLike, options: Engine
     plan_path.write_bytes(bytes(serialized))
     if cache is not None:
         Path(options.timing_cache).write_bytes(bytes(config.get_timing_cache().serialize()))
-    record = {"tensorrt_version": trt.__version__, "gpu": _gpu_name(), "build_seconds": round(time.monotonic() - start, 1),
-              "fp32_pinned_layers": pinned,
-              "tf32": bool(config.get_flag(trt.BuilderFlag.TF32)), **asdict(options)}
+    record = {
+        "tensorrt_version": trt.__version__,
+        "gpu": _gpu_name(),
+        "build_seconds": round(time.monotonic() - start, 1),
+        "fp32_pinned_layers": pinned,
+        "tf32": bool(config.get_flag(trt.BuilderFlag.TF32)),
+        **asdict(options),
+    }
     Path(str(plan_path) + ".json").write_text(json.dumps(record, indent=2) + "\n")
     log(f"wrote {plan_path} ({plan_path.stat().st_size / 2**20:.0f} MiB) in {record['build_seconds']} s")
     return plan_path

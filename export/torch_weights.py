@@ -1,7 +1,7 @@
 """A SAM's weights for the ``torch`` backends: ``model.safetensors`` + ``sam.json``.
 
 The torch backends run segment-anything's (MobileSAM's) own modules inside the python
-backend (export/python_models/torch_runtime.py). What they need from the export is the state
+backend (server/torch_runtime.py). What they need from the export is the state
 dict, as safetensors (no pickle on load), and how to build the modules it fits: the model
 type, for a Hugging Face SamModel its checked config, and the model's pixel statistics (a
 non-persistent buffer, absent from the state dict).
@@ -16,15 +16,25 @@ from typing import Optional
 
 WEIGHTS_FILE = "model.safetensors"
 ARCHITECTURE_FILE = "sam.json"
-# The encoder precision that keeps each architecture's masks right (measured on an H100,
-# docs/deployment.md): ViT encoders at fp16-mixed match fp32 at mask IoU >= 0.998; MobileSAM
-# is wrong in pure fp16, at IoU 0.94 in fp16-mixed and 0.40 in bf16 at its worst prompt: fp32.
-DEFAULT_PRECISION = {"vit_t": "fp32", "vit_b": "fp16-mixed", "vit_l": "fp16-mixed", "vit_h": "fp16-mixed",
-                     "hf_sam": "fp16-mixed"}
+# The encoder precision that keeps each architecture's masks right (the H100 run in
+# docs/deployment.md): fp16-mixed for the ViT encoders, fp32 for MobileSAM, which reduced
+# precision gets wrong.
+DEFAULT_PRECISION = {
+    "vit_t": "fp32",
+    "vit_b": "fp16-mixed",
+    "vit_l": "fp16-mixed",
+    "vit_h": "fp16-mixed",
+    "hf_sam": "fp16-mixed",
+}
 
 
-def architecture_of(sam, model_type: str, hf_config: Optional[dict] = None,
-                    preprocessor: Optional[dict] = None, precision: Optional[str] = None) -> dict:
+def architecture_of(
+    sam,
+    model_type: str,
+    hf_config: Optional[dict] = None,
+    preprocessor: Optional[dict] = None,
+    precision: Optional[str] = None,
+) -> dict:
     """What ``torch_runtime.build_sam`` needs to rebuild ``sam``'s modules.
 
     Args:
@@ -63,8 +73,11 @@ def write_torch_weights(sam, architecture: dict, directory: os.PathLike, parts=E
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.detach().contiguous().cpu() for name, tensor in sam.state_dict().items()
-             if name.split(".", 1)[0] in parts}
+    state = {
+        name: tensor.detach().contiguous().cpu()
+        for name, tensor in sam.state_dict().items()
+        if name.split(".", 1)[0] in parts
+    }
     path = directory / WEIGHTS_FILE
     save_file(state, str(path))
     (directory / ARCHITECTURE_FILE).write_text(json.dumps(architecture, indent=2, sort_keys=True) + "\n")

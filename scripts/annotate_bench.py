@@ -13,7 +13,6 @@ optionally saves a screenshot of the page.
 
 import argparse
 import contextlib
-import os
 import shutil
 import statistics
 import subprocess
@@ -26,15 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-
-def _wait(driver, script, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = driver.execute_script("return " + script)
-        if value:
-            return value
-        time.sleep(0.02)
-    raise RuntimeError(f"timed out: {script}")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from annotate_app import wait_for  # noqa: E402 - the browser tests' poll, reused
 
 
 def _click(driver, x, y, background=False):
@@ -43,11 +35,12 @@ def _click(driver, x, y, background=False):
     canvas = driver.find_element("id", "prompt-layer")
     w, h, iw, ih = driver.execute_script(
         "const r = document.getElementById('prompt-layer').getBoundingClientRect();"
-        "return [r.width, r.height, window.annotator.width, window.annotator.height];")
+        "return [r.width, r.height, window.annotator.width, window.annotator.height];"
+    )
     before = driver.execute_script("return window.annotator.rtts.length")
     chain = ActionChains(driver).move_to_element_with_offset(canvas, int(x * w / iw - w / 2), int(y * h / ih - h / 2))
     (chain.context_click() if background else chain.click()).perform()
-    _wait(driver, f"window.annotator.rtts.length > {before} && !window.annotator.busy")
+    wait_for(driver, f"window.annotator.rtts.length > {before} && !window.annotator.busy")
     return driver.execute_script("return window.annotator")
 
 
@@ -71,8 +64,9 @@ def main(argv=None):
     with contextlib.ExitStack() as stack:
         url = args.url
         if args.repository:
-            server = stack.enter_context(EmbeddedTriton(args.repository, grpc_port=free_port(), http_port=free_port(),
-                                                        metrics_port=free_port()))
+            server = stack.enter_context(
+                EmbeddedTriton(args.repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+            )
             url = server.grpc_url
         work = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         photos = work / "photos"
@@ -86,9 +80,25 @@ def main(argv=None):
         image_path = next(photos.iterdir())
         port = free_port()
         log = open(work / "app.log", "w")
-        app = subprocess.Popen([sys.executable, "-m", "samtriton.cli", "annotate", str(photos), "--url", url,
-                                "--model", args.model, "--out", str(work / "out"), "--port", str(port)],
-                               stdout=log, stderr=subprocess.STDOUT)
+        app = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "samtriton.tools.cli",
+                "annotate",
+                str(photos),
+                "--url",
+                url,
+                "--model",
+                args.model,
+                "--out",
+                str(work / "out"),
+                "--port",
+                str(port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         stack.callback(app.terminate)
         for _ in range(300):
             with contextlib.suppress(OSError):
@@ -97,32 +107,41 @@ def main(argv=None):
             time.sleep(0.2)
         options = webdriver.ChromeOptions()
         options.binary_location = shutil.which("chromium")
-        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1280,800"):
+        for flag in (
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,800",
+        ):
             options.add_argument(flag)
         driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
         stack.callback(driver.quit)
         driver.get(f"http://127.0.0.1:{port}/")
-        _wait(driver, "document.body.dataset.ready === '1'")
-        _wait(driver, "window.annotator.prepared", timeout=120)  # set_image done, before timing
+        wait_for(driver, "document.body.dataset.ready === '1'")
+        wait_for(driver, "window.annotator.prepared", timeout=120)  # set_image done, before timing
 
         predictor = stack.enter_context(SamPredictor(url, model=args.model))
         predictor.set_image(str(image_path))
         height, width = predictor.original_size
         rng = np.random.default_rng(0)
-        points = np.column_stack([rng.uniform(0.1, 0.9, args.clicks + 3) * width,
-                                  rng.uniform(0.1, 0.9, args.clicks + 3) * height])
+        points = np.column_stack(
+            [rng.uniform(0.1, 0.9, args.clicks + 3) * width, rng.uniform(0.1, 0.9, args.clicks + 3) * height]
+        )
         page, app_side, sam_side, direct = [], [], [], []
         for i, (x, y) in enumerate(points):
             # Alternate which goes first, so neither always follows the other.
-            for order in ((0, 1) if i % 2 else (1, 0)):
+            for order in (0, 1) if i % 2 else (1, 0):
                 if order == 0:
                     driver.find_element("id", "clear").click()
                     state = _click(driver, x, y)
                 else:
                     start = time.perf_counter()
-                    predictor.predict(point_coords=np.array([[round(x, 1), round(y, 1)]]), point_labels=np.array([1]),
-                                      multimask_output=True)
+                    predictor.predict(
+                        point_coords=np.array([[round(x, 1), round(y, 1)]]),
+                        point_labels=np.array([1]),
+                        multimask_output=True,
+                    )
                     elapsed = (time.perf_counter() - start) * 1000
             if i < 3:  # warm-up: first requests on fresh connections
                 continue
@@ -137,16 +156,18 @@ def main(argv=None):
             driver.find_element("id", "label").clear()
             driver.find_element("id", "label").send_keys("face")
             driver.find_element("id", "accept").click()
-            _wait(driver, "window.annotator.objects.length === 1")
+            wait_for(driver, "window.annotator.objects.length === 1")
             _click(driver, 0.25 * width, 0.62 * height)  # the suit
             _click(driver, 0.60 * width, 0.80 * height, background=True)  # not the helmet
             driver.save_screenshot(args.screenshot)
 
     med = statistics.median
-    rows = [("page click: mouseup -> overlay drawn (Chromium)", page),
-            ("  of which the app (HTTP handler: predict + RLE + JSON)", app_side),
-            ("  of which SamPredictor.predict inside the app", sam_side),
-            ("SamPredictor.predict, same points, this process", direct)]
+    rows = [
+        ("page click: mouseup -> overlay drawn (Chromium)", page),
+        ("  of which the app (HTTP handler: predict + RLE + JSON)", app_side),
+        ("  of which SamPredictor.predict inside the app", sam_side),
+        ("SamPredictor.predict, same points, this process", direct),
+    ]
     print(f"{len(page)} clicks on {image_path.name} ({width}x{height}), multimask (3 masks), set_image excluded\n")
     print("| | median ms | p90 ms |\n|---|---|---|")
     for name, values in rows:

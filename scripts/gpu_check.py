@@ -69,6 +69,7 @@ def import_samtriton() -> None:
 
 # --- staging (on the machine with the project's environment) ------------------------------
 
+
 def stage(out: Path, checkpoint: str | None) -> None:
     """Copy the reference packages, MobileSAM's checkpoint and three preprocessed photographs."""
     from skimage import data
@@ -97,6 +98,7 @@ def stage(out: Path, checkpoint: str | None) -> None:
 
 # --- inputs ---------------------------------------------------------------------------------
 
+
 def synthetic_images(count: int):
     """Deterministic scenes (gradient, disk, rectangle, triangle, noise) already in the
     encoder's padded 1024 frame, with their valid (h, w)."""
@@ -108,7 +110,7 @@ def synthetic_images(count: int):
         image = np.stack([x * 200 // w, y * 200 // h, np.full_like(x, 60 + 40 * index)], -1).astype(np.int32)
         disk = (y - 0.35 * h) ** 2 + (x - 0.3 * w) ** 2 < (0.15 * min(h, w)) ** 2
         image[disk] = (230, 40, 40)
-        image[int(0.55 * h):int(0.85 * h), int(0.5 * w):int(0.9 * w)] = (30, 200, 60)
+        image[int(0.55 * h) : int(0.85 * h), int(0.5 * w) : int(0.9 * w)] = (30, 200, 60)
         triangle = (y > 0.6 * h) & (x > 0.1 * w) & (x - 0.1 * w < (y - 0.6 * h))
         image[triangle & (x < 0.4 * w)] = (240, 220, 30)
         image += rng.integers(-12, 13, image.shape)
@@ -135,6 +137,7 @@ def prompt_set(size):
 
 
 # --- models ---------------------------------------------------------------------------------
+
 
 def load_model(model_type: str, device, checkpoint: str | None):
     import torch
@@ -167,8 +170,8 @@ def normalized(padded: np.ndarray, sizes: np.ndarray, device):
     std = torch.tensor(C.PIXEL_STD, device=device).view(1, 3, 1, 1)
     x = (x - mean) / std
     for i, (h, w) in enumerate(sizes):
-        x[i, :, int(h):, :] = 0
-        x[i, :, :, int(w):] = 0
+        x[i, :, int(h) :, :] = 0
+        x[i, :, :, int(w) :] = 0
     return x
 
 
@@ -189,10 +192,12 @@ def watched_forward(encoder, x, check):
 
     found, handles = [], []
     for name, module in encoder.named_modules():
+
         def hook(_module, _inputs, output, name=name or "(encoder)"):
             tensor = _first_tensor(output)
             if tensor is not None and tensor.is_floating_point() and check(tensor):
                 found.append(name)
+
         handles.append(module.register_forward_hook(hook))
     try:
         with torch.no_grad():
@@ -212,9 +217,13 @@ def decode(sam, embedding, size, device):
     coords, labels = prompt_set(size)
     k = len(coords)
     with torch.no_grad():
-        masks, _ = PromptDecoder(sam)(embedding.float(), torch.from_numpy(coords).to(device),
-                                      torch.from_numpy(labels).to(device),
-                                      torch.zeros((k, 1, 256, 256), device=device), torch.zeros(k, device=device))
+        masks, _ = PromptDecoder(sam)(
+            embedding.float(),
+            torch.from_numpy(coords).to(device),
+            torch.from_numpy(labels).to(device),
+            torch.zeros((k, 1, 256, 256), device=device),
+            torch.zeros(k, device=device),
+        )
     return masks
 
 
@@ -222,7 +231,7 @@ def mask_ious(a, b):
     a, b = (a > 0).flatten(2), (b > 0).flatten(2)
     union = (a | b).sum(-1)
     inter = (a & b).sum(-1)
-    iou = (inter.float() / union.clamp(min=1).float())
+    iou = inter.float() / union.clamp(min=1).float()
     return iou[union > 0]
 
 
@@ -274,13 +283,13 @@ def check_model(model_type, args, device, padded, sizes):
     sam, weights = load_model(model_type, device, args.checkpoint)
     encoder = sam.image_encoder
     x = normalized(padded, sizes, device)
-    result = {"model": model_type, "weights": weights, "images": len(padded), "precisions": {},
-              "images_per_s": {}}
+    result = {"model": model_type, "weights": weights, "images": len(padded), "precisions": {}, "images_per_s": {}}
     reference, over_fp16 = watched_forward(encoder, x, lambda t: bool(t.detach().abs().amax() > FP16_MAX))
     result["fp32_outputs_over_65504"] = {"count": len(over_fp16), "modules": over_fp16[:LISTED]}
-    ref_masks = [decode(sam, reference[i:i + 1], sizes[i], device) for i in range(len(padded))]
-    result["images_per_s"]["fp32"] = {str(b): images_per_s(encoder, x, b, args.warmup, args.repeats, device)
-                                      for b in args.batches}
+    ref_masks = [decode(sam, reference[i : i + 1], sizes[i], device) for i in range(len(padded))]
+    result["images_per_s"]["fp32"] = {
+        str(b): images_per_s(encoder, x, b, args.warmup, args.repeats, device) for b in args.batches
+    }
     for name in args.precisions:
         if name == "fp16-mixed":
             # fp16 products with normalizations, softmax, reductions, powers and exponentials
@@ -293,8 +302,13 @@ def check_model(model_type, args, device, padded, sizes):
         out = out.float()
         diff = (out - reference).abs()
         finite = bool(torch.isfinite(out).all())
-        ious = torch.cat([mask_ious(decode(sam, out[i:i + 1], sizes[i], device), ref_masks[i])
-                          for i in range(len(padded))]) if finite else None
+        ious = (
+            torch.cat(
+                [mask_ious(decode(sam, out[i : i + 1], sizes[i], device), ref_masks[i]) for i in range(len(padded))]
+            )
+            if finite
+            else None
+        )
         result["precisions"][name] = {
             "embedding_max_abs_diff": float(diff.max()) if finite else None,
             "embedding_rel_diff": float(diff.max() / reference.abs().max()) if finite else None,
@@ -304,8 +318,9 @@ def check_model(model_type, args, device, padded, sizes):
             "masks_compared": int(len(ious)) if ious is not None else 0,
             "nonfinite_outputs": {"count": len(nonfinite), "modules": nonfinite[:LISTED]},
         }
-        result["images_per_s"][name] = {str(b): images_per_s(low, low_x, b, args.warmup, args.repeats, device)
-                                        for b in args.batches}
+        result["images_per_s"][name] = {
+            str(b): images_per_s(low, low_x, b, args.warmup, args.repeats, device) for b in args.batches
+        }
         del low, out
     del sam, encoder, reference
     gc.collect()
@@ -315,6 +330,7 @@ def check_model(model_type, args, device, padded, sizes):
 
 
 # --- report ---------------------------------------------------------------------------------
+
 
 def _fmt(value, digits=4):
     if value is None:
@@ -326,8 +342,16 @@ def _fmt(value, digits=4):
 
 def markdown(document) -> str:
     batches = document["settings"]["batches"]
-    head = ["model", "weights", "precision", "embedding max abs diff", "relative", "mask IoU mean", "mask IoU min",
-            "non-finite modules"] + [f"images/s batch {b}" for b in batches]
+    head = [
+        "model",
+        "weights",
+        "precision",
+        "embedding max abs diff",
+        "relative",
+        "mask IoU mean",
+        "mask IoU min",
+        "non-finite modules",
+    ] + [f"images/s batch {b}" for b in batches]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for model in document["models"]:
         rows = [("fp32", None)] + list(model["precisions"].items())
@@ -336,35 +360,48 @@ def markdown(document) -> str:
             if stats is None:
                 cells += ["(reference)", "", "", "", ""]
             else:
-                cells += [_fmt(stats["embedding_max_abs_diff"]), _fmt(stats["embedding_rel_diff"]),
-                          _fmt(stats["mask_iou_mean"]), _fmt(stats["mask_iou_min"]),
-                          str(stats["nonfinite_outputs"]["count"])]
+                cells += [
+                    _fmt(stats["embedding_max_abs_diff"]),
+                    _fmt(stats["embedding_rel_diff"]),
+                    _fmt(stats["mask_iou_mean"]),
+                    _fmt(stats["mask_iou_min"]),
+                    str(stats["nonfinite_outputs"]["count"]),
+                ]
             cells += [_fmt(model["images_per_s"][name][str(b)]) for b in batches]
             lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for model in document["models"]:
         over = model["fp32_outputs_over_65504"]
-        lines.append(f"- {model['model']}: {over['count']} module outputs exceed 65504 in fp32"
-                     + (f" (first: {', '.join(over['modules'])})" if over["modules"] else ""))
+        lines.append(
+            f"- {model['model']}: {over['count']} module outputs exceed 65504 in fp32"
+            + (f" (first: {', '.join(over['modules'])})" if over["modules"] else "")
+        )
         for name, stats in model["precisions"].items():
             bad = stats["nonfinite_outputs"]
             if bad["count"]:
-                lines.append(f"- {model['model']} {name}: inf/NaN from {bad['modules'][0]} on "
-                             f"({bad['count']} module outputs)")
+                lines.append(
+                    f"- {model['model']} {name}: inf/NaN from {bad['modules'][0]} on ({bad['count']} module outputs)"
+                )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", type=Path, help="write the reference packages, checkpoint and images here, then stop")
+    parser.add_argument(
+        "--stage", type=Path, help="write the reference packages, checkpoint and images here, then stop"
+    )
     parser.add_argument("--stage-dir", type=Path, help="a folder written by --stage (packages, mobile_sam.pt, images)")
     parser.add_argument("--json", type=Path, help="write the results here (required unless --stage)")
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
     parser.add_argument("--checkpoint", help="MobileSAM's checkpoint (default: the staged one)")
     parser.add_argument("--models", nargs="+", choices=MODELS, help="default: all three (--quick: vit_t)")
-    parser.add_argument("--precisions", nargs="+", choices=("fp16", "bf16", "fp16-mixed"),
-                        help="default: fp16 fp16-mixed bf16 (fp16-mixed: fp16 under autocast, norms and softmax "
-                             "in fp32; on CPU: bf16, as CPU fp16 kernels are emulated)")
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=("fp16", "bf16", "fp16-mixed"),
+        help="default: fp16 fp16-mixed bf16 (fp16-mixed: fp16 under autocast, norms and softmax "
+        "in fp32; on CPU: bf16, as CPU fp16 kernels are emulated)",
+    )
     parser.add_argument("--batches", type=int, nargs="+", help="throughput batch sizes (default: 1 8; --quick: 1)")
     parser.add_argument("--images", type=int, help="images compared (default: 3; --quick: 1)")
     parser.add_argument("--quick", action="store_true", help="vit_t, one image, batch 1, no warm-up: a smoke run")
@@ -384,8 +421,10 @@ def main(argv=None) -> int:
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"gpu_check: --device {args.device} but this torch ({torch.__version__}) sees no CUDA "
-                         "device; use --device cpu for a smoke run")
+        raise SystemExit(
+            f"gpu_check: --device {args.device} but this torch ({torch.__version__}) sees no CUDA "
+            "device; use --device cpu for a smoke run"
+        )
     args.models = args.models or (["vit_t"] if args.quick else list(MODELS))
     args.precisions = args.precisions or (["bf16"] if device.type == "cpu" else ["fp16", "fp16-mixed", "bf16"])
     args.batches = args.batches or ([1] if args.quick else [1, 8])
@@ -402,15 +441,28 @@ def main(argv=None) -> int:
     else:
         padded, sizes = synthetic_images(count)
         source = "synthetic"
-    environment = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
-                   "cuda": torch.version.cuda,
-                   "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-                   "tf32": False}
-    document = {"environment": environment,
-                "settings": {"models": args.models, "precisions": args.precisions, "batches": args.batches,
-                             "images": len(padded), "image_source": source, "warmup": args.warmup,
-                             "repeats": args.repeats, "quick": args.quick},
-                "models": []}
+    environment = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.version.cuda,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "tf32": False,
+    }
+    document = {
+        "environment": environment,
+        "settings": {
+            "models": args.models,
+            "precisions": args.precisions,
+            "batches": args.batches,
+            "images": len(padded),
+            "image_source": source,
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+            "quick": args.quick,
+        },
+        "models": [],
+    }
     for model_type in args.models:
         start = time.monotonic()
         document["models"].append(check_model(model_type, args, device, padded, sizes))

@@ -62,23 +62,46 @@ VENV = Path("/tmp/samtriton-gpu-venv")
 
 # --- staging (here) ---------------------------------------------------------------------------
 
+
 def stage(out: Path, checkpoint: str | None, python_version: str = "3.12") -> None:
     """Wheels the GPU machine lacks, a slim tritonserver, MobileSAM in fp16 and three photos."""
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)
     wheels = out / "wheels"
     wheels.mkdir(parents=True)
-    download = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                "--python-version", python_version, "--implementation", "cp",
-                *[arg for tag in ("manylinux_2_35_x86_64", "manylinux_2_28_x86_64", "manylinux_2_24_x86_64",
-                                  "manylinux_2_17_x86_64", "manylinux2014_x86_64") for arg in ("--platform", tag)]]
+    download = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "-q",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        python_version,
+        "--implementation",
+        "cp",
+        *[
+            arg
+            for tag in (
+                "manylinux_2_35_x86_64",
+                "manylinux_2_28_x86_64",
+                "manylinux_2_24_x86_64",
+                "manylinux_2_17_x86_64",
+                "manylinux2014_x86_64",
+            )
+            for arg in ("--platform", tag)
+        ],
+    ]
     subprocess.run([*download, "-d", str(wheels), *WHEELS], check=True)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(ROOT)], check=True)
     raw = out / "raw"
     subprocess.run([*download, "-d", str(raw), PYTRITON], check=True)
     unused = unused_pytriton_files(python_version)
-    with zipfile.ZipFile(next(raw.glob("nvidia_pytriton-*.whl"))) as source, \
-            zipfile.ZipFile(out / "pytriton_slim.zip", "w", zipfile.ZIP_DEFLATED) as slim:
+    with (
+        zipfile.ZipFile(next(raw.glob("nvidia_pytriton-*.whl"))) as source,
+        zipfile.ZipFile(out / "pytriton_slim.zip", "w", zipfile.ZIP_DEFLATED) as slim,
+    ):
         for item in source.infolist():
             if not any(part in item.filename for part in unused):
                 slim.writestr(item, source.read(item.filename))
@@ -115,11 +138,14 @@ def _stage_mobilesam(out: Path, checkpoint: str | None) -> None:
 
         checkpoint = official_checkpoint_path("vit_t")
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()},
-              str(out / "mobile_sam_fp16.safetensors"))
+    save_file(
+        {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()},
+        str(out / "mobile_sam_fp16.safetensors"),
+    )
 
 
 # --- setting up there -----------------------------------------------------------------------------
+
 
 def setup(bundle: Path) -> None:
     """A virtualenv over the machine's packages with the staged wheels and tritonserver;
@@ -127,10 +153,26 @@ def setup(bundle: Path) -> None:
     if not (VENV / "bin" / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(VENV)], check=True)
     python = str(VENV / "bin" / "python")
-    subprocess.run([python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                    *map(str, sorted((bundle / "wheels").glob("*.whl")))], check=True)
-    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
+    subprocess.run(
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--no-deps",
+            "--no-compile",
+            *map(str, sorted((bundle / "wheels").glob("*.whl"))),
+        ],
+        check=True,
+    )
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     with zipfile.ZipFile(bundle / "pytriton_slim.zip") as slim:
         slim.extractall(site)
     for path in Path(site, "pytriton").rglob("*"):
@@ -138,10 +180,18 @@ def setup(bundle: Path) -> None:
             path.chmod(0o755)
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = Path(site) / "pytriton" / "tritonserver" / "python_backend_stubs" / version / "triton_python_backend_stub"
-    libdir = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
-                            check=True, capture_output=True, text=True).stdout.strip()
-    env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(
-        [libdir, str(Path(site) / "nvidia_pytriton.libs"), os.environ.get("LD_LIBRARY_PATH", "")]))
+    libdir = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    env = dict(
+        os.environ,
+        LD_LIBRARY_PATH=os.pathsep.join(
+            [libdir, str(Path(site) / "nvidia_pytriton.libs"), os.environ.get("LD_LIBRARY_PATH", "")]
+        ),
+    )
     ldd = subprocess.run(["ldd", str(stub)], capture_output=True, text=True, env=env).stdout
     missing = [line.strip() for line in ldd.splitlines() if "not found" in line]
     print(f"stub {stub.name} ({version}): {'missing ' + str(missing) if missing else 'all libraries found'}")
@@ -150,6 +200,7 @@ def setup(bundle: Path) -> None:
 
 
 # --- models -----------------------------------------------------------------------------------------
+
 
 def build_checkpoint(model_type: str, bundle: Path | None, out: Path, checkpoint: str | None) -> tuple[Path, str]:
     """A state dict file for ``model_type`` (read later with weights_only=True) and what its
@@ -217,11 +268,16 @@ def prompts_for(shape):
     h, w = shape[:2]
     return {
         "point": dict(point_coords=np.array([[0.5 * w, 0.45 * h]]), point_labels=np.array([1])),
-        "points": dict(point_coords=np.array([[0.45 * w, 0.4 * h], [0.55 * w, 0.55 * h], [0.1 * w, 0.1 * h]]),
-                       point_labels=np.array([1, 1, 0])),
+        "points": dict(
+            point_coords=np.array([[0.45 * w, 0.4 * h], [0.55 * w, 0.55 * h], [0.1 * w, 0.1 * h]]),
+            point_labels=np.array([1, 1, 0]),
+        ),
         "box": dict(box=np.array([0.25 * w, 0.2 * h, 0.75 * w, 0.8 * h])),
-        "box_and_point": dict(box=np.array([0.2 * w, 0.15 * h, 0.8 * w, 0.85 * h]),
-                              point_coords=np.array([[0.5 * w, 0.5 * h]]), point_labels=np.array([1])),
+        "box_and_point": dict(
+            box=np.array([0.2 * w, 0.15 * h, 0.8 * w, 0.85 * h]),
+            point_coords=np.array([[0.5 * w, 0.5 * h]]),
+            point_labels=np.array([1]),
+        ),
     }
 
 
@@ -231,6 +287,7 @@ def mask_iou(a, b) -> float:
 
 
 # --- measurements ---------------------------------------------------------------------------------------
+
 
 class GpuMemory:
     """The device's used memory, sampled every 50 ms while served (NVML; None on the CPU)."""
@@ -273,7 +330,7 @@ def parity(url, name, model_type, reference_sam, images, quick):
     reference = Reference(reference_sam)
     ious, score_diffs = [], []
     with SamPredictor(url, model=name) as ours:
-        for key, image in list(images.items())[: 1 if quick else None]:
+        for image in list(images.values())[: 1 if quick else None]:
             ours.set_image(image)
             reference.set_image(image)
             for case, prompt in prompts_for(image.shape).items():
@@ -282,8 +339,12 @@ def parity(url, name, model_type, reference_sam, images, quick):
                 ref_masks, ref_scores, _ = reference.predict(**prompt, multimask_output=multimask)
                 ious += [mask_iou(a, b) for a, b in zip(masks, ref_masks)]
                 score_diffs.append(float(np.abs(scores - ref_scores).max()))
-    return {"masks": len(ious), "iou_mean": round(float(np.mean(ious)), 5), "iou_min": round(float(min(ious)), 5),
-            "score_diff_max": float(max(score_diffs))}
+    return {
+        "masks": len(ious),
+        "iou_mean": round(float(np.mean(ious)), 5),
+        "iou_min": round(float(min(ious)), 5),
+        "score_diff_max": float(max(score_diffs)),
+    }
 
 
 def encoder_throughput(url, name, images, seconds, concurrency):
@@ -392,10 +453,13 @@ def clicks(url, name, images, single, concurrent_seconds, concurrency):
         list(pool.map(client, range(concurrency)))
     elapsed = time.perf_counter() - start
     latencies.sort()
-    return {"p50_ms": round(statistics.median(latencies), 2),
-            "p99_ms": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 2),
-            "clicks": single, "concurrent_clients": concurrency,
-            "clicks_per_s_concurrent": round(sum(counts) / elapsed, 1)}
+    return {
+        "p50_ms": round(statistics.median(latencies), 2),
+        "p99_ms": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 2),
+        "clicks": single,
+        "concurrent_clients": concurrency,
+        "clicks_per_s_concurrent": round(sum(counts) / elapsed, 1),
+    }
 
 
 def amg(url, name, model_type, reference_sam, image, settings, device):
@@ -420,10 +484,17 @@ def amg(url, name, model_type, reference_sam, image, settings, device):
         torch.cuda.synchronize()
     reference_s = time.perf_counter() - start
     matched = [max((mask_iou(r["segmentation"], o["segmentation"]) for o in ours), default=0.0) for r in reference]
-    return {"image": list(image.shape[:2]), "settings": settings, "seconds": round(ours_s, 3),
-            "reference_seconds": round(reference_s, 3), "ratio": round(ours_s / reference_s, 3),
-            "masks": len(ours), "reference_masks": len(reference),
-            "matched_at_0.9": sum(iou >= 0.9 for iou in matched), "min_matched_iou": round(min(matched, default=1.0), 4)}
+    return {
+        "image": list(image.shape[:2]),
+        "settings": settings,
+        "seconds": round(ours_s, 3),
+        "reference_seconds": round(reference_s, 3),
+        "ratio": round(ours_s / reference_s, 3),
+        "masks": len(ours),
+        "reference_masks": len(reference),
+        "matched_at_0.9": sum(iou >= 0.9 for iou in matched),
+        "min_matched_iou": round(min(matched, default=1.0), 4),
+    }
 
 
 def check_model(model_type, args, bundle, work, images) -> dict:
@@ -439,27 +510,42 @@ def check_model(model_type, args, bundle, work, images) -> dict:
     checkpoint, result["weights"] = build_checkpoint(model_type, bundle, work, args.checkpoint)
     repo = work / f"repo_{model_type}"
     shutil.rmtree(repo, ignore_errors=True)
-    options = RepositoryOptions(name="sam", encoder_backend="torch", decoder_backend="torch",
-                                torch_device=args.device, torch_compile=args.compile,
-                                amg_instances=1, encoder_instances=args.encoder_instances)
+    options = RepositoryOptions(
+        name="sam",
+        encoder_backend="torch",
+        decoder_backend="torch",
+        torch_device=args.device,
+        torch_compile=args.compile,
+        amg_instances=1,
+        encoder_instances=args.encoder_instances,
+    )
     export(model_type, repo, checkpoint=checkpoint, options=options, allow_unverified=True, log=lambda *_: None)
     result["precision"] = json.loads((repo / "sam.export.json").read_text())["torch"]["precision"]
     result["export_s"] = round(time.perf_counter() - started, 1)
     memory = GpuMemory(args.device)
     extra = ["--pinned-memory-pool-byte-size=268435456"] if args.device == "cuda" else []
     start = time.perf_counter()
-    with EmbeddedTriton(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
-                        extra_args=extra, startup_timeout=args.ready_timeout) as server:
+    with EmbeddedTriton(
+        repo,
+        grpc_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        extra_args=extra,
+        startup_timeout=args.ready_timeout,
+    ) as server:
         result["cold_start_s"] = round(time.perf_counter() - start, 1)
         reference_sam = reference_model(model_type, checkpoint, args.device)
         result["parity"] = parity(server.grpc_url, "sam", model_type, reference_sam, images, args.quick)
-        result["encoder_images_per_s"] = encoder_throughput(server.grpc_url, "sam", images, args.seconds,
-                                                            args.concurrency)
+        result["encoder_images_per_s"] = encoder_throughput(
+            server.grpc_url, "sam", images, args.seconds, args.concurrency
+        )
         result["encoder_concurrency"] = args.concurrency
-        result["reference_set_image_per_s"] = reference_set_image_rate(model_type, reference_sam, images,
-                                                                       args.seconds, args.device)
-        result["clicks"] = clicks(server.grpc_url, "sam", images, 20 if args.quick else 300, args.seconds,
-                                  args.click_clients)
+        result["reference_set_image_per_s"] = reference_set_image_rate(
+            model_type, reference_sam, images, args.seconds, args.device
+        )
+        result["clicks"] = clicks(
+            server.grpc_url, "sam", images, 20 if args.quick else 300, args.seconds, args.click_clients
+        )
         if model_type in args.amg_models:
             coffee = images.get("coffee", next(iter(images.values())))
             if args.quick:
@@ -475,9 +561,11 @@ def check_model(model_type, args, bundle, work, images) -> dict:
 
 
 def markdown(report) -> str:
-    rows = ["| model | weights | precision | IoU mean / min | encoder img/s (ref set_image/s) | click p50 / p99 ms "
-            "| clicks/s x16 | AMG s (ref s, ratio, matched) | cold start s | GPU peak GiB |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| model | weights | precision | IoU mean / min | encoder img/s (ref set_image/s) | click p50 / p99 ms "
+        "| clicks/s x16 | AMG s (ref s, ratio, matched) | cold start s | GPU peak GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in report["models"]:
         if "error" in r:
             rows.append(f"| {r['model']} | error: {r['error'][:120]} |" + " |" * 8)
@@ -485,13 +573,16 @@ def markdown(report) -> str:
         amg_cell = "-"
         if "amg" in r:
             a = r["amg"]
-            amg_cell = (f"{a['seconds']} ({a['reference_seconds']}, {a['ratio']}x, "
-                        f"{a['matched_at_0.9']}/{a['reference_masks']})")
+            amg_cell = (
+                f"{a['seconds']} ({a['reference_seconds']}, {a['ratio']}x, "
+                f"{a['matched_at_0.9']}/{a['reference_masks']})"
+            )
         rows.append(
             f"| {r['model']} | {r['weights']} | {r['precision']} | {r['parity']['iou_mean']} / {r['parity']['iou_min']}"
             f" | {r['encoder_images_per_s']} ({r['reference_set_image_per_s']}) | {r['clicks']['p50_ms']} / "
             f"{r['clicks']['p99_ms']} | {r['clicks']['clicks_per_s_concurrent']} | {amg_cell} | {r['cold_start_s']} "
-            f"| {r['gpu_peak_gib']} |")
+            f"| {r['gpu_peak_gib']} |"
+        )
     return "\n".join(rows) + "\n"
 
 
@@ -504,9 +595,13 @@ def run(args) -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     images = photos(bundle)
-    report = {"device": torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or "cpu",
-              "torch": torch.__version__, "python": platform.python_version(),
-              "settings": {k: v for k, v in vars(args).items() if k not in ("func",)}, "models": []}
+    report = {
+        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("func",)},
+        "models": [],
+    }
     for model_type in args.models:
         try:
             report["models"].append(check_model(model_type, args, bundle, work, images))
@@ -536,13 +631,16 @@ def main(argv=None) -> None:
     running.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     running.add_argument("--models", nargs="+", default=["vit_t", "vit_b", "vit_h"])
     running.add_argument("--amg-models", nargs="*", default=["vit_h"], help="models whose AMG is measured")
-    running.add_argument("--compile", default="none", help="the encoder's torch.compile mode (export's --torch-compile)")
+    running.add_argument(
+        "--compile", default="none", help="the encoder's torch.compile mode (export's --torch-compile)"
+    )
     running.add_argument("--encoder-instances", type=int, default=1)
     running.add_argument("--concurrency", type=int, default=16, help="encoder throughput client threads")
     running.add_argument("--click-clients", type=int, default=16, help="concurrent clicking clients")
     running.add_argument("--seconds", type=float, default=10.0, help="seconds per throughput measurement")
-    running.add_argument("--checkpoint", help="MobileSAM's real checkpoint for vit_t (default: the bundle's fp16 "
-                                               "weights, else random)")
+    running.add_argument(
+        "--checkpoint", help="MobileSAM's real checkpoint for vit_t (default: the bundle's fp16 weights, else random)"
+    )
     running.add_argument("--ready-timeout", type=float, default=300.0)
     running.add_argument("--quick", action="store_true", help="the CPU smoke run: one photo, few clicks, tiny AMG")
     running.add_argument("--strict", action="store_true", help="stop at the first model that fails")
@@ -553,8 +651,11 @@ def main(argv=None) -> None:
     if args.command == "stage":
         stage(Path(args.out), args.checkpoint, args.python_version)
         return
-    if args.bundle and Path(sys.executable).resolve() != (VENV / "bin" / "python").resolve() \
-            and not os.environ.get("SAMTRITON_GPU_CHECK_IN_VENV"):
+    if (
+        args.bundle
+        and Path(sys.executable).resolve() != (VENV / "bin" / "python").resolve()
+        and not os.environ.get("SAMTRITON_GPU_CHECK_IN_VENV")
+    ):
         setup(Path(args.bundle))
         env = dict(os.environ, SAMTRITON_GPU_CHECK_IN_VENV="1", PYTHONUNBUFFERED="1")
         env["PATH"] = os.pathsep.join([str(VENV / "bin"), env.get("PATH", "")])

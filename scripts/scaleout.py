@@ -36,10 +36,17 @@ def scaleout_images() -> Dict[str, np.ndarray]:
     from skimage import data
 
     return {
-        "astronaut": data.astronaut(), "chelsea": data.chelsea(), "coffee": data.coffee(),
-        "rocket": data.rocket(), "camera": data.camera(), "coins": data.coins(),
-        "hubble": data.hubble_deep_field(), "retina": np.ascontiguousarray(data.retina()[:, 150:1250]),
-        "moon": data.moon(), "immunohistochemistry": data.immunohistochemistry(), "clock": data.clock(),
+        "astronaut": data.astronaut(),
+        "chelsea": data.chelsea(),
+        "coffee": data.coffee(),
+        "rocket": data.rocket(),
+        "camera": data.camera(),
+        "coins": data.coins(),
+        "hubble": data.hubble_deep_field(),
+        "retina": np.ascontiguousarray(data.retina()[:, 150:1250]),
+        "moon": data.moon(),
+        "immunohistochemistry": data.immunohistochemistry(),
+        "clock": data.clock(),
         "motorcycle": data.stereo_motorcycle()[0],
     }
 
@@ -54,8 +61,15 @@ class Replicas:
         self.servers = []
         for i in range(count):
             cache_dir = None if cache_root is None else Path(cache_root) / f"replica-{i}"
-            self.servers.append(EmbeddedTriton(repository, grpc_port=free_port(), http_port=free_port(),
-                                               metrics_port=free_port(), session_cache_dir=cache_dir))
+            self.servers.append(
+                EmbeddedTriton(
+                    repository,
+                    grpc_port=free_port(),
+                    http_port=free_port(),
+                    metrics_port=free_port(),
+                    session_cache_dir=cache_dir,
+                )
+            )
 
     @property
     def urls(self) -> List[str]:
@@ -146,23 +160,31 @@ class Nginx:
     def main_config(self) -> str:
         w = self.workdir
         user = "user root;\n" if os.geteuid() == 0 else ""  # workers may then use our temp paths
-        temp = "\n".join(f"    {name}_temp_path {w / name};" for name in
-                         ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-        return (f"{user}worker_processes 1;\ndaemon off;\npid {w / 'nginx.pid'};\n"
-                f"error_log {w / 'error.log'} warn;\nevents {{ worker_connections 1024; }}\n"
-                f"http {{\n    access_log {w / 'access.log'};\n{temp}\n    include {w / 'samtriton.conf'};\n}}\n")
+        temp = "\n".join(
+            f"    {name}_temp_path {w / name};" for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        return (
+            f"{user}worker_processes 1;\ndaemon off;\npid {w / 'nginx.pid'};\n"
+            f"error_log {w / 'error.log'} warn;\nevents {{ worker_connections 1024; }}\n"
+            f"http {{\n    access_log {w / 'access.log'};\n{temp}\n    include {w / 'samtriton.conf'};\n}}\n"
+        )
 
     def start(self, timeout: float = 10.0) -> "Nginx":
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "samtriton.conf").write_text(self.site_config())
         (self.workdir / "nginx.conf").write_text(self.main_config())
         config = str(self.workdir / "nginx.conf")
-        check = subprocess.run([self.binary, "-t", "-c", config, "-p", str(self.workdir)], capture_output=True,
-                               text=True)
+        check = subprocess.run(
+            [self.binary, "-t", "-c", config, "-p", str(self.workdir)], capture_output=True, text=True
+        )
         if check.returncode != 0:
             raise RuntimeError(f"nginx -t failed:\n{check.stderr}")
-        self.process = subprocess.Popen([self.binary, "-c", config, "-p", str(self.workdir)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        self.process = subprocess.Popen(
+            [self.binary, "-c", config, "-p", str(self.workdir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         import socket
 
         deadline = time.monotonic() + timeout
@@ -195,8 +217,10 @@ class Nginx:
 def click_points(image: np.ndarray, clicks: int) -> List[np.ndarray]:
     """``clicks`` foreground points spread over the image's middle."""
     h, w = image.shape[:2]
-    return [np.array([[w * (0.3 + 0.4 * (i + 0.5) / clicks), h * (0.35 + 0.3 * ((i * 7) % clicks) / clicks)]])
-            for i in range(clicks)]
+    return [
+        np.array([[w * (0.3 + 0.4 * (i + 0.5) / clicks), h * (0.35 + 0.3 * ((i * 7) % clicks) / clicks)]])
+        for i in range(clicks)
+    ]
 
 
 class Workload:
@@ -204,8 +228,15 @@ class Workload:
     images (from its own starting point, so clients meet on images) and clicks ``clicks``
     times per image. Records errors, click latencies, each image's id and each click's scores."""
 
-    def __init__(self, url, images: Dict[str, np.ndarray], threads: int = 6, clicks: int = 5, model: str = "mobilesam",
-                 timeout: float = 120.0):
+    def __init__(
+        self,
+        url,
+        images: Dict[str, np.ndarray],
+        threads: int = 6,
+        clicks: int = 5,
+        model: str = "mobilesam",
+        timeout: float = 120.0,
+    ):
         self.url, self.images, self.threads, self.clicks = url, images, threads, clicks
         self.model, self.timeout = model, timeout
         self.errors: List[tuple] = []
@@ -222,7 +253,7 @@ class Workload:
         names = list(self.images)
 
         def client(index: int):
-            order = names[2 * index % len(names):] + names[:2 * index % len(names)]
+            order = names[2 * index % len(names) :] + names[: 2 * index % len(names)]
             with SamPredictor(self.url, model=self.model, timeout=self.timeout) as predictor:
                 for name in order:
                     image = self.images[name]
@@ -279,9 +310,15 @@ def measure(label: str, url, encoder_urls: Sequence[str], images, threads: int, 
     after = encodes(encoder_urls)
     total = sum(after[u] - before[u] for u in encoder_urls)
     p50, p99 = work.latency_ms()
-    return dict(setup=label, clicks=len(work.click_seconds), errors=len(work.errors), p50_ms=p50, p99_ms=p99,
-                encodes_per_image=total / len(images),
-                replicas_used=sum(1 for u in encoder_urls if after[u] > before[u]))
+    return dict(
+        setup=label,
+        clicks=len(work.click_seconds),
+        errors=len(work.errors),
+        p50_ms=p50,
+        p99_ms=p99,
+        encodes_per_image=total / len(images),
+        replicas_used=sum(1 for u in encoder_urls if after[u] > before[u]),
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -308,21 +345,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with Replicas(repository, 1, work / "cache-1") as one:
             rows.append(measure("1 replica", one.urls[0], one.urls, images, args.threads, args.clicks))
         with Replicas(repository, 3, work / "cache-3") as three:
-            rows.append(measure("3 replicas, client hashing", three.urls, three.urls, images, args.threads,
-                                args.clicks))
+            rows.append(
+                measure("3 replicas, client hashing", three.urls, three.urls, images, args.threads, args.clicks)
+            )
             for server in three.servers:  # the same cold start for the nginx run
                 for stored in Path(server.session_cache_dir).glob("*.npz"):
                     stored.unlink()
             with Nginx(three.urls, free_port(), work / "nginx") as proxy:
-                rows.append(measure("3 replicas, nginx hashing", proxy.url, three.urls, images, args.threads,
-                                    args.clicks))
-    print(f"{args.threads} client threads x {len(images)} images x {args.clicks} clicks, MobileSAM, "
-          f"python backend on CPU ({os.cpu_count()} cores)\n")
+                rows.append(
+                    measure("3 replicas, nginx hashing", proxy.url, three.urls, images, args.threads, args.clicks)
+                )
+    print(
+        f"{args.threads} client threads x {len(images)} images x {args.clicks} clicks, MobileSAM, "
+        f"python backend on CPU ({os.cpu_count()} cores)\n"
+    )
     print("| setup | clicks | errors | click p50 (ms) | click p99 (ms) | encodes per image | replicas used |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['setup']} | {r['clicks']} | {r['errors']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-              f"{r['encodes_per_image']:.2f} | {r['replicas_used']} |")
+        print(
+            f"| {r['setup']} | {r['clicks']} | {r['errors']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+            f"{r['encodes_per_image']:.2f} | {r['replicas_used']} |"
+        )
     return 0
 
 

@@ -68,15 +68,21 @@ def new_image(rng: np.random.Generator, photographs: Sequence[np.ndarray], small
     if small:
         ch, cw = min(ch, 320), min(cw, 320)
     y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-    crop = image[y:y + ch, x:x + cw]
+    crop = image[y : y + ch, x : x + cw]
     return np.ascontiguousarray(crop[:, ::-1] if rng.random() < 0.5 else crop)
 
 
 class Soak:
     """Client threads over ``urls`` until ``stop_at``; errors and latencies by kind."""
 
-    def __init__(self, urls: Sequence[str], photographs: Sequence[np.ndarray], threads: int, mix: Sequence[float],
-                 model: str = "mobilesam"):
+    def __init__(
+        self,
+        urls: Sequence[str],
+        photographs: Sequence[np.ndarray],
+        threads: int,
+        mix: Sequence[float],
+        model: str = "mobilesam",
+    ):
         self.urls, self.photographs, self.threads, self.mix, self.model = list(urls), photographs, threads, mix, model
         self.latencies: Dict[str, List[float]] = {k: [] for k in KINDS}
         self.errors: List[tuple] = []
@@ -137,17 +143,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     source.add_argument("--checkpoint", type=Path, help="MobileSAM checkpoint (mobile_sam.pt), exported here")
     source.add_argument("--repository", type=Path, help="an exported repository (deployment name mobilesam)")
     parser.add_argument("--minutes", type=float, default=20.0, help="length of the soak (default: %(default)s)")
-    parser.add_argument("--warmup-minutes", type=float, default=None,
-                        help="memory growth is measured from here (default: a tenth of the soak, at least 1)")
+    parser.add_argument(
+        "--warmup-minutes",
+        type=float,
+        default=None,
+        help="memory growth is measured from here (default: a tenth of the soak, at least 1)",
+    )
     parser.add_argument("--replicas", type=int, default=3, help="replicas (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=4, help="client threads (default: %(default)s)")
-    parser.add_argument("--mix", type=float, nargs=3, default=(0.15, 0.78, 0.07), metavar=("NEW", "CLICK", "AMG"),
-                        help="probability of each kind of call (default: %(default)s)")
-    parser.add_argument("--cache-mib", type=int, default=256,
-                        help="session cache per replica when exporting (default: %(default)s)")
+    parser.add_argument(
+        "--mix",
+        type=float,
+        nargs=3,
+        default=(0.15, 0.78, 0.07),
+        metavar=("NEW", "CLICK", "AMG"),
+        help="probability of each kind of call (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--cache-mib", type=int, default=256, help="session cache per replica when exporting (default: %(default)s)"
+    )
     parser.add_argument("--sample-seconds", type=float, default=20.0, help="memory sampling (default: %(default)s)")
-    parser.add_argument("--max-growth", type=float, default=0.05,
-                        help="largest allowed memory growth after the warm-up (default: %(default)s)")
+    parser.add_argument(
+        "--max-growth",
+        type=float,
+        default=0.05,
+        help="largest allowed memory growth after the warm-up (default: %(default)s)",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here as JSON")
     args = parser.parse_args(argv)
     if abs(sum(args.mix) - 1.0) > 1e-6:
@@ -183,26 +204,43 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     warm_median = [float(np.median(column)) for column in zip(*after_warmup[:window])]
     end_median = [float(np.median(column)) for column in zip(*after_warmup[-window:])]
     figures = {
-        "minutes": round(elapsed / 60, 1), "replicas": args.replicas, "threads": args.threads, "mix": list(args.mix),
-        "calls": {k: len(v) for k, v in soak.latencies.items()}, "errors": len(soak.errors),
-        "latency_ms": {k: {"p50": round(float(np.percentile(v, 50)) * 1000, 1),
-                           "p99": round(float(np.percentile(v, 99)) * 1000, 1)} for k, v in soak.latencies.items() if v},
-        "warmup_minutes": warmup, "rss_window_samples": window, "rss_mib_after_warmup": [round(w / 1024) for w in warm],
-        "rss_mib_end": [round(e / 1024) for e in end], "rss_growth": [round(g, 4) for g in growth],
+        "minutes": round(elapsed / 60, 1),
+        "replicas": args.replicas,
+        "threads": args.threads,
+        "mix": list(args.mix),
+        "calls": {k: len(v) for k, v in soak.latencies.items()},
+        "errors": len(soak.errors),
+        "latency_ms": {
+            k: {
+                "p50": round(float(np.percentile(v, 50)) * 1000, 1),
+                "p99": round(float(np.percentile(v, 99)) * 1000, 1),
+            }
+            for k, v in soak.latencies.items()
+            if v
+        },
+        "warmup_minutes": warmup,
+        "rss_window_samples": window,
+        "rss_mib_after_warmup": [round(w / 1024) for w in warm],
+        "rss_mib_end": [round(e / 1024) for e in end],
+        "rss_growth": [round(g, 4) for g in growth],
         "rss_median_mib_after_warmup": [round(w / 1024) for w in warm_median],
         "rss_median_mib_end": [round(e / 1024) for e in end_median],
         "rss_mib_samples": [(round(t), [round(k / 1024) for k in kib]) for t, kib in samples],
     }
     print(json.dumps({k: v for k, v in figures.items() if k != "rss_mib_samples"}))
-    print(f"\n{args.replicas} replicas, {args.threads} client threads, {elapsed / 60:.1f} min, "
-          f"{sum(figures['calls'].values())} calls, {len(soak.errors)} errors")
+    print(
+        f"\n{args.replicas} replicas, {args.threads} client threads, {elapsed / 60:.1f} min, "
+        f"{sum(figures['calls'].values())} calls, {len(soak.errors)} errors"
+    )
     print("| call | count | p50 (ms) | p99 (ms) |\n|---|---|---|---|")
     for kind in KINDS:
         if soak.latencies[kind]:
             lat = figures["latency_ms"][kind]
             print(f"| {kind} | {figures['calls'][kind]} | {lat['p50']:.0f} | {lat['p99']:.0f} |")
-    print(f"| replica | RSS floor after warm-up (MiB) | RSS floor at end (MiB) | growth | medians (MiB) |"
-          f"\n|---|---|---|---|---|")
+    print(
+        "| replica | RSS floor after warm-up (MiB) | RSS floor at end (MiB) | growth | medians (MiB) |"
+        "\n|---|---|---|---|---|"
+    )
     for i, (w, e, g, wm, em) in enumerate(zip(warm, end, growth, warm_median, end_median)):
         print(f"| {i} | {w / 1024:.0f} | {e / 1024:.0f} | {g:+.1%} | {wm / 1024:.0f} -> {em / 1024:.0f} |")
     print(f"(floor: the smallest of {window} samples, {args.sample_seconds:g} s apart, in each window)")

@@ -23,8 +23,9 @@ class App:
     def request(self, method, path, body=None, raw=None):
         """(status, decoded JSON) of one request; ``raw`` bytes go as they are."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=120) as response:
                 return response.status, json.loads(response.read())
@@ -44,9 +45,26 @@ def running_app(grpc_url, images_dir, out_dir, log_path, *extra, env=None):
     port = free_port()
     log = open(log_path, "w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "samtriton.cli", "annotate", str(images_dir), "--url", grpc_url, "--model", "mobilesam",
-         "--out", str(out_dir), "--port", str(port), *map(str, extra)],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        [
+            sys.executable,
+            "-m",
+            "samtriton.tools.cli",
+            "annotate",
+            str(images_dir),
+            "--url",
+            grpc_url,
+            "--model",
+            "mobilesam",
+            "--out",
+            str(out_dir),
+            "--port",
+            str(port),
+            *map(str, extra),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
     app = App(process, f"http://127.0.0.1:{port}", log_path)
     try:
         deadline = time.monotonic() + 60
@@ -88,8 +106,13 @@ def chromium(width=1400, height=900):
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 f"--window-size={width},{height}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--window-size={width},{height}",
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
@@ -110,7 +133,8 @@ def _offset(driver, x, y):
     """Selenium offsets (from the canvas centre, CSS pixels) of image pixel (x, y)."""
     rect = driver.execute_script(
         "const r = document.getElementById('prompt-layer').getBoundingClientRect();"
-        "return [r.width, r.height, window.annotator.width, window.annotator.height];")
+        "return [r.width, r.height, window.annotator.width, window.annotator.height];"
+    )
     width, height, image_w, image_h = rect
     return x * width / image_w - width / 2, y * height / image_h - height / 2
 
@@ -131,9 +155,15 @@ def drag_box(driver, x0, y0, x1, y1):
     canvas = driver.find_element("id", "prompt-layer")
     ax, ay = _offset(driver, x0, y0)
     bx, by = _offset(driver, x1, y1)
-    (ActionChains(driver).move_to_element_with_offset(canvas, int(round(ax)), int(round(ay))).click_and_hold()
-     .move_by_offset(int(round((bx - ax) / 2)), int(round((by - ay) / 2)))
-     .move_to_element_with_offset(canvas, int(round(bx)), int(round(by))).release().perform())
+    (
+        ActionChains(driver)
+        .move_to_element_with_offset(canvas, int(round(ax)), int(round(ay)))
+        .click_and_hold()
+        .move_by_offset(int(round((bx - ax) / 2)), int(round((by - ay) / 2)))
+        .move_to_element_with_offset(canvas, int(round(bx)), int(round(by)))
+        .release()
+        .perform()
+    )
 
 
 def prompt(driver, action, *args, **kwargs):

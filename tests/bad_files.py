@@ -13,8 +13,9 @@ def png(width, height, complete):
     compressor, row = zlib.compressobj(9), b"\x00" * (width + 1)  # filter byte + one byte per pixel
     rows = b"".join(compressor.compress(row) for _ in range(height)) if complete else compressor.compress(row)
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows + compressor.flush())
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows + compressor.flush()) + chunk(b"IEND", b"")
+    )
 
 
 def jpeg(image):

@@ -73,8 +73,7 @@ def session_cache(repository, server) -> Path:
 def server(repository):
     from samtriton.server import EmbeddedTriton, free_port
 
-    with EmbeddedTriton(repository, grpc_port=free_port(), http_port=free_port(),
-                        metrics_port=free_port()) as running:
+    with EmbeddedTriton(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()) as running:
         yield running
 
 

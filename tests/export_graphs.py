@@ -35,7 +35,8 @@ def tensor_types(path):
     """{tensor name: ONNX elem type} for every graph input, initializer and node output."""
     model = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
     graph = model.graph
-    types = {v.name: v.type.tensor_type.elem_type for v in
-             list(graph.input) + list(graph.output) + list(graph.value_info)}
+    types = {
+        v.name: v.type.tensor_type.elem_type for v in list(graph.input) + list(graph.output) + list(graph.value_info)
+    }
     types.update({t.name: t.data_type for t in graph.initializer})
     return graph, types

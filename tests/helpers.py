@@ -70,10 +70,14 @@ def prompts_for(shape):
         "point": dict(point_coords=np.array([[0.5 * w, 0.45 * h]]), point_labels=np.array([1])),
         "points_with_background": dict(
             point_coords=np.array([[0.45 * w, 0.4 * h], [0.55 * w, 0.55 * h], [0.1 * w, 0.1 * h]]),
-            point_labels=np.array([1, 1, 0])),
+            point_labels=np.array([1, 1, 0]),
+        ),
         "box": dict(box=np.array([0.25 * w, 0.2 * h, 0.75 * w, 0.8 * h])),
-        "box_and_point": dict(box=np.array([0.2 * w, 0.15 * h, 0.8 * w, 0.85 * h]),
-                              point_coords=np.array([[0.5 * w, 0.5 * h]]), point_labels=np.array([1])),
+        "box_and_point": dict(
+            box=np.array([0.2 * w, 0.15 * h, 0.8 * w, 0.85 * h]),
+            point_coords=np.array([[0.5 * w, 0.5 * h]]),
+            point_labels=np.array([1]),
+        ),
     }
 
 
@@ -100,7 +104,7 @@ def server_cache_directory(server, base="mobilesam"):
     or the default one the session model derives from the server's process."""
     from pathlib import Path
 
-    from samtriton.export.python_models.embedding_cache import cache_directory
+    from samtriton.server.embedding_cache import cache_directory
 
     if server.session_cache_dir is not None:
         return Path(server.session_cache_dir)

@@ -7,8 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from helpers import mask_iou, prompts_for
 from samtriton import AsyncSamPredictor, InvalidInput, SamPredictor, segment_many
+
+from helpers import mask_iou, prompts_for
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +25,9 @@ def sync_results(server, images):
 def test_segment_many_equals_one_image_at_a_time(server, images, sync_results):
     names = list(images)
     prompts = [prompts_for(images[name].shape)["box_and_point"] for name in names]
-    results = segment_many(server.grpc_url, [images[name] for name in names], prompts, concurrency=4,
-                           model="mobilesam", timeout=300)
+    results = segment_many(
+        server.grpc_url, [images[name] for name in names], prompts, concurrency=4, model="mobilesam", timeout=300
+    )
     assert len(results) == len(names)
     for name, (masks, scores, logits) in zip(names, results):
         ref_masks, ref_scores, ref_logits = sync_results[name]

@@ -11,8 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from helpers import EMBEDDING_BYTES, PADDED_IMAGE_BYTES, as_reference_rgb, mask_iou, successful_requests
 from samtriton import SamAutomaticMaskGenerator
+
+from helpers import EMBEDDING_BYTES, PADDED_IMAGE_BYTES, as_reference_rgb, mask_iou, successful_requests
 
 # The reference's defaults (points_per_side 32: 1024 points, ~4 min of reference time here)
 # on one photograph; the other cases use coarser grids so the suite fits CI's time budget.
@@ -55,9 +56,11 @@ def amg_pair(request, predictor, reference_sam, reference_generator_class, image
     start = time.perf_counter()
     reference = reference_generator_class(reference_sam, **settings).generate(as_reference_rgb(image))
     reference_seconds = time.perf_counter() - start
-    print(f"\n{request.param}: samtriton {len(ours)} masks in {ours_seconds:.1f} s, reference {len(reference)} masks "
-          f"in {reference_seconds:.1f} s (ratio {ours_seconds / reference_seconds:.2f}); bytes sent "
-          f"{ours_generator.bytes_sent / 2**20:.1f} MiB, received {ours_generator.bytes_received / 2**20:.1f} MiB")
+    print(
+        f"\n{request.param}: samtriton {len(ours)} masks in {ours_seconds:.1f} s, reference {len(reference)} masks "
+        f"in {reference_seconds:.1f} s (ratio {ours_seconds / reference_seconds:.2f}); bytes sent "
+        f"{ours_generator.bytes_sent / 2**20:.1f} MiB, received {ours_generator.bytes_received / 2**20:.1f} MiB"
+    )
     return ours, reference
 
 
@@ -94,8 +97,10 @@ def test_every_reference_mask_is_matched(amg_pair, request):
     ious = [iou for iou, _ in pairs]
     predicted = [abs(ref["predicted_iou"] - ours[i]["predicted_iou"]) for ref, (_, i) in zip(reference, pairs)]
     stability = [abs(ref["stability_score"] - ours[i]["stability_score"]) for ref, (_, i) in zip(reference, pairs)]
-    print(f"\n{request.node.callspec.id}: {len(reference)} reference masks, worst IoU {min(ious):.5f}, "
-          f"|predicted_iou diff| {max(predicted):.1e}, |stability_score diff| {max(stability):.1e}")
+    print(
+        f"\n{request.node.callspec.id}: {len(reference)} reference masks, worst IoU {min(ious):.5f}, "
+        f"|predicted_iou diff| {max(predicted):.1e}, |stability_score diff| {max(stability):.1e}"
+    )
     matched = [i for _, i in pairs]
     assert len(set(matched)) == len(matched), "two reference masks matched the same mask of ours"
     assert min(ious) >= MIN_PAIR_IOU, sorted(ious)[:5]
@@ -178,13 +183,15 @@ def test_session_amg_sends_an_evicted_crop_again(server, predictor, images, sess
     crop = images["rocket"]
     (handle,), (input_size,) = generator._encode([crop])
     points = generator.point_grids[0] * np.array(crop.shape[:2])[None, ::-1]
-    before = generator._process_batch(points, handle, input_size, crop.shape[:2], [0, 0, crop.shape[1], crop.shape[0]],
-                                      crop.shape[:2])
+    before = generator._process_batch(
+        points, handle, input_size, crop.shape[:2], [0, 0, crop.shape[1], crop.shape[0]], crop.shape[:2]
+    )
     os.remove(session_cache / f"{handle[0]}.npz")  # what LRU eviction or a restart does
     encoder = C.ENCODER.served_name("mobilesam")
     encodes = successful_requests(server.grpc_url, encoder)
-    after = generator._process_batch(points, handle, input_size, crop.shape[:2], [0, 0, crop.shape[1], crop.shape[0]],
-                                     crop.shape[:2])
+    after = generator._process_batch(
+        points, handle, input_size, crop.shape[:2], [0, 0, crop.shape[1], crop.shape[0]], crop.shape[:2]
+    )
     assert successful_requests(server.grpc_url, encoder) == encodes + 1, "the crop was encoded again"
     assert len(after["rles"]) == len(before["rles"]) > 0
     np.testing.assert_allclose(after["iou_preds"], before["iou_preds"], atol=1e-6)
@@ -213,9 +220,27 @@ def test_segment_auto_cli(server, images, tmp_path):
     for name in ("coins_gray", "chelsea"):
         Image.fromarray(images[name]).save(folder / f"{name}.png")
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "samtriton.cli", "segment", str(folder), "--auto", "--url",
-                             server.grpc_url, "--model", "mobilesam", "--points-per-side", "8", "--out", str(out)],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "samtriton.tools.cli",
+            "segment",
+            str(folder),
+            "--auto",
+            "--url",
+            server.grpc_url,
+            "--model",
+            "mobilesam",
+            "--points-per-side",
+            "8",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     for name in ("coins_gray", "chelsea"):
         document = json.loads((out / f"{name}.json").read_text())

@@ -63,11 +63,19 @@ def test_graph_matches_the_decoder_graph_without_mask_input(onnx_files, embeddin
     rng = np.random.default_rng(1)
     coords, labels = _grid_prompts(64, rng) if prompts == "amg_batch" else _other_prompts(rng)
     k = len(coords)
-    ref_masks, ref_iou = _session(onnx_files[1]).run(None, {
-        "image_embeddings": embedding, "point_coords": coords, "point_labels": labels,
-        "mask_input": np.zeros((k, 1, 256, 256), np.float32), "has_mask_input": np.zeros(k, np.float32)})
-    masks, iou = _session(onnx_files[1].parent / C.AMG_DECODER_FILE).run(None, {
-        "image_embeddings": embedding, "point_coords": coords, "point_labels": labels})
+    ref_masks, ref_iou = _session(onnx_files[1]).run(
+        None,
+        {
+            "image_embeddings": embedding,
+            "point_coords": coords,
+            "point_labels": labels,
+            "mask_input": np.zeros((k, 1, 256, 256), np.float32),
+            "has_mask_input": np.zeros(k, np.float32),
+        },
+    )
+    masks, iou = _session(onnx_files[1].parent / C.AMG_DECODER_FILE).run(
+        None, {"image_embeddings": embedding, "point_coords": coords, "point_labels": labels}
+    )
     assert masks.shape == ref_masks.shape == (k, C.NUM_MASK_OUTPUTS, C.LOW_RES_SIZE, C.LOW_RES_SIZE)
     _assert_close(masks, iou, ref_masks, ref_iou)
 
@@ -89,10 +97,12 @@ def test_module_matches_the_reference_mask_decoder_with_other_weights(reference_
     coords, labels = _grid_prompts(8, rng)
     with torch.no_grad():
         masks, iou = AmgPromptDecoder(PromptDecoder(sam)).eval()(
-            torch.from_numpy(embedding), torch.from_numpy(coords), torch.from_numpy(labels))
+            torch.from_numpy(embedding), torch.from_numpy(coords), torch.from_numpy(labels)
+        )
         points = (torch.from_numpy(coords[:, :1]), torch.ones(len(coords), 1))
         sparse, dense = sam.prompt_encoder(points=points, boxes=None, masks=None)
-        ref_masks, ref_iou = sam.mask_decoder.predict_masks(torch.from_numpy(embedding),
-                                                            sam.prompt_encoder.get_dense_pe(), sparse, dense)
+        ref_masks, ref_iou = sam.mask_decoder.predict_masks(
+            torch.from_numpy(embedding), sam.prompt_encoder.get_dense_pe(), sparse, dense
+        )
     # The reference's prompt encoder pads a point-only prompt itself: the same padding point.
     _assert_close(masks.numpy(), iou.numpy(), ref_masks.numpy(), ref_iou.numpy())

@@ -1,18 +1,19 @@
 """The AMG stage's filtering on its own: the windowed numpy filter the CPU server runs, and the
 ONNX graph a GPU deployment runs beside its decoder, both against the straightforward port
-of the reference (``samtriton.amg.filter_batch``, tested function by function against
+of the reference (``amg_oracle.filter_batch``, tested function by function against
 segment-anything), on the real MobileSAM decoder's outputs for a real photograph."""
 
 import tracemalloc
 
 import numpy as np
 import pytest
-
-from samtriton import contract as C
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from samtriton.amg import filter_batch, flat_bits, kept_mask_outputs
+from samtriton import contract as C
+from samtriton.server.amg_filter.windows import flat_bits, kept_mask_outputs
+
+from amg_oracle import filter_batch
 
 THRESHOLDS = np.array([0.88, 0.95, 1.0], np.float32)  # the reference's defaults
 CROPS = {  # crop size (h, w) -> the encoder's input size for it
@@ -37,11 +38,16 @@ def decoded(reference_predictor, images):
     coords = reference_predictor.transform.apply_coords(grid, (h, w))
     with torch.no_grad():
         _, iou, low_res = reference_predictor.predict_torch(
-            torch.as_tensor(coords[:, None, :], dtype=torch.float32), torch.ones(len(grid), 1, dtype=torch.int64),
-            multimask_output=True, return_logits=True)
+            torch.as_tensor(coords[:, None, :], dtype=torch.float32),
+            torch.ones(len(grid), 1, dtype=torch.int64),
+            multimask_output=True,
+            return_logits=True,
+        )
     low_res, iou = low_res.numpy(), iou.numpy()
-    return (np.concatenate([low_res[:, :1], low_res], axis=1).astype(np.float32),
-            np.concatenate([iou[:, :1], iou], axis=1).astype(np.float32))
+    return (
+        np.concatenate([low_res[:, :1], low_res], axis=1).astype(np.float32),
+        np.concatenate([iou[:, :1], iou], axis=1).astype(np.float32),
+    )
 
 
 def _reference(low_res, iou, input_size, crop_size, thresholds):
@@ -65,8 +71,9 @@ def test_windowed_filter_equals_the_reference_port(decoded, crop, work_bytes, th
     """Windows off the masks' edges decided by their inputs' range, edge windows upscaled:
     the same masks, bit for bit, and stability scores as upscaling every pixel."""
     crop_size, input_size = CROPS[crop]
-    out = kept_mask_outputs(*decoded, np.array(input_size), np.array(crop_size), THRESHOLDS, work_bytes=work_bytes,
-                            threads=threads)
+    out = kept_mask_outputs(
+        *decoded, np.array(input_size), np.array(crop_size), THRESHOLDS, work_bytes=work_bytes, threads=threads
+    )
     assert len(out[C.KEPT_INDEX.name]) > 5, "real masks pass the reference's thresholds"
     _assert_same(out, _reference(*decoded, input_size, crop_size, THRESHOLDS))
 
@@ -92,8 +99,9 @@ def test_filter_memory_does_not_grow_with_prompts_times_pixels(decoded):
     low_res, iou = decoded[0][:16], decoded[1][:16]
     tracemalloc.start()
     try:
-        out = kept_mask_outputs(low_res, iou, np.array([1024, 1024]), np.array([4096, 4096]),
-                                np.array([0.0, 0.0, 1.0], np.float32))
+        out = kept_mask_outputs(
+            low_res, iou, np.array([1024, 1024]), np.array([4096, 4096]), np.array([0.0, 0.0, 1.0], np.float32)
+        )
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -107,18 +115,23 @@ def test_gpu_filter_graph_matches_under_onnxruntime(decoded, crop):
     """The graph NAME_amg_filter serves beside a GPU decoder, run by ONNX Runtime on CPU."""
     import onnxruntime as ort
 
-    from samtriton.export.amg_filter import build_graph
+    from samtriton.server.amg_filter.graph import build_graph
 
     session = ort.InferenceSession(build_graph().SerializeToString(), providers=["CPUExecutionProvider"])
     crop_size, input_size = CROPS[crop]
     for thresholds in (THRESHOLDS, np.array([1.01, 0.95, 1.0], np.float32)):
-        feeds = {C.LOW_RES_MASKS.name: decoded[0], C.IOU_PREDICTIONS.name: decoded[1],
-                 C.INPUT_SIZE.name: np.array(input_size, np.int64), C.CROP_SIZE.name: np.array(crop_size, np.int64),
-                 C.AMG_THRESHOLDS.name: thresholds}
+        feeds = {
+            C.LOW_RES_MASKS.name: decoded[0],
+            C.IOU_PREDICTIONS.name: decoded[1],
+            C.INPUT_SIZE.name: np.array(input_size, np.int64),
+            C.CROP_SIZE.name: np.array(crop_size, np.int64),
+            C.AMG_THRESHOLDS.name: thresholds,
+        }
         names = [spec.name for spec in C.AMG_FILTER.outputs]
         out = dict(zip(names, session.run(names, feeds)))
         # Resize and the composed matrices round differently by ~1e-7: a pixel sitting on 0 or
         # on +-offset may flip (on 301 x 453 one mask's stability moved by 1.7e-4: a few of its
         # pixels); the masks may not differ otherwise.
-        _assert_same(out, _reference(*decoded, input_size, crop_size, thresholds), max_bit_fraction=1e-5,
-                     stability_atol=1e-3)
+        _assert_same(
+            out, _reference(*decoded, input_size, crop_size, thresholds), max_bit_fraction=1e-5, stability_atol=1e-3
+        )

@@ -26,8 +26,9 @@ def folders(tmp_path_factory, images):
 
 @pytest.fixture(scope="module")
 def app(server, folders):
-    with running_app(server.grpc_url, folders / "photos", folders / "out", folders / "app.log",
-                     "--points-per-side", "8") as running:
+    with running_app(
+        server.grpc_url, folders / "photos", folders / "out", folders / "app.log", "--points-per-side", "8"
+    ) as running:
         yield running
 
 
@@ -38,30 +39,83 @@ def _mask_of(out, obj):
 def test_bad_input_gets_4xx_with_a_clear_message(app, folders):
     point = {"x": 10, "y": 10, "label": 1}
     cases = [
-        ("POST", "/api/predict", {"image": "nope.png", "points": [point]}, None, 404, "'nope.png' is not one of the served images"),
+        (
+            "POST",
+            "/api/predict",
+            {"image": "nope.png", "points": [point]},
+            None,
+            404,
+            "'nope.png' is not one of the served images",
+        ),
         ("POST", "/api/predict", None, b"{not json", 400, "body: expected a JSON object"),
-        ("POST", "/api/predict", {"image": "astronaut.png", "points": [{"x": 600, "y": 10, "label": 1}]}, None,
-         400, "points[0].x: expected 0 <= x <= 512"),
-        ("POST", "/api/predict", {"image": "astronaut.png", "points": [{"x": 5, "y": -1, "label": 1}]}, None,
-         400, "points[0].y: expected 0 <= y <= 512"),
-        ("POST", "/api/predict", {"image": "astronaut.png", "points": [{"x": 5, "y": 5, "label": 7}]}, None,
-         400, "points[0].label: expected 1 (foreground) or 0 (background)"),
+        (
+            "POST",
+            "/api/predict",
+            {"image": "astronaut.png", "points": [{"x": 600, "y": 10, "label": 1}]},
+            None,
+            400,
+            "points[0].x: expected 0 <= x <= 512",
+        ),
+        (
+            "POST",
+            "/api/predict",
+            {"image": "astronaut.png", "points": [{"x": 5, "y": -1, "label": 1}]},
+            None,
+            400,
+            "points[0].y: expected 0 <= y <= 512",
+        ),
+        (
+            "POST",
+            "/api/predict",
+            {"image": "astronaut.png", "points": [{"x": 5, "y": 5, "label": 7}]},
+            None,
+            400,
+            "points[0].label: expected 1 (foreground) or 0 (background)",
+        ),
         ("POST", "/api/predict", {"image": "astronaut.png", "points": "5,5"}, None, 400, "points: expected a list"),
-        ("POST", "/api/predict", {"image": "astronaut.png", "box": [50, 50, 10, 10]}, None, 400,
-         "box: expected x0 < x1 and y0 < y1"),
+        (
+            "POST",
+            "/api/predict",
+            {"image": "astronaut.png", "box": [50, 50, 10, 10]},
+            None,
+            400,
+            "box: expected x0 < x1 and y0 < y1",
+        ),
         ("POST", "/api/predict", {"image": "astronaut.png"}, None, 400, "expected at least one point or a box"),
-        ("POST", "/api/predict", {"image": "astronaut.png", "points": [point], "refine": {"id": "x", "index": 0}},
-         None, 404, "no recent prediction 'x'"),
+        (
+            "POST",
+            "/api/predict",
+            {"image": "astronaut.png", "points": [point], "refine": {"id": "x", "index": 0}},
+            None,
+            404,
+            "no recent prediction 'x'",
+        ),
         ("POST", "/api/predict", None, b"[1, 2]", 400, "body: expected a JSON object, got list"),
         ("POST", "/api/objects", {"image": "astronaut.png", "label": "x"}, None, 400, "mask: expected"),
-        ("POST", "/api/objects", {"image": "../secret.txt", "label": "x", "mask": {"id": "a", "index": 0}}, None,
-         404, "'../secret.txt' is not one of the served images"),
+        (
+            "POST",
+            "/api/objects",
+            {"image": "../secret.txt", "label": "x", "mask": {"id": "a", "index": 0}},
+            None,
+            404,
+            "'../secret.txt' is not one of the served images",
+        ),
         ("GET", "/api/objects?image=../secret.txt", None, None, 404, "is not one of the served images"),
         ("DELETE", "/api/objects?image=astronaut.png&id=abc", None, None, 400, "id: expected an object number"),
         ("GET", "/images/..%2Fsecret.txt", None, None, 404, "'../secret.txt' is not one of the served images"),
         ("GET", "/images/%2Fetc%2Fpasswd", None, None, 404, "'/etc/passwd' is not one of the served images"),
-        ("POST", "/predict", {"tasks": [{"data": {"image": "/etc/passwd"}}], "label_config": "<View/>",
-                              "params": {"context": {"result": []}}}, None, 400, "label_config: expected a <BrushLabels>"),
+        (
+            "POST",
+            "/predict",
+            {
+                "tasks": [{"data": {"image": "/etc/passwd"}}],
+                "label_config": "<View/>",
+                "params": {"context": {"result": []}},
+            },
+            None,
+            400,
+            "label_config: expected a <BrushLabels>",
+        ),
     ]
     for method, path, body, raw, status, message in cases:
         got, answer = app.request(method, path, body, raw)
@@ -75,17 +129,32 @@ def test_bad_input_gets_4xx_with_a_clear_message(app, folders):
 def test_label_studio_predict_matches_sam_predictor(app, predictor, images):
     """The ML backend protocol over HTTP: a keypoint in percent in, a brush RLE out that decodes
     to SamPredictor's mask for that point."""
-    from samtriton.annotate.label_studio import brush_decode
+    from samtriton.tools.annotate.label_studio import brush_decode
 
-    config = ('<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">'
-              '<Label value="Person"/></BrushLabels><KeyPointLabels name="kp" toName="image" smart="true">'
-              '<Label value="Person"/></KeyPointLabels></View>')
+    config = (
+        '<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">'
+        '<Label value="Person"/></BrushLabels><KeyPointLabels name="kp" toName="image" smart="true">'
+        '<Label value="Person"/></KeyPointLabels></View>'
+    )
     x, y = 48.0, 25.0  # percent
-    context = {"result": [{"type": "keypointlabels", "original_width": 512, "original_height": 512,
-                           "value": {"x": x, "y": y, "width": 1, "keypointlabels": ["Person"]},
-                           "is_positive": True, "from_name": "kp", "to_name": "image"}]}
-    body = {"tasks": [{"id": 1, "data": {"image": app.url + "/images/astronaut.png"}}], "label_config": config,
-            "params": {"context": context}}
+    context = {
+        "result": [
+            {
+                "type": "keypointlabels",
+                "original_width": 512,
+                "original_height": 512,
+                "value": {"x": x, "y": y, "width": 1, "keypointlabels": ["Person"]},
+                "is_positive": True,
+                "from_name": "kp",
+                "to_name": "image",
+            }
+        ]
+    }
+    body = {
+        "tasks": [{"id": 1, "data": {"image": app.url + "/images/astronaut.png"}}],
+        "label_config": config,
+        "params": {"context": context},
+    }
     assert app.request("GET", "/health") == (200, {"status": "UP", "model_class": "samtriton"})
     assert app.request("POST", "/setup", {"project": "1.1", "schema": config})[0] == 200
     status, answer = app.request("POST", "/predict", body)
@@ -95,8 +164,9 @@ def test_label_studio_predict_matches_sam_predictor(app, predictor, images):
     assert region["value"]["brushlabels"] == ["Person"] and region["value"]["format"] == "rle"
     mask = brush_decode(region["value"]["rle"], 512, 512)
     predictor.set_image(images["astronaut"])
-    expected, _, _ = predictor.predict(point_coords=np.array([[x * 512 / 100, y * 512 / 100]]),
-                                       point_labels=np.array([1]), multimask_output=False)
+    expected, _, _ = predictor.predict(
+        point_coords=np.array([[x * 512 / 100, y * 512 / 100]]), point_labels=np.array([1]), multimask_output=False
+    )
     assert mask_iou(mask, expected[0]) >= 0.99
     # No prompt (the task was just opened): an empty result, not an error.
     status, answer = app.request("POST", "/predict", {**body, "params": {"context": None}})
@@ -106,13 +176,40 @@ def test_label_studio_predict_matches_sam_predictor(app, predictor, images):
 def test_brush_rle_is_label_studios():
     """Bytes of label_studio_sdk.converter.brush.mask2rle for this mask (recorded from
     label-studio 1.23.2's SDK 2.1.2), and the decoder's inverse on random masks."""
-    from samtriton.annotate.label_studio import brush_decode, brush_rle
+    from samtriton.tools.annotate.label_studio import brush_decode, brush_rle
 
     mask = np.zeros((7, 9), bool)
     mask[2:5, 3:8] = True
     mask[6, 0] = True
-    assert brush_rle(mask) == [0, 0, 0, 252, 57, 27, 254, 83, 0, 194, 127, 247, 192, 48, 159, 253, 240, 12, 39, 255,
-                               137, 192, 35, 255, 195, 224, 0]
+    assert brush_rle(mask) == [
+        0,
+        0,
+        0,
+        252,
+        57,
+        27,
+        254,
+        83,
+        0,
+        194,
+        127,
+        247,
+        192,
+        48,
+        159,
+        253,
+        240,
+        12,
+        39,
+        255,
+        137,
+        192,
+        35,
+        255,
+        195,
+        224,
+        0,
+    ]
     rng = np.random.default_rng(0)
     for shape in ((1, 1), (33, 17), (300, 300)):
         for m in (rng.random(shape) > 0.5, np.ones(shape, bool), np.zeros(shape, bool)):
@@ -129,8 +226,10 @@ def test_browser_click_box_accept_export_reload(app, folders, predictor, images)
     try:
         driver.get(app.url + "/")
         wait_for(driver, "document.body.dataset.ready === '1'", what="the page")
-        assert driver.execute_script("return window.annotator.images.map(i => i.name)") == ["astronaut.png",
-                                                                                            "chelsea.jpg"]
+        assert driver.execute_script("return window.annotator.images.map(i => i.name)") == [
+            "astronaut.png",
+            "chelsea.jpg",
+        ]
         # Moving through the folder and back.
         driver.find_element("id", "next").click()
         wait_for(driver, "window.annotator.index === 1 && window.annotator.width === 451", what="chelsea")
@@ -144,12 +243,14 @@ def test_browser_click_box_accept_export_reload(app, folders, predictor, images)
         painted = driver.execute_script(
             "const c = document.getElementById('mask-layer'); const d = c.getContext('2d')"
             ".getImageData(0, 0, c.width, c.height).data; let n = 0; for (let i = 3; i < d.length; i += 4)"
-            " if (d[i]) n++; return n;")
+            " if (d[i]) n++; return n;"
+        )
         assert painted > 500, "the overlay shows the mask"
         assert "click:" in driver.find_element("id", "rtt").text and " ms" in driver.find_element("id", "rtt").text
         predictor.set_image(images["astronaut"])
-        masks, scores, _ = predictor.predict(point_coords=np.array([[point["x"], point["y"]]]),
-                                             point_labels=np.array([1]), multimask_output=True)
+        masks, scores, _ = predictor.predict(
+            point_coords=np.array([[point["x"], point["y"]]]), point_labels=np.array([1]), multimask_output=True
+        )
         assert len(page["pred"]["masks"]) == 3 and page["candidate"] == int(np.argmax(scores))
         # Cycling the three candidates comes back to the best one.
         seen = set()
@@ -180,8 +281,13 @@ def test_browser_click_box_accept_export_reload(app, folders, predictor, images)
         (bg,) = page["points"]
         assert bg["label"] == 0 and page["box"] == box
         first, _, logits = predictor.predict(box=np.array(box), multimask_output=False)
-        refined, _, _ = predictor.predict(point_coords=np.array([[bg["x"], bg["y"]]]), point_labels=np.array([0]),
-                                          box=np.array(box), mask_input=logits[0][None], multimask_output=False)
+        refined, _, _ = predictor.predict(
+            point_coords=np.array([[bg["x"], bg["y"]]]),
+            point_labels=np.array([0]),
+            box=np.array(box),
+            mask_input=logits[0][None],
+            multimask_output=False,
+        )
         label.clear()
         label.send_keys("astronaut")
         driver.find_element("id", "accept").click()
@@ -192,8 +298,12 @@ def test_browser_click_box_accept_export_reload(app, folders, predictor, images)
 
         # 3. Automatic masks: accept the first, drop the second.
         driver.find_element("id", "auto").click()
-        wait_for(driver, "window.annotator.auto && window.annotator.auto.masks.length >= 2", timeout=120,
-                 what="automatic masks")
+        wait_for(
+            driver,
+            "window.annotator.auto && window.annotator.auto.masks.length >= 2",
+            timeout=120,
+            what="automatic masks",
+        )
         label.clear()
         label.send_keys("auto")
         count = len(driver.find_elements("css selector", "#auto-list .auto-mask"))
@@ -218,10 +328,16 @@ def test_browser_click_box_accept_export_reload(app, folders, predictor, images)
 
         # 5. Reload: the accepted objects are still there, drawn and listed.
         driver.refresh()
-        wait_for(driver, "document.body.dataset.ready === '1' && window.annotator.objects.length === 3",
-                 what="the objects after a reload")
-        assert [li.text.split(" (")[0] for li in driver.find_elements("css selector", "#objects li")] == \
-            ["face", "astronaut", "auto"]
+        wait_for(
+            driver,
+            "document.body.dataset.ready === '1' && window.annotator.objects.length === 3",
+            what="the objects after a reload",
+        )
+        assert [li.text.split(" (")[0] for li in driver.find_elements("css selector", "#objects li")] == [
+            "face",
+            "astronaut",
+            "auto",
+        ]
     finally:
         driver.quit()
     log = app.log()
@@ -233,12 +349,16 @@ def test_accepted_objects_survive_a_killed_app(server, folders, tmp_path):
     removes an object and its files."""
     out = tmp_path / "out"
     with running_app(server.grpc_url, folders / "photos", out, tmp_path / "first.log") as first:
-        status, pred = first.request("POST", "/api/predict", {"image": "chelsea.jpg",
-                                                              "points": [{"x": 180, "y": 120, "label": 1}]})
+        status, pred = first.request(
+            "POST", "/api/predict", {"image": "chelsea.jpg", "points": [{"x": 180, "y": 120, "label": 1}]}
+        )
         assert status == 200, pred
         for label, index in (("cat", pred["best"]), ("other", (pred["best"] + 1) % 3)):
-            status, answer = first.request("POST", "/api/objects", {"image": "chelsea.jpg", "label": label,
-                                                                    "mask": {"id": pred["id"], "index": index}})
+            status, answer = first.request(
+                "POST",
+                "/api/objects",
+                {"image": "chelsea.jpg", "label": label, "mask": {"id": pred["id"], "index": index}},
+            )
             assert status == 201, answer
         first.process.kill()
         first.process.wait()
@@ -248,7 +368,9 @@ def test_accepted_objects_survive_a_killed_app(server, folders, tmp_path):
         assert sum(listed["objects"][0]["runs"][1::2]) == listed["objects"][0]["area"] > 0
         other = listed["objects"][1]
         assert second.request("DELETE", f"/api/objects?image=chelsea.jpg&id={other['id']}") == (
-            200, {"deleted": other["id"]})
+            200,
+            {"deleted": other["id"]},
+        )
         assert not (out / other["mask"]).exists() and not (out / other["cutout"]).exists()
         assert [o["label"] for o in second.request("GET", "/api/objects?image=chelsea.jpg")[1]["objects"]] == ["cat"]
         assert second.request("DELETE", f"/api/objects?image=chelsea.jpg&id={other['id']}")[0] == 404

@@ -21,8 +21,11 @@ def _request_counts(server):
 
     def read():
         stats = client.get_inference_statistics(as_json=True)["model_stats"]
-        return {s["name"]: int(s.get("inference_stats", {}).get("success", {}).get("count", 0)) +
-                int(s.get("inference_stats", {}).get("fail", {}).get("count", 0)) for s in stats}
+        return {
+            s["name"]: int(s.get("inference_stats", {}).get("success", {}).get("count", 0))
+            + int(s.get("inference_stats", {}).get("fail", {}).get("count", 0))
+            for s in stats
+        }
 
     previous = read()
     for _ in range(300):  # settled within 0.1 s in practice; 30 s at most
@@ -52,27 +55,39 @@ BAD_PREDICTS = {
     "box y1 < y0": (dict(box=np.array([10.0, 60, 40, 10])), "box"),
     "box three numbers": (dict(box=np.array([1.0, 2, 3])), "box"),
     "box NaN": (dict(box=np.array([1.0, 2, np.nan, 4])), "box"),
-    "mask wrong shape": (dict(point_coords=POINT, point_labels=np.array([1]), mask_input=np.zeros((256, 256))),
-                         "mask_input"),
-    "mask wrong size": (dict(point_coords=POINT, point_labels=np.array([1]), mask_input=np.zeros((1, 128, 128))),
-                        "mask_input"),
-    "mask NaN": (dict(point_coords=POINT, point_labels=np.array([1]),
-                      mask_input=np.full((1, 256, 256), np.nan)), "mask_input"),
+    "mask wrong shape": (
+        dict(point_coords=POINT, point_labels=np.array([1]), mask_input=np.zeros((256, 256))),
+        "mask_input",
+    ),
+    "mask wrong size": (
+        dict(point_coords=POINT, point_labels=np.array([1]), mask_input=np.zeros((1, 128, 128))),
+        "mask_input",
+    ),
+    "mask NaN": (
+        dict(point_coords=POINT, point_labels=np.array([1]), mask_input=np.full((1, 256, 256), np.nan)),
+        "mask_input",
+    ),
     "no prompt": (dict(), "point_coords"),
     "coords empty": (dict(point_coords=np.zeros((0, 2)), point_labels=np.zeros(0)), "point_coords"),
     "coords complex": (dict(point_coords=np.array([[1 + 2j, 3]]), point_labels=np.array([1])), "point_coords"),
     "coords ragged": (dict(point_coords=[[1, 2], [3]], point_labels=np.array([1, 1])), "point_coords"),
-    "coords too many": (dict(point_coords=np.ones((C.MAX_POINTS_PER_PROMPT, 2)),
-                             point_labels=np.ones(C.MAX_POINTS_PER_PROMPT)), "point_coords"),
+    "coords too many": (
+        dict(point_coords=np.ones((C.MAX_POINTS_PER_PROMPT, 2)), point_labels=np.ones(C.MAX_POINTS_PER_PROMPT)),
+        "point_coords",
+    ),
     "label 0.5": (dict(point_coords=POINT, point_labels=np.array([0.5])), "point_labels"),
     "label NaN": (dict(point_coords=POINT, point_labels=np.array([np.nan])), "point_labels"),
     "label bool": (dict(point_coords=POINT, point_labels=np.array([True])), "point_labels"),
     "box two rows": (dict(box=np.ones((2, 4))), "box"),
     "box strings": (dict(box=np.array(["a", "b", "c", "d"])), "box"),
-    "mask inf": (dict(point_coords=POINT, point_labels=np.array([1]),
-                      mask_input=np.full((1, 256, 256), np.inf)), "mask_input"),
-    "mask batched": (dict(point_coords=POINT, point_labels=np.array([1]), mask_input=np.zeros((2, 1, 256, 256))),
-                     "mask_input"),
+    "mask inf": (
+        dict(point_coords=POINT, point_labels=np.array([1]), mask_input=np.full((1, 256, 256), np.inf)),
+        "mask_input",
+    ),
+    "mask batched": (
+        dict(point_coords=POINT, point_labels=np.array([1]), mask_input=np.zeros((2, 1, 256, 256))),
+        "mask_input",
+    ),
 }
 
 
@@ -106,15 +121,18 @@ def test_predict_before_set_image(server):
             fresh.predict(point_coords=POINT, point_labels=np.array([1]))
 
 
-@pytest.mark.parametrize("image, field", [
-    (np.zeros((10, 10, 3), np.float32), "dtype"),
-    (np.zeros((10, 10, 5), np.uint8), "shape"),
-    (np.zeros((0, 10, 3), np.uint8), "height and width"),
-    ("/no/such/image.png", "cannot read"),
-    (np.zeros((C.MAX_IMAGE_SIDE + 1, 1, 3), np.uint8), "at most"),
-    (np.zeros((4, 4, 3), np.int32), "dtype"),
-    (b"not an image", "image"),
-])
+@pytest.mark.parametrize(
+    "image, field",
+    [
+        (np.zeros((10, 10, 3), np.float32), "dtype"),
+        (np.zeros((10, 10, 5), np.uint8), "shape"),
+        (np.zeros((0, 10, 3), np.uint8), "height and width"),
+        ("/no/such/image.png", "cannot read"),
+        (np.zeros((C.MAX_IMAGE_SIDE + 1, 1, 3), np.uint8), "at most"),
+        (np.zeros((4, 4, 3), np.int32), "dtype"),
+        (b"not an image", "image"),
+    ],
+)
 def test_set_image_rejects_bad_images(predictor, server, image, field, tmp_path):
     before = _request_counts(server)
     with pytest.raises(InvalidInput, match=field):
@@ -163,13 +181,26 @@ RAW_BAD = {
     "inf coords": (dict(point_coords=np.array([[[np.inf, 1.0], [0, 0]]], np.float32)), "point_coords"),
     "coords 3 columns": (dict(point_coords=np.zeros((1, 2, 3), np.float32)), "point_coords"),
     "coords 2-d": (dict(point_coords=np.zeros((2, 2), np.float32)), "point_coords"),
-    "zero prompts": (dict(point_coords=np.zeros((0, 2, 2), np.float32), point_labels=np.zeros((0, 2), np.float32),
-                          mask_input=np.zeros((0, 1, 256, 256), np.float32),
-                          has_mask_input=np.zeros(0, np.float32)), "point_coords"),
-    "zero points": (dict(point_coords=np.zeros((1, 0, 2), np.float32), point_labels=np.zeros((1, 0), np.float32)),
-                    "point_coords"),
-    "too many points": (dict(point_coords=np.zeros((1, C.MAX_POINTS_PER_PROMPT + 1, 2), np.float32),
-                             point_labels=np.ones((1, C.MAX_POINTS_PER_PROMPT + 1), np.float32)), "limit"),
+    "zero prompts": (
+        dict(
+            point_coords=np.zeros((0, 2, 2), np.float32),
+            point_labels=np.zeros((0, 2), np.float32),
+            mask_input=np.zeros((0, 1, 256, 256), np.float32),
+            has_mask_input=np.zeros(0, np.float32),
+        ),
+        "point_coords",
+    ),
+    "zero points": (
+        dict(point_coords=np.zeros((1, 0, 2), np.float32), point_labels=np.zeros((1, 0), np.float32)),
+        "point_coords",
+    ),
+    "too many points": (
+        dict(
+            point_coords=np.zeros((1, C.MAX_POINTS_PER_PROMPT + 1, 2), np.float32),
+            point_labels=np.ones((1, C.MAX_POINTS_PER_PROMPT + 1), np.float32),
+        ),
+        "limit",
+    ),
     "labels transposed": (dict(point_labels=np.array([[1.0], [-1.0]], np.float32)), "point_labels"),
     "labels 3-d": (dict(point_labels=np.zeros((1, 2, 1), np.float32)), "point_labels"),
     "mask 128": (dict(mask_input=np.zeros((1, 1, 128, 128), np.float32)), "mask_input"),
@@ -181,18 +212,29 @@ RAW_BAD = {
     "embedding 2 images": (dict(image_embeddings=np.zeros((2, 256, 64, 64), np.float32)), "image_embeddings"),
     "embedding 63": (dict(image_embeddings=np.zeros((1, 256, 64, 63), np.float32)), "image_embeddings"),
     "embedding channels": (dict(image_embeddings=np.zeros((1, 128, 64, 64), np.float32)), "image_embeddings"),
-    "embedding one NaN": (dict(image_embeddings=np.where(np.arange(256 * 64 * 64).reshape(1, 256, 64, 64) == 777,
-                                                         np.float32(np.nan), np.float32(0))), "image_embeddings"),
+    "embedding one NaN": (
+        dict(
+            image_embeddings=np.where(
+                np.arange(256 * 64 * 64).reshape(1, 256, 64, 64) == 777, np.float32(np.nan), np.float32(0)
+            )
+        ),
+        "image_embeddings",
+    ),
     "embedding inf": (dict(image_embeddings=np.full((1, 256, 64, 64), -np.inf, np.float32)), "image_embeddings"),
     "label 7": (dict(point_labels=np.array([[7.0, -1.0]], np.float32)), "point_labels"),
     "NaN coords": (dict(point_coords=np.array([[[np.nan, 1.0], [0, 0]]], np.float32)), "point_coords"),
     "labels shape": (dict(point_labels=np.array([[1.0]], np.float32)), "point_labels"),
     "mask count": (dict(mask_input=np.zeros((2, 1, 256, 256), np.float32)), "mask_input"),
     "has_mask 0.5": (dict(has_mask_input=np.array([0.5], np.float32)), "has_mask_input"),
-    "too many prompts": (dict(point_coords=np.zeros((C.MAX_PROMPTS_PER_REQUEST + 1, 1, 2), np.float32),
-                              point_labels=np.ones((C.MAX_PROMPTS_PER_REQUEST + 1, 1), np.float32),
-                              mask_input=np.zeros((C.MAX_PROMPTS_PER_REQUEST + 1, 1, 256, 256), np.float32),
-                              has_mask_input=np.zeros(C.MAX_PROMPTS_PER_REQUEST + 1, np.float32)), "limit"),
+    "too many prompts": (
+        dict(
+            point_coords=np.zeros((C.MAX_PROMPTS_PER_REQUEST + 1, 1, 2), np.float32),
+            point_labels=np.ones((C.MAX_PROMPTS_PER_REQUEST + 1, 1), np.float32),
+            mask_input=np.zeros((C.MAX_PROMPTS_PER_REQUEST + 1, 1, 256, 256), np.float32),
+            has_mask_input=np.zeros(C.MAX_PROMPTS_PER_REQUEST + 1, np.float32),
+        ),
+        "limit",
+    ),
 }
 
 
@@ -232,10 +274,13 @@ def test_server_rejects_raw_bad_encoder_requests(server, case):
     wire = {np.dtype(np.uint8): "UINT8", np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
     client = grpcclient.InferenceServerClient(server.grpc_url)
     with pytest.raises(InferenceServerException, match=field):
-        client.infer("mobilesam_encoder", [_raw("image", image, wire[image.dtype]),
-                                           _raw("input_size", size, wire[size.dtype])])
-    ok = client.infer("mobilesam_encoder", [_raw("image", GOOD_IMAGE, "UINT8"),
-                                            _raw("input_size", np.array([[1024, 1024]], np.int64), "INT64")])
+        client.infer(
+            "mobilesam_encoder", [_raw("image", image, wire[image.dtype]), _raw("input_size", size, wire[size.dtype])]
+        )
+    ok = client.infer(
+        "mobilesam_encoder",
+        [_raw("image", GOOD_IMAGE, "UINT8"), _raw("input_size", np.array([[1024, 1024]], np.int64), "INT64")],
+    )
     assert ok.as_numpy("image_embeddings").shape == (1, 256, 64, 64)
     client.close()
 
@@ -265,9 +310,11 @@ def test_bad_request_in_a_dynamic_batch_fails_alone(server):
     results = queue.Queue()
     sizes = [[1024, 1024], [1024, 700], [5000, 3], [800, 1024], [1024, 1024], [1024, 512]]
     for i, size in enumerate(sizes):
-        client.async_infer("mobilesam_encoder", [_raw("image", GOOD_IMAGE, "UINT8"),
-                                                 _raw("input_size", np.array([size], np.int64), "INT64")],
-                           callback=lambda result, error, i=i: results.put((i, result, error)))
+        client.async_infer(
+            "mobilesam_encoder",
+            [_raw("image", GOOD_IMAGE, "UINT8"), _raw("input_size", np.array([size], np.int64), "INT64")],
+            callback=lambda result, error, i=i: results.put((i, result, error)),
+        )
     outcomes = dict((i, (result, error)) for i, result, error in (results.get(timeout=120) for _ in sizes))
     for i, (result, error) in outcomes.items():
         if i == 2:
@@ -284,9 +331,13 @@ def test_request_size_limit(predictor, server):
     from samtriton.contract import DECODER, MAX_PROMPTS_PER_REQUEST, MAX_REQUEST_BYTES
 
     k = MAX_PROMPTS_PER_REQUEST
-    largest_allowed = {"image_embeddings": np.zeros((1, 256, 64, 64), np.float32),
-                       "point_coords": np.zeros((k, 64, 2), np.float32), "point_labels": np.ones((k, 64), np.float32),
-                       "mask_input": np.zeros((k, 1, 256, 256), np.float32), "has_mask_input": np.zeros(k, np.float32)}
+    largest_allowed = {
+        "image_embeddings": np.zeros((1, 256, 64, 64), np.float32),
+        "point_coords": np.zeros((k, 64, 2), np.float32),
+        "point_labels": np.ones((k, 64), np.float32),
+        "mask_input": np.zeros((k, 1, 256, 256), np.float32),
+        "has_mask_input": np.zeros(k, np.float32),
+    }
     assert sum(v.nbytes for v in largest_allowed.values()) <= MAX_REQUEST_BYTES
     too_big = dict(largest_allowed, mask_input=np.zeros((2 * k, 1, 256, 256), np.float32))
     before = _request_counts(server)
@@ -325,13 +376,16 @@ def test_server_rejects_raw_bad_image_files_and_stays_up(server, images, case):
     client = grpcclient.InferenceServerClient(server.grpc_url)
 
     def request(file_bytes):
-        tensors = {"image_id": np.array([C.image_id_for(encoded_image=file_bytes).encode()], dtype=object),
-                   "encoded_image": np.array([file_bytes], dtype=object)}
+        tensors = {
+            "image_id": np.array([C.image_id_for(encoded_image=file_bytes).encode()], dtype=object),
+            "encoded_image": np.array([file_bytes], dtype=object),
+        }
         return [_raw(name, array, "BYTES") for name, array in tensors.items()]
 
     with pytest.raises(InferenceServerException, match="encoded_image"):
         client.infer("mobilesam_session", request(data))
-    good = client.infer("mobilesam_session", request(jpeg(images["rocket"])), outputs=[
-        grpcclient.InferRequestedOutput("original_size")])
+    good = client.infer(
+        "mobilesam_session", request(jpeg(images["rocket"])), outputs=[grpcclient.InferRequestedOutput("original_size")]
+    )
     assert good.as_numpy("original_size").tolist() == list(images["rocket"].shape[:2])
     client.close()

@@ -12,16 +12,43 @@ from PIL import Image
 from helpers import EMBEDDING_BYTES, PADDED_IMAGE_BYTES
 
 
-
 def test_bench_compare_writes_table_json_and_plot(server, checkpoint, images, tmp_path):
     Image.fromarray(images["chelsea"]).save(tmp_path / "chelsea.png")
     out = tmp_path / "bench"
     result = subprocess.run(
-        [sys.executable, "-m", "samtriton.cli", "bench", "compare", str(tmp_path / "chelsea.png"),
-         "--url", server.grpc_url, "--model", "mobilesam", "--model-type", "vit_t", "--checkpoint", str(checkpoint),
-         "--repeats", "1", "--clients", "1", "2", "--rounds", "1", "--batch-prompts", "4", "--amg-points-per-side", "4",
-         "--out", str(out)],
-        capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "samtriton.tools.cli",
+            "bench",
+            "compare",
+            str(tmp_path / "chelsea.png"),
+            "--url",
+            server.grpc_url,
+            "--model",
+            "mobilesam",
+            "--model-type",
+            "vit_t",
+            "--checkpoint",
+            str(checkpoint),
+            "--repeats",
+            "1",
+            "--clients",
+            "1",
+            "2",
+            "--rounds",
+            "1",
+            "--batch-prompts",
+            "4",
+            "--amg-points-per-side",
+            "4",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     print(result.stdout)
     document = json.loads((out / "bench.json").read_text())
@@ -63,9 +90,28 @@ def test_bench_amg_writes_its_table(server, checkpoint, images, tmp_path):
     Image.fromarray(images["coins_gray"]).save(tmp_path / "coins.png")
     table = tmp_path / "amg.md"
     result = subprocess.run(
-        [sys.executable, "-m", "samtriton.cli", "bench", "amg", str(tmp_path / "coins.png"), "--url", server.grpc_url,
-         "--model", "mobilesam", "--checkpoint", str(checkpoint), "--points-per-side", "4", "--markdown", str(table)],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "samtriton.tools.cli",
+            "bench",
+            "amg",
+            str(tmp_path / "coins.png"),
+            "--url",
+            server.grpc_url,
+            "--model",
+            "mobilesam",
+            "--checkpoint",
+            str(checkpoint),
+            "--points-per-side",
+            "4",
+            "--markdown",
+            str(table),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (row,) = [line for line in table.read_text().splitlines() if line.startswith("| coins |")]
     cells = [cell.strip() for cell in row.strip("|").split("|")]

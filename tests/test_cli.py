@@ -11,8 +11,12 @@ from samtriton.server import free_port
 
 
 def _segment(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "samtriton.cli", "segment", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "samtriton.tools.cli", "segment", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_bad_files_are_reported_and_the_rest_segmented(server, images, tmp_path):
@@ -22,8 +26,18 @@ def test_bad_files_are_reported_and_the_rest_segmented(server, images, tmp_path)
     (folder / "b_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
     Image.fromarray(images["coffee"]).save(folder / "c_coffee.jpg")
     out = tmp_path / "out"
-    result = _segment(folder, tmp_path / "missing.png", "--point", "100,100", "--url", server.grpc_url,
-                      "--model", "mobilesam", "--out", out)
+    result = _segment(
+        folder,
+        tmp_path / "missing.png",
+        "--point",
+        "100,100",
+        "--url",
+        server.grpc_url,
+        "--model",
+        "mobilesam",
+        "--out",
+        out,
+    )
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     errors = result.stderr.strip().splitlines()
@@ -40,16 +54,36 @@ def test_bad_files_are_reported_and_the_rest_segmented(server, images, tmp_path)
 
 def test_all_good_exits_zero(server, images, tmp_path):
     Image.fromarray(images["chelsea"]).save(tmp_path / "chelsea.png")
-    result = _segment(tmp_path / "chelsea.png", "--box", "50,50,300,250", "--url", server.grpc_url,
-                      "--model", "mobilesam", "--out", tmp_path / "out")
+    result = _segment(
+        tmp_path / "chelsea.png",
+        "--box",
+        "50,50,300,250",
+        "--url",
+        server.grpc_url,
+        "--model",
+        "mobilesam",
+        "--out",
+        tmp_path / "out",
+    )
     assert result.returncode == 0 and result.stderr == "", result.stderr
 
 
 def test_unreachable_server_is_one_line(images, tmp_path):
     Image.fromarray(images["chelsea"]).save(tmp_path / "chelsea.png")
     url = f"127.0.0.1:{free_port()}"
-    result = _segment(tmp_path / "chelsea.png", tmp_path / "chelsea.png", "--point", "10,10", "--url", url,
-                      "--timeout", "10", "--out", tmp_path / "out", timeout=120)
+    result = _segment(
+        tmp_path / "chelsea.png",
+        tmp_path / "chelsea.png",
+        "--point",
+        "10,10",
+        "--url",
+        url,
+        "--timeout",
+        "10",
+        "--out",
+        tmp_path / "out",
+        timeout=120,
+    )
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and url in lines[0], result.stderr

@@ -38,8 +38,9 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path):
 
 def test_kubernetes_manifests_validate():
     manifests = sorted((DOCKER / "k8s").glob("*.yaml"))
-    result = subprocess.run([_bin("kubernetes-validate"), "--strict", *map(str, manifests)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [_bin("kubernetes-validate"), "--strict", *map(str, manifests)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     kinds = {doc["kind"] for m in manifests for doc in yaml.safe_load_all(m.read_text())}
     assert {"Deployment", "Service", "HorizontalPodAutoscaler", "Job"} <= kinds
@@ -60,14 +61,16 @@ def test_probes_use_triton_health_endpoints():
 
 
 def _versions():
-    return dict(line.split("=", 1) for line in (DOCKER / ".env").read_text().splitlines()
-                if line and not line.startswith("#"))
+    return dict(
+        line.split("=", 1) for line in (DOCKER / ".env").read_text().splitlines() if line and not line.startswith("#")
+    )
 
 
 def _interpolate(text, variables):
     def sub(match):
         name, default = match.group(1), match.group(3)
         return variables.get(name, os.environ.get(name, default or ""))
+
     return re.sub(r"\$\{(\w+)(:-([^}]*))?\}", sub, text)
 
 
@@ -75,8 +78,12 @@ def _interpolate(text, variables):
 def compose_schema(tmp_path_factory):
     """The Compose specification's JSON schema, as shipped in the docker-compose 1.29.2 wheel."""
     folder = tmp_path_factory.mktemp("compose")
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "docker-compose==1.29.2",
-                    "-d", str(folder)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "docker-compose==1.29.2", "-d", str(folder)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = folder.glob("*.whl")
     with zipfile.ZipFile(wheel) as archive:
         return yaml.safe_load(archive.read("compose/config/compose_spec.json"))
@@ -155,12 +162,26 @@ def _build_context(root, paths, dockerignore):
 def test_dockerignore_keeps_the_build_inputs_and_drops_local_files(tmp_path):
     path = ROOT / ".dockerignore"
     assert path.exists(), "the build context is the repository root: .venv alone is GBs"
-    dropped = [".venv/bin/python", ".venv-cpu/lib/x.py", ".git/HEAD", ".git/objects/ab/cdef",
-               "model_repository/sam_encoder/1/model.onnx", "model_repository/sam_encoder/1/model.onnx.data",
-               "model_repository/sam_encoder/1/model.plan", "model_repository/sam.export.json", "out/demo/overlay.png",
-               "client/__pycache__/predictor.cpython-311.pyc", "export/python_models/__pycache__/session.cpython-311.pyc",
-               "tests/__pycache__/helpers.cpython-311.pyc", ".pytest_cache/v/cache/nodeids", ".hypothesis/examples/x",
-               "samtriton.egg-info/PKG-INFO", "timing.cache", "build/lib/samtriton/cli.py", "encoder.onnx"]
+    dropped = [
+        ".venv/bin/python",
+        ".venv-cpu/lib/x.py",
+        ".git/HEAD",
+        ".git/objects/ab/cdef",
+        "model_repository/sam_encoder/1/model.onnx",
+        "model_repository/sam_encoder/1/model.onnx.data",
+        "model_repository/sam_encoder/1/model.plan",
+        "model_repository/sam.export.json",
+        "out/demo/overlay.png",
+        "client/__pycache__/predictor.cpython-311.pyc",
+        "server/models/__pycache__/session.cpython-311.pyc",
+        "tests/__pycache__/helpers.cpython-311.pyc",
+        ".pytest_cache/v/cache/nodeids",
+        ".hypothesis/examples/x",
+        "samtriton.egg-info/PKG-INFO",
+        "timing.cache",
+        "build/lib/samtriton/cli.py",
+        "encoder.onnx",
+    ]
     copied = set()
     for dockerfile in DOCKER.glob("Dockerfile*"):
         for line in re.findall(r"^COPY\s+(.+)$", dockerfile.read_text(), re.M):

@@ -28,14 +28,15 @@ def test_nginx_hashes_on_the_header_the_client_sends():
 
 
 def test_envoy_router_config_parses_against_envoy_protos():
-    from google.protobuf import json_format
     from envoy.config.bootstrap.v3 import bootstrap_pb2
     from envoy.config.cluster.v3 import cluster_pb2
+
     # The typed_config messages the config names, registered for Any resolution.
     from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
     from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
     from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2  # noqa: F401
     from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+    from google.protobuf import json_format
 
     config_map = next(d for d in _docs("scaleout.yaml") if d["kind"] == "ConfigMap")
     bootstrap = json_format.ParseDict(yaml.safe_load(config_map["data"]["envoy.yaml"]), bootstrap_pb2.Bootstrap())
@@ -48,15 +49,20 @@ def test_envoy_router_config_parses_against_envoy_protos():
     assert route.cluster == cluster.name
     assert route.timeout.seconds >= 300, "AMG requests are not cut at Envoy's 15 s default"
     address = cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address
-    headless = next(d for d in _docs("scaleout.yaml") if d["kind"] == "Service" and
-                    d["spec"].get("clusterIP") == "None")
-    assert address.split(".")[0] == headless["metadata"]["name"], "Envoy resolves every replica via the headless Service"
+    headless = next(
+        d for d in _docs("scaleout.yaml") if d["kind"] == "Service" and d["spec"].get("clusterIP") == "None"
+    )
+    assert address.split(".")[0] == headless["metadata"]["name"], (
+        "Envoy resolves every replica via the headless Service"
+    )
 
 
 def test_headless_service_selects_the_triton_replicas():
     deployment = next(d for d in _docs("triton.yaml") if d["kind"] == "Deployment")
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
-    headless = next(d for d in _docs("scaleout.yaml") if d["kind"] == "Service" and d["spec"].get("clusterIP") == "None")
+    headless = next(
+        d for d in _docs("scaleout.yaml") if d["kind"] == "Service" and d["spec"].get("clusterIP") == "None"
+    )
     assert headless["spec"]["selector"].items() <= pod_labels.items()
     assert headless["spec"]["ports"][0]["port"] == 8001
     assert deployment["spec"]["replicas"] > 1

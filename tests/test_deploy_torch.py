@@ -10,12 +10,12 @@ from pathlib import Path
 
 import jsonschema
 import yaml
-
 from test_deploy import _effective_command, _exec_form, _interpolate, _versions, compose_schema  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
-MODELS = ROOT / "export" / "python_models"
+MODELS = ROOT / "server" / "models"
+SERVER = ROOT / "server"
 # Import names -> distribution names, where they differ.
 DISTRIBUTIONS = {"mobile_sam": "mobilesam-mirror", "segment_anything": "segment-anything"}
 
@@ -25,12 +25,14 @@ def _third_party_imports(paths, nested=True):
     names = set()
     for path in paths:
         tree = ast.parse(path.read_text())
-        for node in (ast.walk(tree) if nested else tree.body):
+        for node in ast.walk(tree) if nested else tree.body:
             if isinstance(node, ast.Import):
                 names |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names.add(node.module.split(".")[0])
-    return {n for n in names if n not in sys.stdlib_module_names and n not in ("samtriton", "triton_python_backend_utils")}
+    return {
+        n for n in names if n not in sys.stdlib_module_names and n not in ("samtriton", "triton_python_backend_utils")
+    }
 
 
 def _extra(name):
@@ -49,10 +51,14 @@ def test_torch_image_installs_what_the_torch_models_import():
     # SAM packages come through torch_runtime.build_sam.
     # The torch models' own modules, every import; the modules they share with the ONNX
     # backends (a torch repository's session and AMG stages use them), at module level.
-    shared = [MODELS / f"{name}.py" for name in ("session", "amg", "runtime", "embedding_cache", "metrics",
-                                                  "lifecycle")]
-    imported = (_third_party_imports(MODELS.glob("torch_*.py")) | _third_party_imports(shared, nested=False)
-                | {"segment_anything", "mobile_sam"})
+    shared = [MODELS / f"{name}.py" for name in ("session", "amg")] + [
+        SERVER / f"{name}.py" for name in ("runtime", "embedding_cache", "metrics", "lifecycle", "config")
+    ]
+    imported = (
+        _third_party_imports([*MODELS.glob("torch_*.py"), *SERVER.glob("torch_*.py")])
+        | _third_party_imports(shared, nested=False)
+        | {"segment_anything", "mobile_sam"}
+    )
     # numpy and Pillow: samtriton's own dependencies, installed with any extra.
     needed = {DISTRIBUTIONS.get(name, name).lower() for name in imported} - {"numpy", "pil"}
     assert needed <= _extra("serve-torch"), needed - _extra("serve-torch")
@@ -72,8 +78,11 @@ def test_torch_compose_matches_compose_spec_and_exports_torch_models(compose_sch
 def test_torch_deployment_runs_the_torch_image_with_every_flag_of_its_command():
     dockerfile = DOCKER / "Dockerfile.server-torch"
     entrypoint, cmd = _exec_form(dockerfile, "ENTRYPOINT"), _exec_form(dockerfile, "CMD")
-    (deployment,) = [d for d in yaml.safe_load_all((DOCKER / "k8s" / "triton-torch.yaml").read_text())
-                     if d and d["kind"] == "Deployment"]
+    (deployment,) = [
+        d
+        for d in yaml.safe_load_all((DOCKER / "k8s" / "triton-torch.yaml").read_text())
+        if d and d["kind"] == "Deployment"
+    ]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["image"].startswith("samtriton-server-torch:")
     command = _effective_command(container, entrypoint, cmd)
@@ -81,7 +90,8 @@ def test_torch_deployment_runs_the_torch_image_with_every_flag_of_its_command():
     assert not missing, f"the Deployment drops the image's {missing}"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     # The same name and labels as triton.yaml's Deployment: its Service and autoscaler select it.
-    (plain,) = [d for d in yaml.safe_load_all((DOCKER / "k8s" / "triton.yaml").read_text())
-                if d and d["kind"] == "Deployment"]
+    (plain,) = [
+        d for d in yaml.safe_load_all((DOCKER / "k8s" / "triton.yaml").read_text()) if d and d["kind"] == "Deployment"
+    ]
     assert deployment["metadata"]["name"] == plain["metadata"]["name"]
     assert deployment["spec"]["selector"] == plain["spec"]["selector"]

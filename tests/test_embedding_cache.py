@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from samtriton import contract as C
-from samtriton.export.python_models import embedding_cache as ec
+from samtriton.server import embedding_cache as ec
 
 EMBEDDING = np.zeros(C.DECODER_IMAGE_EMBEDDINGS.dims, np.float32)
 SIZES = np.array([1024, 683]), np.array([600, 900])
 
 HOLD = """
 import sys, time
-from samtriton.export.python_models.embedding_cache import EmbeddingCache
+from samtriton.server.embedding_cache import EmbeddingCache
 cache = EmbeddingCache(sys.argv[1], 2**30)
 print("held", flush=True)
 time.sleep(float(sys.argv[2]))
@@ -27,8 +27,9 @@ time.sleep(float(sys.argv[2]))
 
 def _holder(directory, seconds=60.0):
     """Another process (another server) using ``directory``."""
-    process = subprocess.Popen([sys.executable, "-c", HOLD, str(directory), str(seconds)], stdout=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(directory), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
     assert process.stdout.readline().strip() == "held"
     return process
 

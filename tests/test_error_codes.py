@@ -11,8 +11,10 @@ from samtriton import contract as C
 from samtriton.predictor import TritonSam
 from samtriton.server import EmbeddedTriton, free_port
 
-PROMPT = {C.POINT_COORDS.name: np.array([[[10.0, 10.0], [0.0, 0.0]]], np.float32),
-          C.POINT_LABELS.name: np.array([[1.0, -1.0]], np.float32)}
+PROMPT = {
+    C.POINT_COORDS.name: np.array([[[10.0, 10.0], [0.0, 0.0]]], np.float32),
+    C.POINT_LABELS.name: np.array([[1.0, -1.0]], np.float32),
+}
 
 
 def _infer(url, model, **tensors):
@@ -37,13 +39,22 @@ def test_unknown_image_is_not_found(server):
     assert error.status() == "StatusCode.NOT_FOUND", error
 
 
-@pytest.mark.parametrize("model, tensors", [
-    ("mobilesam_session", dict(image_id=np.array([b"not-hex"], dtype=object), **PROMPT)),
-    ("mobilesam_decoder", dict(image_embeddings=np.zeros((1, 256, 64, 64), np.float32),
-                               point_coords=PROMPT["point_coords"], point_labels=np.array([[7.0, -1.0]], np.float32),
-                               mask_input=np.zeros((1, 1, 256, 256), np.float32),
-                               has_mask_input=np.zeros(1, np.float32))),
-])
+@pytest.mark.parametrize(
+    "model, tensors",
+    [
+        ("mobilesam_session", dict(image_id=np.array([b"not-hex"], dtype=object), **PROMPT)),
+        (
+            "mobilesam_decoder",
+            dict(
+                image_embeddings=np.zeros((1, 256, 64, 64), np.float32),
+                point_coords=PROMPT["point_coords"],
+                point_labels=np.array([[7.0, -1.0]], np.float32),
+                mask_input=np.zeros((1, 1, 256, 256), np.float32),
+                has_mask_input=np.zeros(1, np.float32),
+            ),
+        ),
+    ],
+)
 def test_bad_input_is_invalid_argument(server, model, tensors):
     error = _infer(server.grpc_url, model, **tensors)
     assert error.status() == "StatusCode.INVALID_ARGUMENT", error
@@ -63,23 +74,34 @@ def test_client_tells_a_missing_image_from_a_missing_model(server, predictor, im
 def test_a_replica_without_its_encoder_answers_unavailable_and_the_client_fails_over(repository, server, images):
     """The session model's BLS call finds no encoder: UNAVAILABLE, so the client moves the
     image to its next replica instead of failing."""
-    partial = EmbeddedTriton(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
-                             models=["mobilesam_decoder", "mobilesam_session"]).start()
+    partial = EmbeddedTriton(
+        repository,
+        grpc_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        models=["mobilesam_decoder", "mobilesam_session"],
+    ).start()
     try:
         from samtriton.transport import rendezvous_order
 
         urls = [partial.grpc_url, server.grpc_url]
         with SamPredictor(urls, model="mobilesam") as predictor:
             # An image that ranks the partial replica first.
-            image = next(im for im in (np.ascontiguousarray(images["chelsea"][:, k:]) for k in range(64))
-                         if rendezvous_order(_image_id(predictor, im), urls)[0] == partial.grpc_url)
+            image = next(
+                im
+                for im in (np.ascontiguousarray(images["chelsea"][:, k:]) for k in range(64))
+                if rendezvous_order(_image_id(predictor, im), urls)[0] == partial.grpc_url
+            )
             predictor.set_image(image)
             assert predictor.predict(point_coords=np.array([[100.0, 100.0]]), point_labels=np.array([1]))[0].shape[0]
             assert [u for u, _ in predictor.backend.endpoint_failures] == [partial.grpc_url]
             assert "could not use mobilesam_encoder" in predictor.backend.endpoint_failures[0][1]
-        raw = _infer(partial.grpc_url, "mobilesam_session", image_id=np.array([_image_id(None, image).encode()],
-                                                                                  dtype=object),
-                     **_set_tensors(image))
+        raw = _infer(
+            partial.grpc_url,
+            "mobilesam_session",
+            image_id=np.array([_image_id(None, image).encode()], dtype=object),
+            **_set_tensors(image),
+        )
         assert raw.status() == "StatusCode.UNAVAILABLE", raw
     finally:
         partial.stop()
@@ -90,8 +112,11 @@ def _set_tensors(image):
 
     rgb = to_rgb_uint8(image)
     padded, input_size = preprocess(rgb)
-    return dict(image=padded[None], input_size=np.asarray([input_size], np.int64),
-                original_size=np.asarray(rgb.shape[:2], np.int64))
+    return dict(
+        image=padded[None],
+        input_size=np.asarray([input_size], np.int64),
+        original_size=np.asarray(rgb.shape[:2], np.int64),
+    )
 
 
 def _image_id(_, image):
@@ -128,15 +153,23 @@ def _amg_request(image_id, prompts, crop_size, thresholds):
     points = np.stack([np.linspace(100, 900, prompts), np.linspace(150, 850, prompts)], axis=1)
     coords = np.concatenate([points[:, None, :], np.zeros((prompts, 1, 2))], axis=1).astype(np.float32)
     labels = np.tile(np.array([[1.0, -1.0]], np.float32), (prompts, 1))
-    return dict(image_id=np.array([image_id.encode()], dtype=object), point_coords=coords, point_labels=labels,
-                crop_size=np.array(crop_size, np.int64), amg_thresholds=np.array(thresholds, np.float32))
+    return dict(
+        image_id=np.array([image_id.encode()], dtype=object),
+        point_coords=coords,
+        point_labels=labels,
+        crop_size=np.array(crop_size, np.int64),
+        amg_thresholds=np.array(thresholds, np.float32),
+    )
 
 
 def test_amg_request_over_the_cap_is_refused(server, predictor, images):
     predictor.set_image(images["chelsea"])
     prompts = C.MAX_AMG_PROMPT_PIXELS // (8192 * 8192) + 1
-    error = _infer(server.grpc_url, "mobilesam_session",
-                   **_amg_request(predictor.image_id, prompts, (8192, 8192), [0.88, 0.95, 1.0]))
+    error = _infer(
+        server.grpc_url,
+        "mobilesam_session",
+        **_amg_request(predictor.image_id, prompts, (8192, 8192), [0.88, 0.95, 1.0]),
+    )
     assert error.status() == "StatusCode.INVALID_ARGUMENT" and "prompts" in error.message(), error
 
 

@@ -85,17 +85,26 @@ def test_decoder_matches_pytorch_mask_decoder(onnx_files, reference_sam):
     labels = np.array([[1, 0, -1], [0, 1, -1], [1, 2, 3], [1, 1, -1]], np.float32)
     mask_input = rng.normal(0, 3, (4, 1, 256, 256)).astype(np.float32)
     has_mask = np.array([0, 1, 0, 1], np.float32)
-    low_res, iou = session.run(None, {"image_embeddings": embedding, "point_coords": coords,
-                                      "point_labels": labels, "mask_input": mask_input, "has_mask_input": has_mask})
+    low_res, iou = session.run(
+        None,
+        {
+            "image_embeddings": embedding,
+            "point_coords": coords,
+            "point_labels": labels,
+            "mask_input": mask_input,
+            "has_mask_input": has_mask,
+        },
+    )
     for k in range(4):
         with torch.no_grad():
             n_points = 1 if labels[k, 1] == 2 else 2
-            points = (torch.from_numpy(coords[k:k + 1, :n_points]), torch.from_numpy(labels[k:k + 1, :n_points]))
+            points = (torch.from_numpy(coords[k : k + 1, :n_points]), torch.from_numpy(labels[k : k + 1, :n_points]))
             boxes = torch.from_numpy(coords[k, 1:].reshape(1, 4)) if labels[k, 1] == 2 else None
-            masks = torch.from_numpy(mask_input[k:k + 1]) if has_mask[k] else None
+            masks = torch.from_numpy(mask_input[k : k + 1]) if has_mask[k] else None
             sparse, dense = reference_sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
             ref_masks, ref_iou = reference_sam.mask_decoder.predict_masks(
-                torch.from_numpy(embedding), reference_sam.prompt_encoder.get_dense_pe(), sparse, dense)
+                torch.from_numpy(embedding), reference_sam.prompt_encoder.get_dense_pe(), sparse, dense
+            )
         assert np.abs(low_res[k] - ref_masks[0].numpy()).max() < 1e-3
         assert np.abs(iou[k] - ref_iou[0].numpy()).max() < 1e-4
 
@@ -105,8 +114,12 @@ def _uint8_intermediates(path):
 
     graph, types = tensor_types(path)
     inputs = {v.name for v in graph.input}
-    return [(node.op_type, name) for node in graph.node for name in node.output
-            if types.get(name) == onnx.TensorProto.UINT8 and name not in inputs]
+    return [
+        (node.op_type, name)
+        for node in graph.node
+        for name in node.output
+        if types.get(name) == onnx.TensorProto.UINT8 and name not in inputs
+    ]
 
 
 def test_mobilesam_encoder_has_no_uint8_intermediate(onnx_files):

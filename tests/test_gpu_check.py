@@ -37,14 +37,35 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def test_gpu_check_runs_on_cpu_with_a_bare_machines_packages(checkpoint, tmp_path):
     stage = tmp_path / "gpu_stage"
-    subprocess.run([sys.executable, str(SCRIPT), "--stage", str(stage), "--checkpoint", str(checkpoint)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, str(SCRIPT), "--stage", str(stage), "--checkpoint", str(checkpoint)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     staged = sum(f.stat().st_size for f in stage.rglob("*") if f.is_file())
     assert staged < 64 * 2**20, "one device call carries at most 64 MiB"
     out = tmp_path / "gpu_check.json"
-    result = subprocess.run([sys.executable, "-c", BARE_MACHINE, str(stage), str(SCRIPT), "--device", "cpu", "--quick",
-                             "--stage-dir", str(stage), "--json", str(out)],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            BARE_MACHINE,
+            str(stage),
+            str(SCRIPT),
+            "--device",
+            "cpu",
+            "--quick",
+            "--stage-dir",
+            str(stage),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     document = json.loads(out.read_text())
     assert document["settings"]["image_source"] == "staged photographs" and document["environment"]["tf32"] is False
@@ -67,6 +88,11 @@ def test_gpu_check_refuses_cuda_where_there_is_none(tmp_path):
     import os
 
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run([sys.executable, str(SCRIPT), "--json", str(tmp_path / "x.json")],
-                            capture_output=True, text=True, timeout=120, env=env)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--json", str(tmp_path / "x.json")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert result.returncode == 1 and "--device cpu" in result.stderr and "Traceback" not in result.stderr

@@ -22,10 +22,37 @@ SCRIPT = ROOT / "scripts" / "gpu_serve_check.py"
 @pytest.mark.timeout(900)
 def test_cpu_smoke_run(checkpoint, tmp_path):
     out = tmp_path / "smoke.json"
-    subprocess.run([sys.executable, str(SCRIPT), "run", "--device", "cpu", "--quick", "--models", "vit_t",
-                    "--amg-models", "vit_t", "--seconds", "1", "--concurrency", "2", "--click-clients", "2",
-                    "--checkpoint", str(checkpoint), "--work", str(tmp_path / "work"), "--json", str(out),
-                    "--markdown", str(tmp_path / "smoke.md"), "--strict"], check=True, timeout=880)
+    subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "run",
+            "--device",
+            "cpu",
+            "--quick",
+            "--models",
+            "vit_t",
+            "--amg-models",
+            "vit_t",
+            "--seconds",
+            "1",
+            "--concurrency",
+            "2",
+            "--click-clients",
+            "2",
+            "--checkpoint",
+            str(checkpoint),
+            "--work",
+            str(tmp_path / "work"),
+            "--json",
+            str(out),
+            "--markdown",
+            str(tmp_path / "smoke.md"),
+            "--strict",
+        ],
+        check=True,
+        timeout=880,
+    )
     report = json.loads(out.read_text())
     [model] = report["models"]
     assert model["model"] == "vit_t" and model["weights"] == "real" and model["precision"] == "fp32"
@@ -44,8 +71,9 @@ def test_cpu_smoke_run(checkpoint, tmp_path):
 @pytest.mark.timeout(300)
 def test_stage_fits_the_device_carry_and_holds_what_a_bare_cuda_machine_lacks(checkpoint, tmp_path):
     bundle = tmp_path / "bundle"
-    subprocess.run([sys.executable, str(SCRIPT), "stage", str(bundle), "--checkpoint", str(checkpoint)],
-                   check=True, timeout=280)
+    subprocess.run(
+        [sys.executable, str(SCRIPT), "stage", str(bundle), "--checkpoint", str(checkpoint)], check=True, timeout=280
+    )
     total = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file())
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
     tree = sum((ROOT / name).stat().st_size for name in tracked.decode().split("\0") if name and (ROOT / name).exists())
@@ -54,8 +82,11 @@ def test_stage_fits_the_device_carry_and_holds_what_a_bare_cuda_machine_lacks(ch
     assert wheels == {"samtriton", "tritonclient", "python_rapidjson", "segment_anything", "mobilesam_mirror"}
     with zipfile.ZipFile(bundle / "wheels" / next(p.name for p in (bundle / "wheels").glob("samtriton-*"))) as wheel:
         names = set(wheel.namelist())
-    assert {"samtriton/export/python_models/torch_encoder.py", "samtriton/export/python_models/torch_stage.py",
-            "samtriton/export/torch_weights.py"} <= names
+    assert {
+        "samtriton/server/models/torch_encoder.py",
+        "samtriton/server/torch_stage.py",
+        "samtriton/export/torch_weights.py",
+    } <= names
     with zipfile.ZipFile(bundle / "pytriton_slim.zip") as slim:
         names = slim.namelist()
     assert "pytriton/tritonserver/bin/tritonserver" in names

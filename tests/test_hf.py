@@ -32,9 +32,16 @@ def small_config():
     from transformers import SamConfig
 
     return SamConfig(
-        vision_config=dict(hidden_size=96, num_hidden_layers=3, num_attention_heads=4, window_size=12,
-                           global_attn_indexes=[1], mlp_dim=200),
-        mask_decoder_config=dict(num_hidden_layers=2, mlp_dim=512, iou_head_depth=4, iou_head_hidden_dim=128))
+        vision_config=dict(
+            hidden_size=96,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            window_size=12,
+            global_attn_indexes=[1],
+            mlp_dim=200,
+        ),
+        mask_decoder_config=dict(num_hidden_layers=2, mlp_dim=512, iou_head_depth=4, iou_head_hidden_dim=128),
+    )
 
 
 def randomize(model, seed=0):
@@ -86,12 +93,14 @@ def hf_reference(hf_dir):
 
 @pytest.fixture(scope="module")
 def hf_server(hf_dir, tmp_path_factory):
-    from samtriton.cli import main
     from samtriton.server import EmbeddedTriton, free_port
+    from samtriton.tools.cli import main
 
     repo = tmp_path_factory.mktemp("hf_repository")
-    assert main(["export", "--checkpoint", str(hf_dir), "--repository", str(repo), "--name", NAME,
-                 "--reference-decoder"]) == 0
+    assert (
+        main(["export", "--checkpoint", str(hf_dir), "--repository", str(repo), "--name", NAME, "--reference-decoder"])
+        == 0
+    )
     metadata = json.loads((repo / f"{NAME}.export.json").read_text())
     assert metadata["model_type"] == "hf_sam" and metadata["architecture"]["hidden_size"] == 96
     with EmbeddedTriton(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()) as server:
@@ -105,8 +114,12 @@ def reference_predict(hf_reference, image, points=None, boxes=None, multimask=Tr
     model, processor = hf_reference
     inputs = processor(images=image, input_points=points, input_boxes=boxes, return_tensors="pt")
     with torch.no_grad():
-        out = model(pixel_values=inputs["pixel_values"], input_points=inputs.get("input_points"),
-                    input_boxes=inputs.get("input_boxes"), multimask_output=multimask)
+        out = model(
+            pixel_values=inputs["pixel_values"],
+            input_points=inputs.get("input_points"),
+            input_boxes=inputs.get("input_boxes"),
+            multimask_output=multimask,
+        )
     masks = processor.post_process_masks(out.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"])
     return masks[0].numpy(), out.iou_scores[0].numpy()
 
@@ -145,7 +158,9 @@ def comparisons(hf_server, hf_reference):
 
 def _compare(masks, scores, ref_masks, ref_scores):
     assert masks.shape == ref_masks.shape, (masks.shape, ref_masks.shape)
-    ious = [mask_iou(a, b) for a, b in zip(masks.reshape(-1, *masks.shape[-2:]), ref_masks.reshape(-1, *masks.shape[-2:]))]
+    ious = [
+        mask_iou(a, b) for a, b in zip(masks.reshape(-1, *masks.shape[-2:]), ref_masks.reshape(-1, *masks.shape[-2:]))
+    ]
     return np.array(ious), np.abs(scores - ref_scores).ravel(), ref_masks.reshape(len(ious), -1).mean(axis=1)
 
 
@@ -164,14 +179,20 @@ def test_reference_decoder_is_written_beside_the_repository(hf_server):
     """--reference-decoder: REPOSITORY/NAME_reference_decoder.onnx, masks at orig_im_size."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(hf_server.repository / f"{NAME}_reference_decoder.onnx"),
-                                   providers=["CPUExecutionProvider"])
-    masks, scores, low_res = session.run(None, {
-        "image_embeddings": np.zeros((1, 256, 64, 64), np.float32),
-        "point_coords": np.array([[[300.0, 200.0], [0.0, 0.0]]], np.float32),
-        "point_labels": np.array([[1, -1]], np.float32),
-        "mask_input": np.zeros((1, 1, 256, 256), np.float32), "has_mask_input": np.zeros(1, np.float32),
-        "orig_im_size": np.array([300, 451], np.float32)})
+    session = ort.InferenceSession(
+        str(hf_server.repository / f"{NAME}_reference_decoder.onnx"), providers=["CPUExecutionProvider"]
+    )
+    masks, scores, low_res = session.run(
+        None,
+        {
+            "image_embeddings": np.zeros((1, 256, 64, 64), np.float32),
+            "point_coords": np.array([[[300.0, 200.0], [0.0, 0.0]]], np.float32),
+            "point_labels": np.array([[1, -1]], np.float32),
+            "mask_input": np.zeros((1, 1, 256, 256), np.float32),
+            "has_mask_input": np.zeros(1, np.float32),
+            "orig_im_size": np.array([300, 451], np.float32),
+        },
+    )
     assert masks.shape == (1, 4, 300, 451) and scores.shape == (1, 4) and low_res.shape == (1, 4, 256, 256)
 
 
@@ -193,7 +214,7 @@ def test_pytorch_model_bin_gives_the_same_weights(hf_dir, tmp_path):
 def test_config_outside_the_contract_is_refused(hf_dir, tmp_path):
     import shutil
 
-    from samtriton.cli import main
+    from samtriton.tools.cli import main
 
     config = json.loads((hf_dir / "config.json").read_text())
     config["vision_config"]["output_channels"] = 128
@@ -220,10 +241,12 @@ def test_hf_model_resolves_through_the_hub_cache(hf_dir, tmp_path):
     (snapshot.parent.parent / "refs").mkdir()
     (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
     env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1")
-    code = ("from samtriton.export.hf import download_hf_model, load_hf_sam\n"
-            "path = download_hf_model('samtriton-test/tiny-sam')\n"
-            "sam = load_hf_sam(path)\n"
-            "print(path, sam.image_encoder.blocks[0].attn.qkv.in_features)\n")
+    code = (
+        "from samtriton.export.hf import download_hf_model, load_hf_sam\n"
+        "path = download_hf_model('samtriton-test/tiny-sam')\n"
+        "sam = load_hf_sam(path)\n"
+        "print(path, sam.image_encoder.blocks[0].attn.qkv.in_features)\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == [str(snapshot), "96"]
@@ -231,8 +254,22 @@ def test_hf_model_resolves_through_the_hub_cache(hf_dir, tmp_path):
 
 def test_hf_model_not_reachable_is_one_line(tmp_path):
     env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "empty_hub"), HF_HUB_OFFLINE="1")
-    result = subprocess.run([sys.executable, "-m", "samtriton.cli", "export", "--hf-model", "samtriton-test/absent",
-                             "--repository", str(tmp_path / "r")], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "samtriton.tools.cli",
+            "export",
+            "--hf-model",
+            "samtriton-test/absent",
+            "--repository",
+            str(tmp_path / "r"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("samtriton export: --hf-model samtriton-test/absent:"), result.stderr[-2000:]
     assert "Traceback" not in result.stderr

@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 from samtriton import SamPredictor, ServerUnavailable
-from samtriton.export.python_models.embedding_cache import DIRECTORY_PREFIX
-from samtriton.server import SHM_PREFIX, EmbeddedTriton, free_port, popen_tied
+from samtriton.server.embedding_cache import DIRECTORY_PREFIX
+from samtriton.server.launcher import SHM_PREFIX, EmbeddedTriton, free_port, popen_tied
 
 GONE_WITHIN_S = 5.0
 
@@ -94,7 +94,7 @@ def _processes():
 
 TIED_CHILD = """
 import sys
-from samtriton.server import popen_tied
+from samtriton.server.launcher import popen_tied
 child = popen_tied(["sleep", "120"])
 print(child.pid, flush=True)
 sys.stdin.read()
@@ -114,8 +114,9 @@ def test_a_tied_child_outlives_the_thread_that_asked_but_not_the_process():
         child.kill()
         child.wait()
 
-    parent = subprocess.Popen([sys.executable, "-c", TIED_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", TIED_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     grandchild = int(parent.stdout.readline())
     watched = _identities([grandchild])
     try:
@@ -130,7 +131,7 @@ def test_a_tied_child_outlives_the_thread_that_asked_but_not_the_process():
 
 STUB_STANDIN = """
 import ctypes
-from samtriton.export.python_models.lifecycle import exit_with_server
+from samtriton.server.lifecycle import exit_with_server
 print("held" if exit_with_server() else "none", flush=True)
 ctypes.PyDLL(None).pause()  # blocks holding the GIL, as a stub waiting for its dead server's reply
 """
@@ -147,12 +148,19 @@ def test_a_stub_stuck_holding_the_gil_dies_with_its_server():
     """A stand-in for tritonserver (its own process group, as EmbeddedTriton starts it, with
     the launcher's lifeline) starts a stub that runs our hook, then blocks holding the GIL.
     The server is SIGKILLed: the kernel kills the stub."""
-    from samtriton.export.python_models.lifecycle import LIFELINE_ENV
+    from samtriton.server.lifecycle import LIFELINE_ENV
 
     pipe = os.pipe()
     env = dict(os.environ, **{LIFELINE_ENV: ",".join(map(str, pipe))})
-    server = subprocess.Popen([sys.executable, "-c", SERVER_STANDIN, STUB_STANDIN], env=env, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, start_new_session=True, pass_fds=pipe)
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER_STANDIN, STUB_STANDIN],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        pass_fds=pipe,
+    )
     for fd in pipe:
         os.close(fd)  # as EmbeddedTriton does: only the server keeps the write end
     held, stub = server.stdout.readline().split()
@@ -170,7 +178,7 @@ def test_a_stub_stuck_holding_the_gil_dies_with_its_server():
 
 
 def test_a_lifeline_that_is_not_one_pipe_is_left_alone():
-    from samtriton.export.python_models.lifecycle import hold_lifeline
+    from samtriton.server.lifecycle import hold_lifeline
 
     first, second = os.pipe(), os.pipe()
     try:
@@ -183,9 +191,22 @@ def test_a_lifeline_that_is_not_one_pipe_is_left_alone():
 
 
 def _serve(repository, ports):
-    command = [sys.executable, "-m", "samtriton.cli", "serve", "--repository", str(repository),
-               "--grpc-port", str(ports[0]), "--http-port", str(ports[1]), "--metrics-port", str(ports[2]),
-               "--startup-timeout", "180"]
+    command = [
+        sys.executable,
+        "-m",
+        "samtriton.tools.cli",
+        "serve",
+        "--repository",
+        str(repository),
+        "--grpc-port",
+        str(ports[0]),
+        "--http-port",
+        str(ports[1]),
+        "--metrics-port",
+        str(ports[2]),
+        "--startup-timeout",
+        "180",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = process.stdout.readline()
     assert f"127.0.0.1:{ports[0]}" in line, line + (process.stderr.read() if process.poll() is not None else "")
@@ -233,7 +254,7 @@ def _distinct_images(images, count):
     """``count`` new images (shifted copies of a photograph) whose encodes take distinct
     single-flight lock files, so each one executing shows as its own file."""
     from samtriton import contract as C
-    from samtriton.export.python_models.embedding_cache import FLIGHT_STRIPES
+    from samtriton.server.embedding_cache import FLIGHT_STRIPES
     from samtriton.transforms import preprocess
 
     chosen, stripes, shift = [], set(), 0
@@ -251,8 +272,14 @@ def _distinct_images(images, count):
 
 def test_drain_finishes_requests_in_flight_and_refuses_new_ones(repository, images, tmp_path):
     cache_dir = tmp_path / "cache"
-    server = EmbeddedTriton(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
-                            session_cache_dir=cache_dir, drain_timeout=120).start()
+    server = EmbeddedTriton(
+        repository,
+        grpc_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        session_cache_dir=cache_dir,
+        drain_timeout=120,
+    ).start()
     try:
         # Three encodes at once: two session instances execute, the third waits in Triton's queue.
         results, ready_during = [], []
@@ -268,9 +295,12 @@ def test_drain_finishes_requests_in_flight_and_refuses_new_ones(repository, imag
         workers = [threading.Thread(target=encode, args=(image,)) for image in _distinct_images(images, 3)]
         for worker in workers:
             worker.start()
+
         def executing_and_queued():  # each executing encode holds a flight lock file
-            return (len(list(cache_dir.glob(".flight.*"))) >= 2
-                    and server.metric("nv_inference_pending_request_count", model="mobilesam_session") >= 1)
+            return (
+                len(list(cache_dir.glob(".flight.*"))) >= 2
+                and server.metric("nv_inference_pending_request_count", model="mobilesam_session") >= 1
+            )
 
         deadline = time.monotonic() + 60
         while not executing_and_queued() and time.monotonic() < deadline:

@@ -23,9 +23,9 @@ import pytest
 
 from samtriton import SamPredictor
 from samtriton import contract as C
-from samtriton.export.python_models import metrics as M
-from samtriton.export.python_models.embedding_cache import EmbeddingCache
 from samtriton.server import EmbeddedTriton, free_port
+from samtriton.server import metrics as M
+from samtriton.server.embedding_cache import EmbeddingCache
 
 ROOT = Path(__file__).resolve().parent.parent
 MONITORING = ROOT / "docker" / "monitoring"
@@ -33,8 +33,10 @@ RULES = MONITORING / "samtriton-rules.yml"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
 EMBEDDING = np.zeros(C.DECODER_IMAGE_EMBEDDINGS.dims, np.float32)
 SIZES = np.array([1024, 683]), np.array([600, 900])
-MISSING = ("Debian's prometheus package is not installed (prometheus, promtool): run scripts/test.sh as root, or "
-           "apt-get update && apt-get install -y prometheus")
+MISSING = (
+    "Debian's prometheus package is not installed (prometheus, promtool): run scripts/test.sh as root, or "
+    "apt-get update && apt-get install -y prometheus"
+)
 
 
 def _tool(name):
@@ -47,8 +49,9 @@ def _tool(name):
 def test_cache_counts_what_it_does(tmp_path):
     """Two caches on one directory (two session instances): a miss, a second request waiting
     for the first one's encode, a hit, and an eviction, each counted where it happened."""
-    first, second = (EmbeddingCache(str(tmp_path / "cache"), int(1.5 * EMBEDDING.nbytes), M.CacheMetrics(None))
-                     for _ in range(2))
+    first, second = (
+        EmbeddingCache(str(tmp_path / "cache"), int(1.5 * EMBEDDING.nbytes), M.CacheMetrics(None)) for _ in range(2)
+    )
     assert first.get("a" * 32) is None
     found = []
     with first.flight("a" * 32):
@@ -64,10 +67,22 @@ def test_cache_counts_what_it_does(tmp_path):
     first.put("b" * 32, EMBEDDING, *SIZES)  # over budget: "a" goes
     assert second.get("a" * 32) is None
     entry_bytes = (tmp_path / "cache" / ("b" * 32 + ".npz")).stat().st_size
-    assert first.metrics.counts == {M.HITS: 0, M.MISSES: 1, M.FLIGHT_WAITS: 0, M.ENCODES: 2, M.EVICTIONS: 1,
-                                    M.BYTES: entry_bytes}
-    assert second.metrics.counts == {M.HITS: 1, M.MISSES: 2, M.FLIGHT_WAITS: 1, M.ENCODES: 0, M.EVICTIONS: 0,
-                                     M.BYTES: 0}
+    assert first.metrics.counts == {
+        M.HITS: 0,
+        M.MISSES: 1,
+        M.FLIGHT_WAITS: 0,
+        M.ENCODES: 2,
+        M.EVICTIONS: 1,
+        M.BYTES: entry_bytes,
+    }
+    assert second.metrics.counts == {
+        M.HITS: 1,
+        M.MISSES: 2,
+        M.FLIGHT_WAITS: 1,
+        M.ENCODES: 0,
+        M.EVICTIONS: 0,
+        M.BYTES: 0,
+    }
     first.close()
     second.close()
 
@@ -85,8 +100,12 @@ def test_promtool_checks_and_unit_tests_the_shipped_rules():
     check = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "SUCCESS" in check.stdout
-    unit = subprocess.run([promtool, "test", "rules", str(MONITORING / "samtriton-rules.test.yml")],
-                          capture_output=True, text=True, cwd=MONITORING)
+    unit = subprocess.run(
+        [promtool, "test", "rules", str(MONITORING / "samtriton-rules.test.yml")],
+        capture_output=True,
+        text=True,
+        cwd=MONITORING,
+    )
     assert unit.returncode == 0, unit.stdout + unit.stderr
 
 
@@ -104,13 +123,21 @@ class Prometheus:
         }
         (self.workdir / "prometheus.yml").write_text(json.dumps(config))  # YAML is a superset of JSON
         self.process = subprocess.Popen(
-            [_tool("prometheus"), f"--config.file={self.workdir / 'prometheus.yml'}",
-             f"--storage.tsdb.path={self.workdir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=subprocess.DEVNULL, stderr=open(self.workdir / "prometheus.log", "w"))
+            [
+                _tool("prometheus"),
+                f"--config.file={self.workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.workdir / "prometheus.log", "w"),
+        )
         deadline = time.monotonic() + 60
         while not self._ready():
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("prometheus did not start:\n" + (self.workdir / "prometheus.log").read_text()[-3000:])
+                raise RuntimeError(
+                    "prometheus did not start:\n" + (self.workdir / "prometheus.log").read_text()[-3000:]
+                )
             time.sleep(0.1)
 
     def _ready(self):
@@ -158,8 +185,13 @@ def one_embedding_server(onnx_files, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("metrics")
     write_repository(root / "repository", *onnx_files, RepositoryOptions(name="mobilesam", session_cache_mib=4))
-    with EmbeddedTriton(root / "repository", grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
-                        session_cache_dir=root / "cache") as server:
+    with EmbeddedTriton(
+        root / "repository",
+        grpc_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        session_cache_dir=root / "cache",
+    ) as server:
         yield server
 
 
@@ -181,8 +213,15 @@ def test_prometheus_scrapes_the_cache_metrics_of_a_known_sequence(one_embedding_
 
         stored = [p.stat().st_size for p in Path(server.session_cache_dir).glob("*.npz")]
         assert len(stored) == 1, "the cache holds one embedding"
-        expected = {M.HITS: 6, M.MISSES: 2, M.ENCODES: 2, M.EVICTIONS: 1, M.FLIGHT_WAITS: 0, M.BYTES: stored[0],
-                    f"{M.REQUEST_SECONDS}_count": 8}
+        expected = {
+            M.HITS: 6,
+            M.MISSES: 2,
+            M.ENCODES: 2,
+            M.EVICTIONS: 1,
+            M.FLIGHT_WAITS: 0,
+            M.BYTES: stored[0],
+            f"{M.REQUEST_SECONDS}_count": 8,
+        }
         scraped = {}
         for name in expected:
             series = prometheus.query(f'{name}{{job="samtriton", model="mobilesam_session"}}')

@@ -17,7 +17,8 @@ force needs no coordinate trick to agree bit for bit.
 import numpy as np
 import pytest
 import torch
-from hypothesis import example, given, settings, strategies as st
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from samtriton import amg
 from samtriton.export import compat
@@ -37,8 +38,7 @@ def brute_force_nms(boxes, scores, categories, threshold):
     order = sorted(range(len(boxes)), key=lambda i: (-float(scores[i]), i))
     kept = []
     for i in order:
-        suppressed = any(categories[j] == categories[i] and iou_float32(boxes[i], boxes[j]) > threshold
-                         for j in kept)
+        suppressed = any(categories[j] == categories[i] and iou_float32(boxes[i], boxes[j]) > threshold for j in kept)
         if not suppressed:
             kept.append(i)
     return kept
@@ -50,8 +50,13 @@ def nms_inputs(draw):
     included; scores drawn often from three values (so that ties are common); up to 4
     categories; thresholds at round values (where float32 rounding matters) or anywhere."""
     n = draw(st.integers(0, 40))
-    corners = draw(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40), st.integers(0, 20), st.integers(0, 20)),
-                            min_size=n, max_size=n))
+    corners = draw(
+        st.lists(
+            st.tuples(st.integers(0, 40), st.integers(0, 40), st.integers(0, 20), st.integers(0, 20)),
+            min_size=n,
+            max_size=n,
+        )
+    )
     boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in corners], np.float32).reshape(n, 4)
     score = st.one_of(st.sampled_from([0.25, 0.5, 0.875]), st.floats(0, 1, width=32))
     scores = np.array(draw(st.lists(score, min_size=n, max_size=n)), np.float32)
@@ -62,11 +67,19 @@ def nms_inputs(draw):
 
 # Pinned examples: every score tied; no box at all; a pair whose IoU is exactly 3/10 at
 # threshold 0.3 (float32(0.3) > 0.3: torchvision suppresses it).
-TIES = (np.array([[0, 0, 10, 10], [1, 1, 11, 11], [0, 0, 10, 10], [30, 30, 40, 40]], np.float32),
-        np.full(4, 0.5, np.float32), np.zeros(4, np.int64), 0.5)
+TIES = (
+    np.array([[0, 0, 10, 10], [1, 1, 11, 11], [0, 0, 10, 10], [30, 30, 40, 40]], np.float32),
+    np.full(4, 0.5, np.float32),
+    np.zeros(4, np.int64),
+    0.5,
+)
 EMPTY = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), 0.7)
-ROUNDING = (np.array([[0, 0, 10, 1], [0, 0, 3, 1]], np.float32), np.array([0.9, 0.8], np.float32),
-            np.zeros(2, np.int64), 0.3)
+ROUNDING = (
+    np.array([[0, 0, 10, 1], [0, 0, 3, 1]], np.float32),
+    np.array([0.9, 0.8], np.float32),
+    np.zeros(2, np.int64),
+    0.3,
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -89,8 +102,9 @@ def test_samtriton_batched_nms_is_brute_force_nms(case):
 def test_reference_stand_in_batched_nms_is_brute_force_nms(case):
     """The reference's NMS where torchvision is absent: torch code of its own, not samtriton's."""
     boxes, scores, categories, threshold = case
-    keep = compat.batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(categories),
-                              threshold)
+    keep = compat.batched_nms(
+        torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(categories), threshold
+    )
     assert keep.dtype == torch.int64
     assert keep.tolist() == brute_force_nms(boxes, scores, categories, threshold)
 

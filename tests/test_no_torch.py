@@ -41,7 +41,9 @@ def test_import_and_predict_without_torch(server, tmp_path, images):
 
 
 def test_import_samtriton_does_not_import_torch():
-    code = "import sys, samtriton, samtriton.predictor, samtriton.transforms, samtriton.cli; " \
-           "print('torch' in sys.modules)"
+    code = (
+        "import sys, samtriton, samtriton.predictor, samtriton.transforms, samtriton.tools.cli; "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

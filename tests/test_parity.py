@@ -11,7 +11,6 @@ import pytest
 
 from helpers import as_reference_rgb, mask_iou, prompts_for
 
-
 # Measured 2026-11-28 on the 2-core machine, every mode, 8 images x 5 cases (56 masks a mode):
 # mean IoU 1.00000 (5 decimals), worst mask IoU 0.99991 (camera_gray box, session modes),
 # worst |score difference| 3.3e-6 (astronaut refinement; 8.3e-7 in embedding mode).
@@ -76,8 +75,9 @@ def parity(request, server, reference_results, images):
                 if case == "point":
                     # Mask refinement: each side gets its own best low-res logits back.
                     refine = dict(prompt, multimask_output=False, mask_input=ours[2][np.argmax(ours[1])][None])
-                    results[(name, "mask_refinement")] = _compare(predictor.predict(**refine),
-                                                                  reference_results[name, "mask_refinement"])
+                    results[(name, "mask_refinement")] = _compare(
+                        predictor.predict(**refine), reference_results[name, "mask_refinement"]
+                    )
         if request.param == "session_shared_memory":
             assert predictor.backend.bytes_sent < 2**20, "the images went through shared memory"
     return results
@@ -116,7 +116,9 @@ def test_every_mask_iou(parity, request):
 
 def test_scores(parity, request):
     worst = {key: max(result[1]) for key, result in parity.items()}
-    print(f"\n{request.node.callspec.id}: max |score difference| {max(worst.values()):.2e} at {max(worst, key=worst.get)}")
+    print(
+        f"\n{request.node.callspec.id}: max |score difference| {max(worst.values()):.2e} at {max(worst, key=worst.get)}"
+    )
     bad = {key: d for key, d in worst.items() if d > MAX_SCORE_DIFF}
     assert not bad, f"scores off by more than {MAX_SCORE_DIFF}: {bad}"
 
@@ -124,9 +126,15 @@ def test_scores(parity, request):
 def test_k_boxes_in_one_request_equal_k_single_box_reference_calls(predictor, reference_predictor, images):
     image = images["astronaut"]
     h, w = image.shape[:2]
-    boxes = np.array([[0.1 * w, 0.05 * h, 0.6 * w, 0.6 * h], [0.3 * w, 0.2 * h, 0.9 * w, 0.95 * h],
-                      [0.0, 0.5 * h, 0.4 * w, h - 1], [0.4 * w, 0.1 * h, 0.7 * w, 0.4 * h],
-                      [0.05 * w, 0.05 * h, 0.95 * w, 0.95 * h]])
+    boxes = np.array(
+        [
+            [0.1 * w, 0.05 * h, 0.6 * w, 0.6 * h],
+            [0.3 * w, 0.2 * h, 0.9 * w, 0.95 * h],
+            [0.0, 0.5 * h, 0.4 * w, h - 1],
+            [0.4 * w, 0.1 * h, 0.7 * w, 0.4 * h],
+            [0.05 * w, 0.05 * h, 0.95 * w, 0.95 * h],
+        ]
+    )
     predictor.set_image(image)
     reference_predictor.set_image(image)
     masks, scores, logits = predictor.predict_batch(boxes=boxes, multimask_output=False)
@@ -134,8 +142,13 @@ def test_k_boxes_in_one_request_equal_k_single_box_reference_calls(predictor, re
     worst = []
     for k, box in enumerate(boxes):
         ref_masks, ref_scores, ref_logits = reference_predictor.predict(box=box, multimask_output=False)
-        worst.append((mask_iou(masks[k, 0], ref_masks[0]), abs(scores[k, 0] - ref_scores[0]),
-                      np.abs(logits[k] - ref_logits).max()))
+        worst.append(
+            (
+                mask_iou(masks[k, 0], ref_masks[0]),
+                abs(scores[k, 0] - ref_scores[0]),
+                np.abs(logits[k] - ref_logits).max(),
+            )
+        )
     iou, score, logit = min(w[0] for w in worst), max(w[1] for w in worst), max(w[2] for w in worst)
     print(f"\nK boxes: worst IoU {iou:.5f}, |score diff| {score:.1e}, |logit diff| {logit:.1e}")
     assert iou >= MIN_MASK_IOU and score <= MAX_SCORE_DIFF
@@ -145,8 +158,13 @@ def test_k_boxes_in_one_request_equal_k_single_box_reference_calls(predictor, re
 def test_k_point_prompts_in_one_request(predictor, reference_predictor, images):
     image = images["coffee"]
     h, w = image.shape[:2]
-    points = np.array([[[0.3 * w, 0.4 * h], [0.1 * w, 0.1 * h]], [[0.7 * w, 0.6 * h], [0.9 * w, 0.9 * h]],
-                       [[0.5 * w, 0.5 * h], [0.2 * w, 0.8 * h]]])
+    points = np.array(
+        [
+            [[0.3 * w, 0.4 * h], [0.1 * w, 0.1 * h]],
+            [[0.7 * w, 0.6 * h], [0.9 * w, 0.9 * h]],
+            [[0.5 * w, 0.5 * h], [0.2 * w, 0.8 * h]],
+        ]
+    )
     labels = np.array([[1, 0], [1, 0], [1, 1]])
     predictor.set_image(image)
     reference_predictor.set_image(image)

@@ -3,11 +3,11 @@
 import ast
 from pathlib import Path
 
-MODELS = Path(__file__).resolve().parent.parent / "export" / "python_models"
+SERVER = Path(__file__).resolve().parent.parent / "server"
 
 
 def _bls_requests():
-    for path in sorted(MODELS.glob("*.py")):
+    for path in sorted(SERVER.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "InferenceRequest":
                 yield path.name, node

@@ -75,15 +75,32 @@ def reference_outputs(sam, single_mask, feeds):
 
     model = SamOnnxModel(sam, return_single_mask=single_mask).eval()
     with torch.no_grad():
-        out = model(*(torch.from_numpy(feeds[name]) for name in (
-            "image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size")))
+        out = model(
+            *(
+                torch.from_numpy(feeds[name])
+                for name in (
+                    "image_embeddings",
+                    "point_coords",
+                    "point_labels",
+                    "mask_input",
+                    "has_mask_input",
+                    "orig_im_size",
+                )
+            )
+        )
     return [t.numpy() for t in out]
 
 
 def test_interface_is_segment_anythings(decoder):
     _, session = decoder
     assert [i.name for i in session.get_inputs()] == [
-        "image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"]
+        "image_embeddings",
+        "point_coords",
+        "point_labels",
+        "mask_input",
+        "has_mask_input",
+        "orig_im_size",
+    ]
     assert [o.name for o in session.get_outputs()] == ["masks", "iou_predictions", "low_res_masks"]
     shapes = {i.name: i.shape for i in session.get_inputs()}
     assert shapes["image_embeddings"] == [1, 256, 64, 64] and shapes["orig_im_size"] == [2]
@@ -100,10 +117,12 @@ def test_masks_match_the_reference(decoder, embeddings, reference_sam, images, n
         ref_masks, ref_scores, ref_low_res = reference_outputs(reference_sam, single_mask, feeds)
         assert masks.shape == ref_masks.shape == (1, 1 if single_mask else 4) + image.shape[:2]
         ious = [mask_iou(a > 0, b > 0) for a, b in zip(masks[0], ref_masks[0])]
-        print(f"\n{name} {step} single={single_mask}: IoU {np.round(ious, 4)}, "
-              f"score diff {np.abs(scores - ref_scores).max():.1e}")
+        print(
+            f"\n{name} {step} single={single_mask}: IoU {np.round(ious, 4)}, "
+            f"score diff {np.abs(scores - ref_scores).max():.1e}"
+        )
         assert min(ious) >= 0.99, (name, step, ious)
         assert np.abs(scores - ref_scores).max() <= 1e-3
         assert np.abs(low_res - ref_low_res).max() <= 1e-2
         best = int(np.argmax(scores[0]))
-        feeds = notebook_feeds(image, embeddings[name], low_res_logits=low_res[:, best:best + 1])
+        feeds = notebook_feeds(image, embeddings[name], low_res_logits=low_res[:, best : best + 1])

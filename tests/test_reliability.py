@@ -8,7 +8,8 @@ import time
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
 from samtriton import InvalidInput, SamPredictor, ServerUnavailable
@@ -50,7 +51,7 @@ def test_kill_restart_and_model_reload(repository, images):
         server.kill()
         worker.join(timeout=30)
         assert not worker.is_alive(), "the client hung after the server died"
-        (error, failed_at), = errors
+        ((error, failed_at),) = errors
         assert isinstance(error, ServerUnavailable), repr(error)
         assert server.grpc_url in str(error)
         # The call in flight at the kill gives up by its deadline (timeout 10 s); 3 s of slack
@@ -99,9 +100,28 @@ def test_unreachable_server_raises_within_deadline():
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tls")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem"), "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(folder / "key.pem"),
+            "-out",
+            str(folder / "cert.pem"),
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return folder / "cert.pem", folder / "key.pem"
 
 
@@ -109,8 +129,13 @@ def test_tls(repository, tls_files, images):
     cert, key = tls_files
     with _server(repository, tls_cert=cert, tls_key=key) as server:
         url = f"localhost:{server.grpc_port}"
-        with SamPredictor(url, model="mobilesam", ssl=True, root_certificates=str(cert),
-                          headers={"authorization": "Bearer test-token"}) as secure:
+        with SamPredictor(
+            url,
+            model="mobilesam",
+            ssl=True,
+            root_certificates=str(cert),
+            headers={"authorization": "Bearer test-token"},
+        ) as secure:
             secure.set_image(images["coins_gray"])
             masks, _, _ = secure.predict(**POINT)
             assert masks.shape == (3, 303, 384)
@@ -214,10 +239,12 @@ def test_under_load_four_clients(server, images):
     warm = [rss for at, rss in samples if at >= duration / 3]
     growth = (warm[-1] - warm[0]) / warm[0]
     p50, p99 = np.percentile(latencies, [50, 99])
-    print(f"\nload: {len(latencies)} requests in {duration:.0f} s, {len(failures)} failed, p50 {p50 * 1000:.0f} ms, "
-          f"p99 {p99 * 1000:.0f} ms, server RSS {samples[0][1] / 1024:.0f} MiB at the start, "
-          f"{warm[0] / 1024:.0f} -> {warm[-1] / 1024:.0f} MiB after warm-up ({growth:+.1%}); samples (s, MiB): "
-          f"{[(round(at), round(rss / 1024)) for at, rss in samples]}")
+    print(
+        f"\nload: {len(latencies)} requests in {duration:.0f} s, {len(failures)} failed, p50 {p50 * 1000:.0f} ms, "
+        f"p99 {p99 * 1000:.0f} ms, server RSS {samples[0][1] / 1024:.0f} MiB at the start, "
+        f"{warm[0] / 1024:.0f} -> {warm[-1] / 1024:.0f} MiB after warm-up ({growth:+.1%}); samples (s, MiB): "
+        f"{[(round(at), round(rss / 1024)) for at, rss in samples]}"
+    )
     assert not failures, failures[:3]
     assert len(warm) >= 5, "too few samples after warm-up"
     # Measured 2026-11-28 (load ~5 on 2 cores): 2520 MiB at the start, 2640 at 20 s, then
@@ -234,12 +261,17 @@ any_float = st.one_of(finite, st.just(float("nan")), st.just(float("inf")), st.f
 @given(data=st.data(), k=st.integers(1, 4), n=st.integers(1, 5))
 def test_fuzz_prompts_against_server(server, data, k, n):
     coords = np.array(data.draw(st.lists(any_float, min_size=k * n * 2, max_size=k * n * 2)), np.float32)
-    labels = np.array(data.draw(st.lists(st.sampled_from([-2, -1, 0, 1, 2, 3, 4, 0.5]), min_size=k * n,
-                                         max_size=k * n)), np.float32)
+    labels = np.array(
+        data.draw(st.lists(st.sampled_from([-2, -1, 0, 1, 2, 3, 4, 0.5]), min_size=k * n, max_size=k * n)), np.float32
+    )
     has_mask = np.array(data.draw(st.lists(st.sampled_from([0.0, 1.0, 0.3]), min_size=k, max_size=k)), np.float32)
-    tensors = {"image_embeddings": np.zeros((1, 256, 64, 64), np.float32), "point_coords": coords.reshape(k, n, 2),
-               "point_labels": labels.reshape(k, n), "mask_input": np.zeros((k, 1, 256, 256), np.float32),
-               "has_mask_input": has_mask}
+    tensors = {
+        "image_embeddings": np.zeros((1, 256, 64, 64), np.float32),
+        "point_coords": coords.reshape(k, n, 2),
+        "point_labels": labels.reshape(k, n),
+        "mask_input": np.zeros((k, 1, 256, 256), np.float32),
+        "has_mask_input": has_mask,
+    }
     try:
         check_decoder_inputs(*tensors.values())
         valid = True

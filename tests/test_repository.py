@@ -7,8 +7,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from samtriton import contract as C
 from samtriton.export.repository import RepositoryOptions, parse_config, write_repository
 
-VARIANTS = [("python", "python"), ("onnxruntime", "onnxruntime"), ("tensorrt", "onnxruntime"),
-            ("tensorrt", "python")]
+VARIANTS = [("python", "python"), ("onnxruntime", "onnxruntime"), ("tensorrt", "onnxruntime"), ("tensorrt", "python")]
 
 
 @pytest.fixture(scope="module", params=VARIANTS, ids=["+".join(v) for v in VARIANTS])
@@ -87,7 +86,7 @@ def test_ensemble_wiring_is_consistent(written):
 
 def test_invalid_options_are_rejected():
     with pytest.raises(ValueError, match="encoder_backend"):
-        RepositoryOptions(encoder_backend="torch")
+        RepositoryOptions(encoder_backend="jax")
     with pytest.raises(ValueError, match="name"):
         RepositoryOptions(name="a b")
 
@@ -119,8 +118,10 @@ def test_amg_filter_model_beside_a_gpu_decoder(written):
 
     repo, options = written
     name = C.AMG_FILTER.served_name(options.name)
-    stages = [parse_config((repo / spec.served_name(options.name) / "config.pbtxt").read_text())
-              for spec in (C.AMG, C.SESSION)]
+    stages = [
+        parse_config((repo / spec.served_name(options.name) / "config.pbtxt").read_text())
+        for spec in (C.AMG, C.SESSION)
+    ]
     # Its working memory: the CPU stub's, or larger chunks (fewer calls) for the GPU graph.
     budget = C.DEFAULT_AMG_FILTER_MIB if options.decoder_backend == "python" else C.DEFAULT_AMG_FILTER_MIB_GPU
     assert all(stage.parameters["amg_filter_mib"].string_value == str(budget) for stage in stages)

@@ -46,10 +46,24 @@ class Replica:
         return f"127.0.0.1:{self.grpc_port}"
 
     def start(self):
-        command = [sys.executable, "-m", "samtriton.cli", "serve", "--repository", str(self.repository),
-                   "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port),
-                   "--metrics-port", str(self.metrics_port), "--session-cache-dir", str(self.cache_dir),
-                   "--startup-timeout", "300"]
+        command = [
+            sys.executable,
+            "-m",
+            "samtriton.tools.cli",
+            "serve",
+            "--repository",
+            str(self.repository),
+            "--grpc-port",
+            str(self.grpc_port),
+            "--http-port",
+            str(self.http_port),
+            "--metrics-port",
+            str(self.metrics_port),
+            "--session-cache-dir",
+            str(self.cache_dir),
+            "--startup-timeout",
+            "300",
+        ]
         started = time.monotonic()
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.process.stdout.readline()
@@ -66,8 +80,11 @@ class Replica:
     def metric(self, name):
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
             text = response.read().decode()
-        return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
-                   if line.startswith(name + "{") and 'model="mobilesam_session"' in line)
+        return sum(
+            float(line.rpartition(" ")[2])
+            for line in text.splitlines()
+            if line.startswith(name + "{") and 'model="mobilesam_session"' in line
+        )
 
     def kill(self):
         if self.process is not None and self.process.poll() is None:
@@ -155,8 +172,9 @@ def test_rolling_restart_under_load_drops_no_call(replicas):
             while replica.metric("samtriton_cache_hits_total") == 0 and time.monotonic() - back < RETURN_WITHIN_S:
                 time.sleep(0.25)
             restarts.append((stop_seconds, start_seconds, time.monotonic() - back))
-            assert replica.metric("samtriton_cache_hits_total") > 0, \
+            assert replica.metric("samtriton_cache_hits_total") > 0, (
                 f"no client came back to {replica.url} within {RETURN_WITHIN_S:.0f} s of its restart"
+            )
         before = {r.url: r.metric("samtriton_cache_hits_total") for r in replicas}
         stop_at[0] = max(started + LOAD_SECONDS, time.monotonic() + SERVING_AGAIN_S)
         time.sleep(max(0.0, stop_at[0] - time.monotonic()))
@@ -168,9 +186,11 @@ def test_rolling_restart_under_load_drops_no_call(replicas):
     elapsed = time.monotonic() - started
 
     p50, p99 = np.percentile(np.asarray(clicks) * 1000, [50, 99])
-    print(f"\nrolling restart: {len(clicks)} clicks by {THREADS} threads in {elapsed:.0f} s, {len(failures)} failed; "
-          f"click p50 {p50:.0f} ms, p99 {p99:.0f} ms; {len(failovers)} fail-overs; per replica (drain + stop s, "
-          f"start s, clicks back after s): " + ", ".join(f"({a:.1f}, {b:.1f}, {c:.1f})" for a, b, c in restarts))
+    print(
+        f"\nrolling restart: {len(clicks)} clicks by {THREADS} threads in {elapsed:.0f} s, {len(failures)} failed; "
+        f"click p50 {p50:.0f} ms, p99 {p99:.0f} ms; {len(failovers)} fail-overs; per replica (drain + stop s, "
+        f"start s, clicks back after s): " + ", ".join(f"({a:.1f}, {b:.1f}, {c:.1f})" for a, b, c in restarts)
+    )
     assert not failures, failures[:5]
     assert elapsed >= LOAD_SECONDS
     assert failovers, "the restarts sent requests to other replicas (else nothing was tested)"

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import mask_iou, require, server_cache_directory, skip_unless_ci
 from samtriton import AsyncSamPredictor, SamPredictor
 from samtriton import contract as C
 from samtriton.transport import rendezvous_order
+
+from helpers import mask_iou, require, server_cache_directory, skip_unless_ci
 
 ROOT = Path(__file__).resolve().parent.parent
 scaleout = runpy.run_path(str(ROOT / "scripts" / "scaleout.py"))
@@ -79,8 +80,11 @@ def test_client_hashing_encodes_each_image_once(cold, scaleout_images):
         assert stored == owned
 
 
-NGINX_MISSING = (None if shutil.which("nginx") or Path("/usr/sbin/nginx").exists()
-                 else "nginx (scripts/test.sh installs Debian's nginx as root)")
+NGINX_MISSING = (
+    None
+    if shutil.which("nginx") or Path("/usr/sbin/nginx").exists()
+    else "nginx (scripts/test.sh installs Debian's nginx as root)"
+)
 
 
 @skip_unless_ci(NGINX_MISSING)
@@ -106,8 +110,9 @@ def test_nginx_hashing_encodes_each_image_once(cold, scaleout_images, tmp_path):
     assert sum(1 for n in per_replica.values() if n) >= 2, "nginx spread the images over the replicas"
     assert work.score_spread() <= 1e-5
     stateless_counts = {u: spread[u] - after[u] for u in urls}
-    assert sum(stateless_counts.values()) == 6 and sum(1 for n in stateless_counts.values() if n) >= 2, \
+    assert sum(stateless_counts.values()) == 6 and sum(1 for n in stateless_counts.values() if n) >= 2, (
         f"requests without an image id are spread: {stateless_counts}"
+    )
 
 
 def test_kill_a_replica_mid_run(cold, scaleout_images):
@@ -180,8 +185,9 @@ def test_async_client_affinity_and_fail_over(cold, scaleout_images):
     survivors = [u for u in urls if u != victim.grpc_url]
     after = encodes(survivors)
     moved = {u: after[u] - counts[u] for u in survivors}
-    assert moved == {u: n - expected_owners(ids, urls)[u] for u, n in
-                     expected_owners(ids, urls, down=[victim.grpc_url]).items()}, "the victim's images moved once"
+    assert moved == {
+        u: n - expected_owners(ids, urls)[u] for u, n in expected_owners(ids, urls, down=[victim.grpc_url]).items()
+    }, "the victim's images moved once"
 
 
 def test_concurrent_clients_sending_one_new_image_encode_it_once(cold, scaleout_images):
@@ -224,8 +230,7 @@ def test_stateless_requests_still_spread(cold, scaleout_images):
 def test_image_id_travels_as_metadata():
     from samtriton import calls
 
-    source = dict(padded_image=np.zeros((1024, 1024, 3), np.uint8), input_size=(1024, 1024),
-                  original_size=(1024, 1024))
+    source = dict(padded_image=np.zeros((1024, 1024, 3), np.uint8), input_size=(1024, 1024), original_size=(1024, 1024))
     image_id = C.image_id_for(**source)
     call = calls.session_set("sam", image_id, source)
     assert call.headers({"authorization": "x"}) == {"authorization": "x", C.IMAGE_ID_HEADER: image_id}
@@ -257,8 +262,9 @@ def test_one_client_shared_by_threads_survives_a_kill(cold, scaleout_images):
     def worker(index):
         for step in range(12):
             image_id, source = sources[(index + step) % len(sources)]
-            prompts = prompt_tensors(transform, np.array([[[100.0, 120.0]]]), np.array([[1]]), None, None,
-                                     source["original_size"])
+            prompts = prompt_tensors(
+                transform, np.array([[[100.0, 120.0]]]), np.array([[1]]), None, None, source["original_size"]
+            )
             try:
                 low_res, _ = backend.session_decode(image_id, prompts, True, source=source)
                 assert low_res.shape == (1, 3, 256, 256)
@@ -294,9 +300,22 @@ def test_serve_session_cache_dir_option(repository, tmp_path):
 
     cache = tmp_path / "deep" / "sessions"
     grpc_port = free_port()
-    command = [sys.executable, "-m", "samtriton.cli", "serve", "--repository", str(repository),
-               "--grpc-port", str(grpc_port), "--http-port", str(free_port()), "--metrics-port", str(free_port()),
-               "--session-cache-dir", str(cache)]
+    command = [
+        sys.executable,
+        "-m",
+        "samtriton.tools.cli",
+        "serve",
+        "--repository",
+        str(repository),
+        "--grpc-port",
+        str(grpc_port),
+        "--http-port",
+        str(free_port()),
+        "--metrics-port",
+        str(free_port()),
+        "--session-cache-dir",
+        str(cache),
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120

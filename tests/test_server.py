@@ -12,8 +12,23 @@ from samtriton.server import EmbeddedTriton, ServerStartError, free_port
 
 def _serve(repo, *extra):
     ports = [free_port(), free_port(), free_port()]
-    cmd = [sys.executable, "-m", "samtriton.cli", "serve", "--repository", str(repo), "--grpc-port", str(ports[0]),
-           "--http-port", str(ports[1]), "--metrics-port", str(ports[2]), "--startup-timeout", "120", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "samtriton.tools.cli",
+        "serve",
+        "--repository",
+        str(repo),
+        "--grpc-port",
+        str(ports[0]),
+        "--http-port",
+        str(ports[1]),
+        "--metrics-port",
+        str(ports[2]),
+        "--startup-timeout",
+        "120",
+        *extra,
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), ports[0]
 
 
@@ -54,14 +69,40 @@ def test_empty_repository_is_an_error(tmp_path):
 
 
 def test_bench_server_prints_a_table(server):
-    result = subprocess.run([sys.executable, "-m", "samtriton.cli", "bench", "server", "--url", server.grpc_url,
-                             "--model", "mobilesam", "--batches", "1", "2", "--prompts", "4", "--repeats", "1",
-                             "--clients", "2"], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "samtriton.tools.cli",
+            "bench",
+            "server",
+            "--url",
+            server.grpc_url,
+            "--model",
+            "mobilesam",
+            "--batches",
+            "1",
+            "2",
+            "--prompts",
+            "4",
+            "--repeats",
+            "1",
+            "--clients",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split("|")[0].strip() == "stage"
     rows = [[cell.strip() for cell in line.split("|")] for line in lines[2:]]
-    assert [row[:2] for row in rows] == [["encoder", "batch 1"], ["encoder", "batch 2"],
-                                         ["decoder", "4 prompts/request"], ["end to end", "2 clients"]]
+    assert [row[:2] for row in rows] == [
+        ["encoder", "batch 1"],
+        ["encoder", "batch 2"],
+        ["decoder", "4 prompts/request"],
+        ["end to end", "2 clients"],
+    ]
     units = [row[2].split()[1] for row in rows]
     assert units == ["images/s", "images/s", "prompts/s", "images/s"], rows

@@ -15,13 +15,13 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from helpers import EMBEDDING_BYTES, mask_iou, prompts_for, successful_requests
 from samtriton import ImageNotCached, SamPredictor
-from samtriton.prompts import prompt_tensors
 from samtriton import contract as C
-from samtriton.export.python_models.embedding_cache import EmbeddingCache
+from samtriton.prompts import prompt_tensors
+from samtriton.server.embedding_cache import EmbeddingCache
 from samtriton.shared_memory import is_local
 
+from helpers import EMBEDDING_BYTES, mask_iou, prompts_for, successful_requests
 
 
 def test_a_click_sends_under_one_percent_of_the_embedding(server, images):
@@ -34,14 +34,16 @@ def test_a_click_sends_under_one_percent_of_the_embedding(server, images):
     print(f"\nbytes per click: sent {click_sent}, received {click_received}")
     assert click_sent <= 0.01 * EMBEDDING_BYTES
     # 3 float16 low-res masks and 3 float32 scores: half of the float32 logits, a quarter of the 4 masks.
-    assert click_received == 3 * C.LOW_RES_SIZE ** 2 * 2 + 3 * 4
+    assert click_received == 3 * C.LOW_RES_SIZE**2 * 2 + 3 * 4
     assert masks.shape == (3,) + images["chelsea"].shape[:2] and logits.dtype == np.float32
 
 
 def test_same_image_from_another_client_is_not_encoded_again(server, images):
     image = images["astronaut"]
-    with SamPredictor(server.grpc_url, model="mobilesam") as first, \
-            SamPredictor(server.grpc_url, model="mobilesam") as second:
+    with (
+        SamPredictor(server.grpc_url, model="mobilesam") as first,
+        SamPredictor(server.grpc_url, model="mobilesam") as second,
+    ):
         first.set_image(image)
         encodes = successful_requests(server.grpc_url, "mobilesam_encoder")
         second.set_image(image)
@@ -61,8 +63,14 @@ def test_evicted_image_is_sent_again_transparently(server, images, session_cache
         assert stored.exists()
         os.remove(stored)  # what LRU eviction (or a restart) does
         with pytest.raises(ImageNotCached, match="unknown image_id"):
-            tensors = prompt_tensors(predictor.transform, prompt["point_coords"][None], prompt["point_labels"][None],
-                                     None, None, predictor.original_size)
+            tensors = prompt_tensors(
+                predictor.transform,
+                prompt["point_coords"][None],
+                prompt["point_labels"][None],
+                None,
+                None,
+                predictor.original_size,
+            )
             predictor.backend.session_decode(predictor.image_id, tensors, multimask_output=True)
         encodes = successful_requests(server.grpc_url, "mobilesam_encoder")
         after = predictor.predict(**prompt)
@@ -73,8 +81,10 @@ def test_evicted_image_is_sent_again_transparently(server, images, session_cache
 
 
 def test_get_image_embedding_in_session_mode_equals_embedding_mode(server, images):
-    with SamPredictor(server.grpc_url, model="mobilesam") as session, \
-            SamPredictor(server.grpc_url, model="mobilesam", session=False) as plain:
+    with (
+        SamPredictor(server.grpc_url, model="mobilesam") as session,
+        SamPredictor(server.grpc_url, model="mobilesam", session=False) as plain,
+    ):
         session.set_image(images["rocket"])
         plain.set_image(images["rocket"])
         np.testing.assert_array_equal(session.get_image_embedding(), plain.get_image_embedding())
@@ -152,32 +162,63 @@ def _id(text):
     return np.array([text.encode()], dtype=object)
 
 
-PROMPT = dict(point_coords=np.array([[[10.0, 10.0], [0.0, 0.0]]], np.float32),
-              point_labels=np.array([[1.0, -1.0]], np.float32))
+PROMPT = dict(
+    point_coords=np.array([[[10.0, 10.0], [0.0, 0.0]]], np.float32), point_labels=np.array([[1.0, -1.0]], np.float32)
+)
 # A set and an AMG request in one (the set succeeds, or finds the image cached; the AMG part is refused).
-ZERO_IMAGE = dict(image_id=_id(C.image_id_for(np.zeros((1024, 1024, 3), np.uint8), (1024, 1024), (1024, 1024))),
-                  image=np.zeros((1, 1024, 1024, 3), np.uint8), input_size=np.array([[1024, 1024]], np.int64),
-                  original_size=np.array([1024, 1024], np.int64))
+ZERO_IMAGE = dict(
+    image_id=_id(C.image_id_for(np.zeros((1024, 1024, 3), np.uint8), (1024, 1024), (1024, 1024))),
+    image=np.zeros((1, 1024, 1024, 3), np.uint8),
+    input_size=np.array([[1024, 1024]], np.int64),
+    original_size=np.array([1024, 1024], np.int64),
+)
 RAW_SESSION_BAD = {
     "id not hex": (dict(image_id=_id("../../etc/passwd"), **PROMPT), "image_id"),
     "id too short": (dict(image_id=_id("abc"), **PROMPT), "image_id"),
     "unknown id": (dict(image_id=_id("0" * 32), **PROMPT), "unknown image_id"),
-    "encoded garbage": (dict(image_id=_id(C.image_id_for(encoded_image=b"not an image")),
-                             encoded_image=np.array([b"not an image"], dtype=object)),
-                        "encoded_image"),
-    "raw image without sizes": (dict(image_id=_id("0" * 32), image=np.zeros((1, 1024, 1024, 3), np.uint8)),
-                                "original_size"),
-    "id not the image's hash": (dict(image_id=_id("f" * 32), image=np.zeros((1, 1024, 1024, 3), np.uint8),
-                                     input_size=np.array([[1024, 1024]], np.int64),
-                                     original_size=np.array([1024, 1024], np.int64)), "image_id: expected"),
-    "amg without crop_size": (dict(**ZERO_IMAGE, amg_thresholds=np.array([0.88, 0.95, 1.0], np.float32), **PROMPT),
-                              "crop_size"),
-    "amg thresholds not finite": (dict(**ZERO_IMAGE, crop_size=np.array([1024, 1024], np.int64),
-                                       amg_thresholds=np.array([0.88, np.nan, 1.0], np.float32), **PROMPT),
-                                  "amg_thresholds"),
-    "amg with a mask prompt": (dict(**ZERO_IMAGE, crop_size=np.array([1024, 1024], np.int64),
-                                    amg_thresholds=np.array([0.88, 0.95, 1.0], np.float32),
-                                    multimask_output=np.array([True]), **PROMPT), "multimask_output"),
+    "encoded garbage": (
+        dict(
+            image_id=_id(C.image_id_for(encoded_image=b"not an image")),
+            encoded_image=np.array([b"not an image"], dtype=object),
+        ),
+        "encoded_image",
+    ),
+    "raw image without sizes": (
+        dict(image_id=_id("0" * 32), image=np.zeros((1, 1024, 1024, 3), np.uint8)),
+        "original_size",
+    ),
+    "id not the image's hash": (
+        dict(
+            image_id=_id("f" * 32),
+            image=np.zeros((1, 1024, 1024, 3), np.uint8),
+            input_size=np.array([[1024, 1024]], np.int64),
+            original_size=np.array([1024, 1024], np.int64),
+        ),
+        "image_id: expected",
+    ),
+    "amg without crop_size": (
+        dict(**ZERO_IMAGE, amg_thresholds=np.array([0.88, 0.95, 1.0], np.float32), **PROMPT),
+        "crop_size",
+    ),
+    "amg thresholds not finite": (
+        dict(
+            **ZERO_IMAGE,
+            crop_size=np.array([1024, 1024], np.int64),
+            amg_thresholds=np.array([0.88, np.nan, 1.0], np.float32),
+            **PROMPT,
+        ),
+        "amg_thresholds",
+    ),
+    "amg with a mask prompt": (
+        dict(
+            **ZERO_IMAGE,
+            crop_size=np.array([1024, 1024], np.int64),
+            amg_thresholds=np.array([0.88, 0.95, 1.0], np.float32),
+            multimask_output=np.array([True]),
+            **PROMPT,
+        ),
+        "multimask_output",
+    ),
     "labels missing": (dict(image_id=_id("0" * 32), point_coords=PROMPT["point_coords"]), "point_labels"),
     "coords missing": (dict(image_id=_id("0" * 32), point_labels=PROMPT["point_labels"]), "point_coords"),
 }
@@ -214,8 +255,10 @@ def test_shared_memory_falls_back_to_the_wire_for_a_remote_server(server, images
     monkeypatch.setattr(transport, "is_local", lambda url: False)
     client = grpcclient.InferenceServerClient(server.grpc_url)
     before = set(client.get_system_shared_memory_status(as_json=True).get("regions", {}))
-    with SamPredictor(server.grpc_url, model="mobilesam", shared_memory=True) as remote, \
-            SamPredictor(server.grpc_url, model="mobilesam") as plain:
+    with (
+        SamPredictor(server.grpc_url, model="mobilesam", shared_memory=True) as remote,
+        SamPredictor(server.grpc_url, model="mobilesam") as plain,
+    ):
         remote.set_image(image)
         masks, scores, _ = remote.predict(**prompt)
         registered = set(client.get_system_shared_memory_status(as_json=True).get("regions", {}))

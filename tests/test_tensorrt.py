@@ -15,8 +15,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from helpers import mask_iou, prompts_for
 from samtriton.transforms import postprocess_masks, preprocess
+
+from helpers import mask_iou, prompts_for
 
 
 def _tensorrt_and_gpu():
@@ -38,9 +39,25 @@ SKIP_REASON = _tensorrt_and_gpu()
 @pytest.mark.skipif(SKIP_REASON is None, reason="TensorRT is installed here")
 def test_export_tensorrt_fails_fast_and_writes_nothing(checkpoint, tmp_path):
     repo = tmp_path / "repo"
-    result = subprocess.run([sys.executable, "-m", "samtriton.cli", "export", "--model-type", "vit_t", "--checkpoint",
-                             str(checkpoint), "--repository", str(repo), "--encoder-backend", "tensorrt"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "samtriton.tools.cli",
+            "export",
+            "--model-type",
+            "vit_t",
+            "--checkpoint",
+            str(checkpoint),
+            "--repository",
+            str(repo),
+            "--encoder-backend",
+            "tensorrt",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "'tensorrt' Python package" in result.stderr and "nvcr.io/nvidia/tensorrt" in result.stderr
     assert "Nothing was written" in result.stderr
@@ -78,15 +95,24 @@ def test_engine_matches_onnxruntime(onnx_files, images, tmp_path, precision, max
         assert np.isfinite(trt_embedding).all() and diff <= max_diff, f"{name}: max abs diff {diff}"
         box = prompts_for(images[name].shape)["box"]["box"]
         scale = 1024 / max(images[name].shape[:2])
-        feeds = {"point_coords": (box.reshape(1, 2, 2) * scale).astype(np.float32),
-                 "point_labels": np.array([[2, 3]], np.float32), "mask_input": np.zeros((1, 1, 256, 256), np.float32),
-                 "has_mask_input": np.zeros(1, np.float32)}
-        masks = [postprocess_masks(decoder.run(None, dict(feeds, image_embeddings=e))[0][:, :1], size,
-                                   images[name].shape[:2])[0, 0] > 0 for e in (trt_embedding, ort_embedding)]
+        feeds = {
+            "point_coords": (box.reshape(1, 2, 2) * scale).astype(np.float32),
+            "point_labels": np.array([[2, 3]], np.float32),
+            "mask_input": np.zeros((1, 1, 256, 256), np.float32),
+            "has_mask_input": np.zeros(1, np.float32),
+        }
+        masks = [
+            postprocess_masks(
+                decoder.run(None, dict(feeds, image_embeddings=e))[0][:, :1], size, images[name].shape[:2]
+            )[0, 0]
+            > 0
+            for e in (trt_embedding, ort_embedding)
+        ]
         assert mask_iou(*masks) >= min_iou
 
 
 # --- CPU: the batch profile -------------------------------------------------------------
+
 
 def test_default_opt_batch_is_clamped_into_the_profile():
     from samtriton.export.tensorrt_engine import EngineOptions
@@ -102,22 +128,27 @@ def test_default_opt_batch_is_clamped_into_the_profile():
         EngineOptions(min_batch=3, max_batch=2)
 
 
-@pytest.mark.parametrize("flags, profile", [
-    (["--max-batch", "2"], (1, 2, 2)),
-    (["--max-batch-size", "2"], (1, 2, 2)),
-    ([], (1, 4, 8)),
-    (["--min-batch", "2", "--opt-batch", "3", "--max-batch", "6"], (2, 3, 6)),
-])
+@pytest.mark.parametrize(
+    "flags, profile",
+    [
+        (["--max-batch", "2"], (1, 2, 2)),
+        (["--max-batch-size", "2"], (1, 2, 2)),
+        ([], (1, 4, 8)),
+        (["--min-batch", "2", "--opt-batch", "3", "--max-batch", "6"], (2, 3, 6)),
+    ],
+)
 def test_cli_batch_profile(flags, profile):
-    from samtriton.cli import build_parser, engine_options
+    from samtriton.tools.cli import build_parser, engine_options
 
-    args = build_parser().parse_args(["export", "--model-type", "vit_t", "--repository", "r",
-                                      "--encoder-backend", "tensorrt", *flags])
+    args = build_parser().parse_args(
+        ["export", "--model-type", "vit_t", "--repository", "r", "--encoder-backend", "tensorrt", *flags]
+    )
     options = engine_options(args)
     assert (options.min_batch, options.opt_batch, options.max_batch) == profile
 
 
 # --- CPU: build_engine against the TensorRT stand-in ------------------------------------
+
 
 @pytest.fixture
 def standin(monkeypatch):
@@ -189,7 +220,7 @@ def test_timing_cache_from_another_gpu_is_replaced(standin, onnx_files, tmp_path
     _, _, lines = _build(onnx_files[0], tmp_path, timing_cache=str(cache))
     warning = [line for line in lines if line.startswith("WARNING")]
     assert len(warning) == 1 and str(cache) in warning[0] and "fresh" in warning[0]
-    fields = json.loads(cache.read_bytes()[len(standin.TIMING_CACHE_MAGIC):])
+    fields = json.loads(cache.read_bytes()[len(standin.TIMING_CACHE_MAGIC) :])
     assert fields["gpu"] == standin.GPU, "the cache now belongs to this GPU"
     _, _, lines = _build(onnx_files[0], tmp_path, timing_cache=str(cache))
     assert not [line for line in lines if line.startswith("WARNING")]

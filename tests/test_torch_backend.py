@@ -20,6 +20,7 @@ MODEL = "msam"
 
 # --- units: no server --------------------------------------------------------------------------
 
+
 def test_fused_attention_equals_segment_anything_attention():
     """SDPA with the relative-position bias computes segment-anything's own attention
     (window-sized and global-sized inputs, random weights and position tables)."""
@@ -28,7 +29,7 @@ def test_fused_attention_equals_segment_anything_attention():
     ensure_reference_imports()
     from segment_anything.modeling.image_encoder import Attention
 
-    from samtriton.export.python_models.torch_runtime import use_fused_attention
+    from samtriton.server.torch_runtime import use_fused_attention
 
     torch.manual_seed(0)
     for side in (14, 9):
@@ -47,7 +48,7 @@ def test_fused_attention_equals_segment_anything_attention():
 
 
 def test_pack_bits_is_numpy_packbits():
-    from samtriton.export.python_models.torch_runtime import pack_bits
+    from samtriton.server.amg_filter.device import pack_bits
 
     rng = np.random.default_rng(0)
     for shape in ((3, 5, 7), (2, 8, 8), (1, 13, 1), (0, 4, 4)):
@@ -59,7 +60,7 @@ def test_pack_bits_is_numpy_packbits():
 
 
 def test_device_embeddings_lru_bounded_in_bytes():
-    from samtriton.export.python_models.torch_runtime import DeviceEmbeddings
+    from samtriton.server.torch_runtime import DeviceEmbeddings
 
     one = 256 * 64 * 64 * 4
     cache = DeviceEmbeddings(capacity_bytes=2 * one + one // 2)
@@ -75,8 +76,8 @@ def test_device_embeddings_lru_bounded_in_bytes():
 def test_weights_round_trip_through_safetensors(export_sam, reference_sam, tmp_path):
     """The served parts rebuilt from model.safetensors + sam.json compute the reference's
     embedding and masks (no pickle anywhere)."""
-    from samtriton.export.python_models.torch_runtime import TorchDecoder, TorchEncoder, load_sam
     from samtriton.export.torch_weights import DECODER_PARTS, ENCODER_PARTS, architecture_of, write_torch_weights
+    from samtriton.server.torch_runtime import TorchDecoder, TorchEncoder, load_sam
 
     architecture = architecture_of(export_sam, "vit_t")
     write_torch_weights(export_sam, architecture, tmp_path / "encoder", parts=ENCODER_PARTS)
@@ -104,8 +105,12 @@ def test_weights_round_trip_through_safetensors(export_sam, reference_sam, tmp_p
     with torch.no_grad():
         sparse, dense = reference_sam.prompt_encoder(points=(coords, labels.int()), boxes=None, masks=None)
         ref_masks, ref_iou = reference_sam.mask_decoder(
-            image_embeddings=expected, image_pe=reference_sam.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True)
+            image_embeddings=expected,
+            image_pe=reference_sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+        )
     # Measured 3e-6 on logits of range ~30 (the AMG decoder's reordered sums); margin 30x.
     assert float((low_res[:, 1:] - ref_masks).abs().max()) < 1e-4
     assert float((iou[:, 1:] - ref_iou).abs().max()) < 1e-5
@@ -116,7 +121,7 @@ def test_kept_masks_equal_the_reference_amg_batch(reference_predictor, images):
     same kept masks, stability scores and bits."""
     from mobile_sam.utils.amg import build_point_grid, calculate_stability_score
 
-    from samtriton.export.python_models.torch_runtime import kept_masks
+    from samtriton.server.amg_filter.device import kept_masks
 
     image = as_reference_rgb(images["chelsea"])
     reference_predictor.set_image(image)
@@ -125,7 +130,8 @@ def test_kept_masks_equal_the_reference_amg_batch(reference_predictor, images):
     coords = torch.as_tensor(reference_predictor.transform.apply_coords(points, (h, w)), dtype=torch.float32)
     with torch.no_grad():
         masks, iou, low_res = reference_predictor.predict_torch(
-            coords[:, None], torch.ones(len(coords), 1, dtype=torch.int), multimask_output=True, return_logits=True)
+            coords[:, None], torch.ones(len(coords), 1, dtype=torch.int), multimask_output=True, return_logits=True
+        )
     thresholds = (0.88, 0.95, 1.0)
     masks, iou = masks.flatten(0, 1), iou.flatten(0, 1)
     index = torch.nonzero(iou > thresholds[0])[:, 0]
@@ -147,6 +153,7 @@ def test_kept_masks_equal_the_reference_amg_batch(reference_predictor, images):
 
 # --- through a real embedded Triton ------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def torch_repository(checkpoint, tmp_path_factory):
     """MobileSAM exported with both torch backends on the CPU device, loaded afresh from the
@@ -155,8 +162,9 @@ def torch_repository(checkpoint, tmp_path_factory):
     from samtriton.export.repository import RepositoryOptions
 
     repo = tmp_path_factory.mktemp("torch_repository")
-    options = RepositoryOptions(name=MODEL, encoder_backend="torch", decoder_backend="torch", torch_device="cpu",
-                                amg_instances=1)
+    options = RepositoryOptions(
+        name=MODEL, encoder_backend="torch", decoder_backend="torch", torch_device="cpu", amg_instances=1
+    )
     export("vit_t", repo, checkpoint=checkpoint, options=options, log=lambda *_: None)
     return repo
 
@@ -165,8 +173,9 @@ def torch_repository(checkpoint, tmp_path_factory):
 def torch_server(torch_repository):
     from samtriton.server import EmbeddedTriton, free_port
 
-    with EmbeddedTriton(torch_repository, grpc_port=free_port(), http_port=free_port(),
-                        metrics_port=free_port()) as running:
+    with EmbeddedTriton(
+        torch_repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()
+    ) as running:
         yield running
 
 
@@ -216,8 +225,10 @@ def test_encoder_model_batches_match_the_reference(torch_server, reference_sam, 
 
     padded, sizes = zip(*(preprocess(images[name]) for name in ("astronaut", "chelsea")))
     client = grpcclient.InferenceServerClient(torch_server.grpc_url)
-    inputs = [grpcclient.InferInput("image", [2, 1024, 1024, 3], "UINT8"),
-              grpcclient.InferInput("input_size", [2, 2], "INT64")]
+    inputs = [
+        grpcclient.InferInput("image", [2, 1024, 1024, 3], "UINT8"),
+        grpcclient.InferInput("input_size", [2, 2], "INT64"),
+    ]
     inputs[0].set_data_from_numpy(np.stack(padded))
     inputs[1].set_data_from_numpy(np.array(sizes, np.int64))
     got = client.infer(f"{MODEL}_encoder", inputs).as_numpy("image_embeddings")
@@ -226,7 +237,7 @@ def test_encoder_model_batches_match_the_reference(torch_server, reference_sam, 
             x = torch.from_numpy(image[:h, :w]).permute(2, 0, 1).float()
             expected = reference_sam.image_encoder(reference_sam.preprocess(x)[None]).numpy()
         # Measured 2e-6; margin 50x.
-        assert np.abs(got[index:index + 1] - expected).max() < 1e-4
+        assert np.abs(got[index : index + 1] - expected).max() < 1e-4
 
 
 def test_automatic_masks_equal_the_reference(torch_server, reference_sam, images):
@@ -254,9 +265,13 @@ def test_bad_embedding_is_invalid_input_and_the_server_keeps_serving(torch_serve
     client = grpcclient.InferenceServerClient(torch_server.grpc_url)
 
     def decode(embedding):
-        feeds = {"image_embeddings": embedding, "point_coords": np.array([[[10.0, 10.0]]], np.float32),
-                 "point_labels": np.ones((1, 1), np.float32),
-                 "mask_input": np.zeros((1, 1, 256, 256), np.float32), "has_mask_input": np.zeros(1, np.float32)}
+        feeds = {
+            "image_embeddings": embedding,
+            "point_coords": np.array([[[10.0, 10.0]]], np.float32),
+            "point_labels": np.ones((1, 1), np.float32),
+            "mask_input": np.zeros((1, 1, 256, 256), np.float32),
+            "has_mask_input": np.zeros(1, np.float32),
+        }
         inputs = []
         for name, value in feeds.items():
             tensor = grpcclient.InferInput(name, list(value.shape), "FP32")

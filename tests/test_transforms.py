@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import as_reference_rgb
 from samtriton import contract as C
 from samtriton.transforms import ResizeLongestSide, postprocess_masks, preprocess, to_rgb_uint8
+
+from helpers import as_reference_rgb
 
 
 def test_preprocessed_tensor_is_bit_identical(reference_sam, reference_predictor, images):
@@ -59,7 +60,7 @@ def test_image_conversions():
     np.testing.assert_array_equal(to_rgb_uint8(rgba), rgb)
     gray = rgb[..., 0]
     np.testing.assert_array_equal(to_rgb_uint8(gray), np.repeat(gray[..., None], 3, axis=2))
-    sixteen = (rgb.astype(np.uint16) * 257)  # exact 8 -> 16 bit scaling maps back exactly
+    sixteen = rgb.astype(np.uint16) * 257  # exact 8 -> 16 bit scaling maps back exactly
     np.testing.assert_array_equal(to_rgb_uint8(sixteen), rgb)
     assert to_rgb_uint8(np.array([[0, 65535]], np.uint16))[0].tolist() == [[0, 0, 0], [255, 255, 255]]
 
@@ -79,10 +80,10 @@ def test_image_from_path_and_pil(tmp_path):
 def test_decompression_bombs_are_invalid_input(tmp_path):
     """Pillow raises DecompressionBombError (not OSError) past 2x its pixel limit and only
     warns past 1x: a file read here and bytes decoded on the server both give InvalidInput."""
-    from bad_files import png
-
     from samtriton import InvalidInput
     from samtriton.transforms import decode_image, encoded_image_size, max_decoded_pixels
+
+    from bad_files import png
 
     huge, large = png(20000, 20000, complete=False), png(10000, 10000, complete=True)
     assert 10000 * 10000 > max_decoded_pixels() and 20000 * 20000 > 2 * max_decoded_pixels()

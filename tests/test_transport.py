@@ -5,14 +5,23 @@ import random
 import time
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
-from samtriton import ImageNotCached, InvalidInput, ModelNotReady, RequestTimeout, ServerError, ServerUnavailable
-from samtriton import calls
+from samtriton import ImageNotCached, InvalidInput, ModelNotReady, RequestTimeout, ServerError, ServerUnavailable, calls
 from samtriton import contract as C
-from samtriton.transport import Attempt, Channels, Endpoints, Pause, attempts, endpoints_from_dns, parse_urls, \
-    rendezvous_order, translate
+from samtriton.transport import (
+    Attempt,
+    Channels,
+    Endpoints,
+    Pause,
+    attempts,
+    endpoints_from_dns,
+    parse_urls,
+    rendezvous_order,
+    translate,
+)
 
 URLS = [f"10.0.0.{i}:8001" for i in range(1, 6)]
 
@@ -93,20 +102,24 @@ def _source():
     return dict(padded_image=np.zeros((1024, 1024, 3), np.uint8), input_size=(1024, 768), original_size=(600, 450))
 
 
-@pytest.mark.parametrize("status, expected", [
-    ("StatusCode.UNAVAILABLE", ServerUnavailable),
-    ("StatusCode.DEADLINE_EXCEEDED", RequestTimeout),
-    ("StatusCode.INVALID_ARGUMENT", InvalidInput),
-    ("StatusCode.INTERNAL", ServerError),
-    ("StatusCode.UNKNOWN", ServerError),
-])
+@pytest.mark.parametrize(
+    "status, expected",
+    [
+        ("StatusCode.UNAVAILABLE", ServerUnavailable),
+        ("StatusCode.DEADLINE_EXCEEDED", RequestTimeout),
+        ("StatusCode.INVALID_ARGUMENT", InvalidInput),
+        ("StatusCode.INTERNAL", ServerError),
+        ("StatusCode.UNKNOWN", ServerError),
+    ],
+)
 def test_errors_map_by_status_code_not_text(status, expected):
     import numpy as np
 
     call = calls.encode("sam", np.zeros((1, 1024, 1024, 3), np.uint8), np.array([[1024, 1024]]))
     # The message says something else entirely: only the code decides.
-    error = translate(InferenceServerException("unknown image_id; connection refused; expected", status), call,
-                      "h:1", 5.0)
+    error = translate(
+        InferenceServerException("unknown image_id; connection refused; expected", status), call, "h:1", 5.0
+    )
     assert type(error) is expected
 
 

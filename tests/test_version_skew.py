@@ -106,9 +106,11 @@ def _requests_served(url):
     finally:
         client.close()
     assert stats, "statistics of every model"
-    return {s["name"]: int(s.get("inference_count", 0)) + sum(
-        int(s.get("inference_stats", {}).get(kind, {}).get("count", 0)) for kind in ("success", "fail"))
-        for s in stats}
+    return {
+        s["name"]: int(s.get("inference_count", 0))
+        + sum(int(s.get("inference_stats", {}).get(kind, {}).get("count", 0)) for kind in ("success", "fail"))
+        for s in stats
+    }
 
 
 def _images_ranked(images, urls, first, count):

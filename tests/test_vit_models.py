@@ -57,13 +57,25 @@ def tree_bytes(path):
 def export_and_measure(model_type, checkpoint, repo, name):
     """The CLI in a child process: (seconds, peak resident MiB of that process, as it reports
     its own ru_maxrss: RUSAGE_CHILDREN would give the largest child of the whole run)."""
-    args = ["export", "--model-type", model_type, "--checkpoint", str(checkpoint), "--allow-unverified",
-            "--repository", str(repo), "--name", name]
-    code = ("import resource, sys\n"
-            "from samtriton.cli import main\n"
-            "rc = main(sys.argv[1:])\n"
-            "print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
-            "sys.exit(rc)\n")
+    args = [
+        "export",
+        "--model-type",
+        model_type,
+        "--checkpoint",
+        str(checkpoint),
+        "--allow-unverified",
+        "--repository",
+        str(repo),
+        "--name",
+        name,
+    ]
+    code = (
+        "import resource, sys\n"
+        "from samtriton.tools.cli import main\n"
+        "rc = main(sys.argv[1:])\n"
+        "print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+        "sys.exit(rc)\n"
+    )
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=3600)
     seconds = time.perf_counter() - start
@@ -84,9 +96,12 @@ class EndToEnd:
         self.checkpoint = random_checkpoint(model_type, work / f"{model_type}_random.pth")
         self.repository = work / "repository"
         export_s, peak_mib = export_and_measure(model_type, self.checkpoint, self.repository, self.name)
-        self.figures = {"model_type": model_type, "export_s": round(export_s, 1),
-                        "export_peak_rss_mib": round(peak_mib),
-                        "repository_mib": round(tree_bytes(self.repository) / 2**20, 1)}
+        self.figures = {
+            "model_type": model_type,
+            "export_s": round(export_s, 1),
+            "export_peak_rss_mib": round(peak_mib),
+            "repository_mib": round(tree_bytes(self.repository) / 2**20, 1),
+        }
         self.sam = load_sam(model_type, self.checkpoint, allow_unverified=True)
 
     def reference(self):
@@ -114,7 +129,9 @@ def process_tree_peak_mib(pid):
         current = todo.pop()
         todo.extend(children.get(current, []))
         try:
-            line = next(l for l in Path(f"/proc/{current}/status").read_text().splitlines() if l.startswith("VmHWM"))
+            line = next(
+                row for row in Path(f"/proc/{current}/status").read_text().splitlines() if row.startswith("VmHWM")
+            )
             total += int(line.split()[1])
         except (OSError, StopIteration):
             pass
@@ -124,8 +141,14 @@ def process_tree_peak_mib(pid):
 def serve(repository, models=None):
     from samtriton.server import EmbeddedTriton, free_port
 
-    return EmbeddedTriton(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
-                          models=models, startup_timeout=600)
+    return EmbeddedTriton(
+        repository,
+        grpc_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        models=models,
+        startup_timeout=600,
+    )
 
 
 def record(figures):
@@ -137,6 +160,7 @@ def record(figures):
 
 
 # --- ViT-B: parity with segment_anything.SamPredictor, in the default suite ---------------
+
 
 @pytest.fixture(scope="module")
 def vit_b(tmp_path_factory):
@@ -219,8 +243,10 @@ def _check(name, case, ours, ref):
     # Random weights: masks under 1% of the image (empty ones included) are not compared.
     ious = [mask_iou(a, b) if covered >= 0.01 else None for a, b, covered in zip(masks, ref_masks, coverage)]
     shown = [None if iou is None else round(iou, 4) for iou in ious]
-    print(f"\nvit_b {name} {case}: low-res logits max abs diff {diff:.1e}, IoU {shown}, "
-          f"reference coverage {np.round(coverage, 3)}")
+    print(
+        f"\nvit_b {name} {case}: low-res logits max abs diff {diff:.1e}, IoU {shown}, "
+        f"reference coverage {np.round(coverage, 3)}"
+    )
     assert diff <= 1e-2, (name, case, diff)
     assert np.abs(scores - ref_scores).max() <= 1e-3
     for iou in ious:
@@ -230,6 +256,7 @@ def _check(name, case, ours, ref):
 
 
 # --- ViT-L / ViT-H: export, serve, set_image + predict (slow) -----------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # measured alone: 455 s (ViT-L), 441 s (ViT-H) on 2 cores
@@ -253,8 +280,10 @@ def test_large_vit_exports_serves_and_segments(model_type, tmp_path_factory):
     # The encoder and decoder carry the model; the session and AMG stages are the same code
     # for every size (served with ViT-B above) and would only add stub processes' memory.
     models = [f"{run.name}_encoder", f"{run.name}_decoder"]
-    with serve(run.repository, models=models) as server, \
-            SamPredictor(server.grpc_url, model=run.name, session=False, timeout=1200) as predictor:
+    with (
+        serve(run.repository, models=models) as server,
+        SamPredictor(server.grpc_url, model=run.name, session=False, timeout=1200) as predictor,
+    ):
         start = time.perf_counter()
         predictor.set_image(image)
         figures["set_image_s"] = round(time.perf_counter() - start, 1)

@@ -43,30 +43,88 @@ float32, float16, bfloat16 = DataType.FLOAT, DataType.HALF, DataType.BF16
 int32, int64, uint8 = DataType.INT32, DataType.INT64, DataType.UINT8
 FLOATS = (DataType.FLOAT, DataType.HALF, DataType.BF16)
 
-LayerType = enum.IntEnum("LayerType", "CONVOLUTION DECONVOLUTION ACTIVATION POOLING SCALE SOFTMAX CONCATENATION "
-                                   "ELEMENTWISE UNARY SHUFFLE REDUCE CONSTANT IDENTITY SLICE SHAPE GATHER "
-                                   "MATRIX_MULTIPLY SELECT FILL CAST NORMALIZATION EINSUM RESIZE")
+LayerType = enum.IntEnum(
+    "LayerType",
+    "CONVOLUTION DECONVOLUTION ACTIVATION POOLING SCALE SOFTMAX CONCATENATION "
+    "ELEMENTWISE UNARY SHUFFLE REDUCE CONSTANT IDENTITY SLICE SHAPE GATHER "
+    "MATRIX_MULTIPLY SELECT FILL CAST NORMALIZATION EINSUM RESIZE",
+)
 UnaryOperation = enum.IntEnum("UnaryOperation", "EXP LOG SQRT RECIP ABS NEG SIN COS ERF NOT FLOOR CEIL")
-ElementWiseOperation = enum.IntEnum("ElementWiseOperation", "SUM PROD MAX MIN SUB DIV POW FLOOR_DIV AND OR EQUAL "
-                                                         "GREATER LESS")
+ElementWiseOperation = enum.IntEnum(
+    "ElementWiseOperation", "SUM PROD MAX MIN SUB DIV POW FLOOR_DIV AND OR EQUAL GREATER LESS"
+)
 BuilderFlag = enum.IntEnum("BuilderFlag", "FP16 BF16 INT8 TF32 OBEY_PRECISION_CONSTRAINTS PREFER_PRECISION_CONSTRAINTS")
 MemoryPoolType = enum.IntEnum("MemoryPoolType", "WORKSPACE")
 NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", "EXPLICIT_BATCH STRONGLY_TYPED")
 
 # ONNX op -> (layer type, operation), after onnx-tensorrt's importers.
-_ELEMENTWISE = {"Add": "SUM", "Sub": "SUB", "Mul": "PROD", "Div": "DIV", "Pow": "POW", "Max": "MAX", "Min": "MIN",
-                "Mod": "FLOOR_DIV", "And": "AND", "Or": "OR", "Equal": "EQUAL", "Greater": "GREATER", "Less": "LESS"}
-_UNARY = {"Exp": "EXP", "Log": "LOG", "Sqrt": "SQRT", "Reciprocal": "RECIP", "Abs": "ABS", "Neg": "NEG",
-          "Sin": "SIN", "Cos": "COS", "Erf": "ERF", "Not": "NOT", "Floor": "FLOOR", "Ceil": "CEIL"}
-_OTHER = {"Conv": "CONVOLUTION", "ConvTranspose": "DECONVOLUTION", "Relu": "ACTIVATION", "Sigmoid": "ACTIVATION",
-          "Tanh": "ACTIVATION", "BatchNormalization": "SCALE", "Softmax": "SOFTMAX", "Concat": "CONCATENATION",
-          "Reshape": "SHUFFLE", "Transpose": "SHUFFLE", "Squeeze": "SHUFFLE", "Unsqueeze": "SHUFFLE",
-          "Flatten": "SHUFFLE", "ReduceMean": "REDUCE", "ReduceSum": "REDUCE", "ReduceMax": "REDUCE",
-          "Constant": "CONSTANT", "Identity": "IDENTITY", "Slice": "SLICE", "Split": "SLICE", "Pad": "SLICE",
-          "Expand": "SLICE", "Tile": "SLICE", "Shape": "SHAPE", "Gather": "GATHER", "MatMul": "MATRIX_MULTIPLY",
-          "Gemm": "MATRIX_MULTIPLY", "Where": "SELECT", "Range": "FILL", "ConstantOfShape": "FILL", "Cast": "CAST",
-          "LayerNormalization": "NORMALIZATION", "Einsum": "EINSUM", "Resize": "RESIZE",
-          "AveragePool": "POOLING", "MaxPool": "POOLING"}
+_ELEMENTWISE = {
+    "Add": "SUM",
+    "Sub": "SUB",
+    "Mul": "PROD",
+    "Div": "DIV",
+    "Pow": "POW",
+    "Max": "MAX",
+    "Min": "MIN",
+    "Mod": "FLOOR_DIV",
+    "And": "AND",
+    "Or": "OR",
+    "Equal": "EQUAL",
+    "Greater": "GREATER",
+    "Less": "LESS",
+}
+_UNARY = {
+    "Exp": "EXP",
+    "Log": "LOG",
+    "Sqrt": "SQRT",
+    "Reciprocal": "RECIP",
+    "Abs": "ABS",
+    "Neg": "NEG",
+    "Sin": "SIN",
+    "Cos": "COS",
+    "Erf": "ERF",
+    "Not": "NOT",
+    "Floor": "FLOOR",
+    "Ceil": "CEIL",
+}
+_OTHER = {
+    "Conv": "CONVOLUTION",
+    "ConvTranspose": "DECONVOLUTION",
+    "Relu": "ACTIVATION",
+    "Sigmoid": "ACTIVATION",
+    "Tanh": "ACTIVATION",
+    "BatchNormalization": "SCALE",
+    "Softmax": "SOFTMAX",
+    "Concat": "CONCATENATION",
+    "Reshape": "SHUFFLE",
+    "Transpose": "SHUFFLE",
+    "Squeeze": "SHUFFLE",
+    "Unsqueeze": "SHUFFLE",
+    "Flatten": "SHUFFLE",
+    "ReduceMean": "REDUCE",
+    "ReduceSum": "REDUCE",
+    "ReduceMax": "REDUCE",
+    "Constant": "CONSTANT",
+    "Identity": "IDENTITY",
+    "Slice": "SLICE",
+    "Split": "SLICE",
+    "Pad": "SLICE",
+    "Expand": "SLICE",
+    "Tile": "SLICE",
+    "Shape": "SHAPE",
+    "Gather": "GATHER",
+    "MatMul": "MATRIX_MULTIPLY",
+    "Gemm": "MATRIX_MULTIPLY",
+    "Where": "SELECT",
+    "Range": "FILL",
+    "ConstantOfShape": "FILL",
+    "Cast": "CAST",
+    "LayerNormalization": "NORMALIZATION",
+    "Einsum": "EINSUM",
+    "Resize": "RESIZE",
+    "AveragePool": "POOLING",
+    "MaxPool": "POOLING",
+}
 
 
 class Logger:
@@ -111,8 +169,10 @@ class ILayer:
     def precision(self, dtype):
         self._precision = dtype
         if dtype in FLOATS and self._integer_tensors():
-            self.errors.append(f"{self.name}: layer precision {dtype.name} on a layer with "
-                               f"{self._integer_tensors()[0].dtype.name} tensors")
+            self.errors.append(
+                f"{self.name}: layer precision {dtype.name} on a layer with "
+                f"{self._integer_tensors()[0].dtype.name} tensors"
+            )
 
     @property
     def precision_is_set(self):
@@ -121,8 +181,10 @@ class ILayer:
     def set_output_type(self, index, dtype):
         self._output_types[index] = dtype
         if dtype in FLOATS and self._outputs[index].dtype not in FLOATS:
-            self.errors.append(f"{self.name}: output type {dtype.name} requested for a "
-                               f"{self._outputs[index].dtype.name} (shape) tensor")
+            self.errors.append(
+                f"{self.name}: output type {dtype.name} requested for a "
+                f"{self._outputs[index].dtype.name} (shape) tensor"
+            )
 
     def output_type_is_set(self, index):
         return index in self._output_types
@@ -151,8 +213,17 @@ class INetworkDefinition:
         return self.inputs[index]
 
 
-_ONNX_TO_DTYPE = {1: DataType.FLOAT, 10: DataType.HALF, 16: DataType.BF16, 3: DataType.INT8, 6: DataType.INT32,
-                  7: DataType.INT64, 9: DataType.BOOL, 2: DataType.UINT8, 11: DataType.FLOAT}  # double -> float
+_ONNX_TO_DTYPE = {
+    1: DataType.FLOAT,
+    10: DataType.HALF,
+    16: DataType.BF16,
+    3: DataType.INT8,
+    6: DataType.INT32,
+    7: DataType.INT64,
+    9: DataType.BOOL,
+    2: DataType.UINT8,
+    11: DataType.FLOAT,
+}  # double -> float
 
 
 class OnnxParser:
@@ -169,8 +240,10 @@ class OnnxParser:
 
         model = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
         graph = model.graph
-        types = {v.name: v.type.tensor_type.elem_type for v in
-                 list(graph.input) + list(graph.output) + list(graph.value_info)}
+        types = {
+            v.name: v.type.tensor_type.elem_type
+            for v in list(graph.input) + list(graph.output) + list(graph.value_info)
+        }
         types.update({t.name: t.data_type for t in graph.initializer})
         tensors = {}
 
@@ -199,8 +272,10 @@ class OnnxParser:
             for out in outputs:
                 # onnx-tensorrt (ModelImporter.cpp): UINT8 only as a network input or output.
                 if out is not None and out.dtype == DataType.UINT8 and out.name not in boundary:
-                    self.errors.append(f"{name} ({node.op_type}): UINT8 tensor {out.name!r} is not a network "
-                                       "input or output; TensorRT supports UINT8 only there")
+                    self.errors.append(
+                        f"{name} ({node.op_type}): UINT8 tensor {out.name!r} is not a network "
+                        "input or output; TensorRT supports UINT8 only there"
+                    )
                     return False
             self.network.layers.append(cls(name, kind, [tensor(i) for i in node.input], outputs, op))
         return True
@@ -221,8 +296,10 @@ class ITimingCache:
         self.gpu, self.version, self.entries = gpu, version, entries
 
     def serialize(self) -> bytes:
-        return TIMING_CACHE_MAGIC + json.dumps(
-            {"gpu": self.gpu, "version": self.version, "entries": self.entries}).encode()
+        return (
+            TIMING_CACHE_MAGIC
+            + json.dumps({"gpu": self.gpu, "version": self.version, "entries": self.entries}).encode()
+        )
 
 
 def timing_cache_blob(gpu=GPU, version=__version__, entries=3) -> bytes:
@@ -263,7 +340,7 @@ class IBuilderConfig:
             return ITimingCache(GPU, __version__)
         if not bytes(blob).startswith(TIMING_CACHE_MAGIC):
             return None  # a blob TensorRT cannot read
-        fields = json.loads(bytes(blob)[len(TIMING_CACHE_MAGIC):])
+        fields = json.loads(bytes(blob)[len(TIMING_CACHE_MAGIC) :])
         return ITimingCache(fields["gpu"], fields["version"], fields["entries"])
 
     def set_timing_cache(self, cache, ignore_mismatch) -> bool:
@@ -301,8 +378,12 @@ class Builder:
         errors = [e for layer in network.layers for e in layer.errors]
         errors += [e for profile in config.profiles for e in profile.errors]
         inputs = {t.name for t in network.inputs}
-        errors += [f"profile names {name!r}, which is not a network input" for profile in config.profiles
-                   for name in profile.shapes if name not in inputs]
+        errors += [
+            f"profile names {name!r}, which is not a network input"
+            for profile in config.profiles
+            for name in profile.shapes
+            if name not in inputs
+        ]
         if not config.profiles:
             errors.append("a network with dynamic shapes needs an optimization profile")
         if errors:
@@ -310,10 +391,21 @@ class Builder:
             return None
         if config._timing_cache is not None:
             config._timing_cache.entries += 1
-        pinned = [{"name": layer.name, "type": layer.type.name, "op": layer._op.name if layer._op else None,
-                   "dtypes": [t.dtype.name for t in layer._inputs + layer._outputs if t is not None]}
-                  for layer in network.layers if layer.precision_is_set]
-        summary = {"standin": True, "flags": sorted(f.name for f in config.flags), "num_layers": network.num_layers,
-                   "profiles": [{k: list(map(list, v)) for k, v in p.shapes.items()} for p in config.profiles],
-                   "pinned": pinned}
+        pinned = [
+            {
+                "name": layer.name,
+                "type": layer.type.name,
+                "op": layer._op.name if layer._op else None,
+                "dtypes": [t.dtype.name for t in layer._inputs + layer._outputs if t is not None],
+            }
+            for layer in network.layers
+            if layer.precision_is_set
+        ]
+        summary = {
+            "standin": True,
+            "flags": sorted(f.name for f in config.flags),
+            "num_layers": network.num_layers,
+            "profiles": [{k: list(map(list, v)) for k, v in p.shapes.items()} for p in config.profiles],
+            "pinned": pinned,
+        }
         return json.dumps(summary).encode()

@@ -1,0 +1,483 @@
+"""Run the real ``tritonserver`` binary that the ``nvidia-pytriton`` wheel ships.
+
+The wheel bundles Triton 2.51 with the python backend only; python-backend models run in a
+stub process that takes its packages from the ``python3`` first on PATH, so the server is
+started with this interpreter's directory first on PATH and its LIBDIR first on
+LD_LIBRARY_PATH (else the stub mixes the system libpython with another stdlib).
+
+Lifetime: the server never outlives the process that started it. tritonserver gets
+``PR_SET_PDEATHSIG`` (SIGKILL), and the kernel sends it when the thread that forked it ends;
+so every server is forked by one thread that lives as long as this process (a server forked
+by a pool's worker thread would die with that thread). Its python-backend stubs leave when
+tritonserver is gone: it alone holds the write end of a pipe whose closing makes the kernel
+SIGKILL them (``samtriton.server.lifecycle``). A killed launcher leaves its
+stubs' shared-memory regions behind: the next server started on the host removes those of
+launchers that are no longer alive.
+
+Stopping drains: ``stop()`` unloads the models clients call (readiness goes false, new
+requests are refused with NOT_FOUND, requests in flight finish), then the models they call,
+each phase bounded by ``drain_timeout``, then sends SIGTERM. tritonserver 2.51's own SIGTERM
+handling does not drain: it stops the encoder under an in-flight session request, whose
+encode then fails.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import deque
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from samtriton import contract as C
+from samtriton.contract import SESSION_CACHE_DIR_ENV
+from samtriton.server.lifecycle import LIFELINE_ENV
+
+
+class ServerStartError(RuntimeError):
+    """tritonserver exited or did not become ready; the message carries its own log lines."""
+
+
+def _pytriton_dir() -> Path:
+    try:
+        import pytriton
+    except ImportError as exc:
+        raise ServerStartError(
+            "the embedded server needs the nvidia-pytriton wheel: pip install 'samtriton[serve]'"
+        ) from exc
+    return Path(pytriton.__file__).parent
+
+
+def _backend_directory(root: Path) -> Path:
+    """A backend directory holding the python backend and the stub for this Python."""
+    bundled = _pytriton_dir() / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = bundled / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.exists():
+        raise ServerStartError(f"nvidia-pytriton ships no python backend stub for Python {version}")
+    python_dir = root / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    for source in (
+        bundled / "backends" / "python" / "libtriton_python.so",
+        bundled / "backends" / "python" / "triton_python_backend_utils.py",
+        stub,
+    ):
+        shutil.copy2(source, python_dir / source.name)
+    return root
+
+
+def _environment() -> dict:
+    env = dict(os.environ)
+    libs = _pytriton_dir().parent / "nvidia_pytriton.libs"
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, str(libs), env.get("LD_LIBRARY_PATH", "")) if p)
+    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+    return env
+
+
+def repository_models(repository: Path) -> List[str]:
+    return sorted(p.name for p in Path(repository).iterdir() if (p / "config.pbtxt").exists())
+
+
+PYTHON_SHM_DEFAULT_BYTES = 32 * 2**20
+PYTHON_SHM_GROWTH_BYTES = 16 * 2**20
+# Seconds a stopping server gives requests in flight, per drain phase (``samtriton serve
+# --drain-timeout``); an orchestrator's grace period must exceed twice this plus ~10 s.
+DEFAULT_DRAIN_TIMEOUT_S = 30.0
+# The python-backend stubs' shared-memory regions: SHM_PREFIX + "<launcher pid>_<random>_".
+SHM_PREFIX = "samtriton_triton_"
+_SHM_OWNER = re.compile(re.escape(SHM_PREFIX) + r"(\d+)_")
+# Models that other stages call through BLS or an ensemble: unloaded last when draining.
+CALLED_SUFFIXES = (C.ENCODER.suffix, C.DECODER.suffix, C.AMG_FILTER.suffix)
+PR_SET_PDEATHSIG = 1
+# Resolved here: a forked child of a threaded process should not load libraries.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """In the forked child, before exec: SIGKILL this process when its parent thread ends
+    (the setting survives exec); if the parent died before the call, die now."""
+    if _PRCTL is None:  # not Linux: the launcher's own stop is all there is
+        return
+    if _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+        os._exit(127)
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _Spawner:
+    """Forks child processes from one daemon thread that lives as long as this process, so
+    that ``PR_SET_PDEATHSIG`` means "when this process ends", whatever thread asked."""
+
+    def __init__(self):
+        self._jobs: "queue.Queue" = queue.Queue()
+        self._thread: Optional[threading.Thread] = None
+        self._lock = threading.Lock()
+
+    def popen(self, args: List[str], **kwargs) -> subprocess.Popen:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._serve, name="samtriton-spawner", daemon=True)
+                self._thread.start()
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((args, kwargs, done))
+        return done.result()
+
+    def _serve(self) -> None:
+        while True:
+            args, kwargs, done = self._jobs.get()
+            parent = os.getpid()
+            try:
+                done.set_result(subprocess.Popen(args, preexec_fn=lambda: _die_with_parent(parent), **kwargs))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                done.set_exception(exc)
+
+
+_SPAWNER = _Spawner()
+
+
+def popen_tied(args: List[str], **kwargs) -> subprocess.Popen:
+    """``subprocess.Popen(args, **kwargs)`` for a child that is SIGKILLed when this process
+    ends (by any signal), from whatever thread it is called."""
+    return _SPAWNER.popen(list(args), **kwargs)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (a zombie is not: it waits only for its reaper)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def sweep_orphan_shared_memory(root: Path = Path("/dev/shm")) -> List[str]:
+    """Removes python-backend shared-memory regions whose launcher process is gone (a
+    launcher killed with its server cannot clean up after them). Returns the names removed."""
+    removed = []
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _SHM_OWNER.match(entry.name)
+        if match is None or _pid_alive(int(match.group(1))):
+            continue
+        try:
+            entry.unlink()
+            removed.append(entry.name)
+        except OSError:
+            pass
+    return removed
+
+
+class EmbeddedTriton:
+    """A tritonserver process serving ``repository`` on loopback (or ``host``).
+
+    Use as a context manager, or call ``start()`` / ``stop()``. ``start`` returns once every
+    model is READY and raises ``ServerStartError`` with the server's own error lines otherwise.
+    """
+
+    def __init__(
+        self,
+        repository: os.PathLike,
+        grpc_port: int = 8001,
+        http_port: int = 8000,
+        metrics_port: int = 8002,
+        host: str = "127.0.0.1",
+        models: Optional[Sequence[str]] = None,
+        startup_timeout: float = 120.0,
+        log_verbose: int = 0,
+        extra_args: Sequence[str] = (),
+        tls_cert: Optional[os.PathLike] = None,
+        tls_key: Optional[os.PathLike] = None,
+        tls_client_ca: Optional[os.PathLike] = None,
+        session_cache_dir: Optional[os.PathLike] = None,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S,
+    ):
+        self.repository = Path(repository).resolve()
+        self.grpc_port, self.http_port, self.metrics_port = grpc_port, http_port, metrics_port
+        self.host = host
+        self.models = list(models) if models is not None else None
+        self.startup_timeout = startup_timeout
+        self.log_verbose = log_verbose
+        self.extra_args = list(extra_args)
+        if (tls_cert is None) != (tls_key is None) or (tls_client_ca is not None and tls_cert is None):
+            raise ValueError("gRPC TLS needs both tls_cert and tls_key (and tls_client_ca only with them)")
+        self.tls = (
+            None
+            if tls_cert is None
+            else (Path(tls_cert), Path(tls_key), Path(tls_client_ca) if tls_client_ca else None)
+        )
+        # The session model's embedding cache directory for this server; None: the model's
+        # config, else a directory of this server's own under /dev/shm.
+        self.session_cache_dir = None if session_cache_dir is None else Path(session_cache_dir).resolve()
+        if drain_timeout < 0:
+            raise ValueError(f"drain_timeout: expected seconds >= 0, got {drain_timeout!r}")
+        self.drain_timeout = drain_timeout
+        self.process: Optional[subprocess.Popen] = None
+        self.shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:8]}_"
+        self.log_lines: deque = deque(maxlen=400)
+        self._workdir: Optional[tempfile.TemporaryDirectory] = None
+        self._reader: Optional[threading.Thread] = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    def command(self, backend_dir: Path) -> List[str]:
+        binary = _pytriton_dir() / "tritonserver" / "bin" / "tritonserver"
+        models = self.models if self.models is not None else repository_models(self.repository)
+        if not models:
+            raise ServerStartError(f"no model (no */config.pbtxt) in repository {self.repository}")
+        args = [
+            str(binary),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={backend_dir}",
+            "--model-control-mode=explicit",
+            *[f"--load-model={m}" for m in models],
+            "--disable-auto-complete-config",
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
+            f"--http-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false",
+            "--pinned-memory-pool-byte-size=0",
+            "--exit-timeout-secs=5",
+            # A unique shared-memory prefix lets several servers share one machine.
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            # Each python-backend stub exchanges tensors through its own region, 1 MiB by
+            # default and grown 1 MiB at a time: a 4 MiB embedding then costs a regrowth
+            # on every request. Start at 32 MiB and grow by 16 MiB.
+            f"--backend-config=python,shm-default-byte-size={PYTHON_SHM_DEFAULT_BYTES}",
+            f"--backend-config=python,shm-growth-byte-size={PYTHON_SHM_GROWTH_BYTES}",
+            f"--log-verbose={self.log_verbose}",
+            *self._tls_args(),
+            *self.extra_args,
+        ]
+        return args
+
+    def _tls_args(self) -> List[str]:
+        if self.tls is None:
+            return []
+        cert, key, client_ca = self.tls
+        for path in (p for p in self.tls if p is not None):
+            if not path.is_file():
+                raise ServerStartError(f"TLS file not found: {path}")
+        args = [f"--grpc-server-cert={cert}", f"--grpc-server-key={key}"]
+        if client_ca is not None:  # clients must present a certificate signed by this CA
+            return args + ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={client_ca}"]
+        return args + ["--grpc-use-ssl=true"]
+
+    def start(self) -> "EmbeddedTriton":
+        sweep_orphan_shared_memory()
+        self._workdir = tempfile.TemporaryDirectory(prefix="samtriton-backends-")
+        backend_dir = _backend_directory(Path(self._workdir.name))
+        env = _environment()
+        env.pop(SESSION_CACHE_DIR_ENV, None)  # never inherited by accident: set only when asked
+        if self.session_cache_dir is not None:
+            env[SESSION_CACHE_DIR_ENV] = str(self.session_cache_dir)
+        # The stubs' lifeline: a pipe whose write end only tritonserver keeps (lifecycle.py).
+        lifeline = os.pipe()
+        env[LIFELINE_ENV] = ",".join(map(str, lifeline))
+        # Its own session: a terminal's Ctrl-C reaches the launcher only, and the process
+        # group (tritonserver and its stubs) can be killed as one.
+        try:
+            self.process = popen_tied(
+                self.command(backend_dir),
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+                start_new_session=True,
+                pass_fds=lifeline,
+            )
+        finally:
+            for fd in lifeline:
+                os.close(fd)
+        self._reader = threading.Thread(target=self._read_log, daemon=True)
+        self._reader.start()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop(drain=False)
+            raise
+        return self
+
+    def _read_log(self) -> None:
+        for line in self.process.stdout:
+            self.log_lines.append(line.rstrip("\n"))
+
+    def error_lines(self) -> List[str]:
+        keys = ("E1", "E0", "error", "Error", "failed", "UNAVAILABLE")
+        return [line for line in self.log_lines if any(k in line for k in keys) and "CUDA" not in line]
+
+    def is_ready(self) -> bool:
+        """Triton's /v2/health/ready on the (plain, loopback-bound) HTTP endpoint."""
+        try:
+            with urllib.request.urlopen(f"http://{self.host}:{self.http_port}/v2/health/ready", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of Prometheus metric ``name`` over the series carrying ``labels``, from this
+        server's /metrics (Triton's own, and the counters samtriton's stages add); 0 if none."""
+        with urllib.request.urlopen(f"http://{self.host}:{self.metrics_port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        wanted = [f'{key}="{value}"' for key, value in labels.items()]
+        total = 0.0
+        for line in text.splitlines():
+            series, _, value = line.rpartition(" ")
+            if series.split("{")[0] == name and all(label in series for label in wanted):
+                total += float(value)
+        return total
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self._reader.join(timeout=2)
+                raise ServerStartError(self._failure(f"tritonserver exited with code {self.process.returncode}"))
+            if self.is_ready():
+                return
+            time.sleep(0.2)
+        raise ServerStartError(self._failure(f"tritonserver was not ready after {self.startup_timeout:.0f} s"))
+
+    def _failure(self, headline: str) -> str:
+        lines = self.error_lines() or list(self.log_lines)[-20:]
+        return headline + "\n" + "\n".join(lines)
+
+    def _http(self, path: str, body: Optional[dict] = None, timeout: float = 10.0):
+        """A POST (``body``) or GET to Triton's HTTP API on this server; the decoded JSON."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"http://{self.host}:{self.http_port}{path}", data=data, method="GET" if body is None else "POST"
+        )
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            text = response.read().decode()
+        return json.loads(text) if text else None
+
+    def model_states(self) -> dict:
+        """{model name: state} from the repository index ("READY", "UNLOADING", ...)."""
+        return {m["name"]: m.get("state", "") for m in self._http("/v2/repository/index", {})}
+
+    def drain(self, timeout: Optional[float] = None) -> bool:
+        """Stops taking requests and lets those in flight finish: unloads the models clients
+        call (server readiness goes false while they unload; new requests get NOT_FOUND, so
+        clients fail over), waits until they are gone, then does the same for the models
+        they call (encoder, decoder, AMG filter), each phase bounded by ``timeout`` seconds
+        (default ``drain_timeout``). The server keeps running; returns True when everything
+        unloaded in time."""
+        timeout = self.drain_timeout if timeout is None else timeout
+        try:
+            loaded = [name for name, state in self.model_states().items() if state in ("READY", "LOADING")]
+        except (OSError, ValueError):
+            return False  # not answering: nothing to drain
+        called = [m for m in loaded if m.endswith(CALLED_SUFFIXES)]
+        callers = [m for m in loaded if m not in called]
+        return all(self._unload(phase, timeout) for phase in (callers, called) if phase)
+
+    def _unload(self, models: List[str], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        try:
+            for model in models:
+                self._http(f"/v2/repository/models/{model}/unload", {})
+            while time.monotonic() < deadline:
+                states = self.model_states()
+                if not any(states.get(m) in ("READY", "LOADING", "UNLOADING") for m in models):
+                    return True
+                time.sleep(0.05)
+        except (OSError, ValueError):
+            pass  # the server went away: nothing left in flight
+        return False
+
+    def stop(self, timeout: float = 15.0, drain: bool = True) -> Optional[int]:
+        """Drains (see ``drain``; unless ``drain=False``), then SIGTERM; SIGKILL to the whole
+        process group after ``timeout`` seconds. Returns tritonserver's exit code."""
+        process = self.process
+        code = None
+        if process is not None:
+            if process.poll() is None:
+                if drain:
+                    self.drain()
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            code = process.returncode
+            self._kill_group(process.pid)  # a stub still finishing (or a server that was killed)
+            if self._reader is not None:
+                self._reader.join(timeout=2)
+        self.process = None
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
+        self._remove_shared_memory()
+        return code
+
+    @staticmethod
+    def _kill_group(pgid: int) -> None:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def kill(self) -> None:
+        """SIGKILL the whole server process group (for fault tests)."""
+        if self.process is not None and self.process.poll() is None:
+            self._kill_group(self.process.pid)
+            self.process.wait()
+        self.stop(drain=False)
+
+    def _remove_shared_memory(self) -> None:
+        """A killed server leaves its python-backend shared-memory regions behind."""
+        for leftover in Path("/dev/shm").glob(self.shm_prefix + "*"):
+            try:
+                leftover.unlink()
+            except OSError:
+                pass
+
+    def __enter__(self) -> "EmbeddedTriton":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,83 @@
+"""``samtriton serve``: the embedded tritonserver on a model repository, until SIGINT / SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+
+def add_parser(sub) -> None:
+    parser = sub.add_parser("serve", help="run the embedded tritonserver on a model repository")
+    parser.add_argument("--repository", required=True, help="model repository written by samtriton export")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (the client's)")
+    parser.add_argument("--http-port", type=int, default=8000, help="Triton's HTTP port")
+    parser.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port")
+    parser.add_argument(
+        "--startup-timeout", type=float, default=180.0, help="seconds to wait for every model to be ready"
+    )
+    parser.add_argument("--log-verbose", type=int, default=0, help="tritonserver --log-verbose level")
+    parser.add_argument("--grpc-tls-cert", help="PEM server certificate: serve gRPC over TLS")
+    parser.add_argument("--grpc-tls-key", help="PEM private key of --grpc-tls-cert")
+    parser.add_argument("--grpc-tls-client-ca", help="PEM CA: require client certificates signed by it (mutual TLS)")
+    parser.add_argument(
+        "--session-cache-dir",
+        default=None,
+        help="this server's session cache directory, created private (mode 0700); default: the "
+        "repository's setting, else one of the server's own under /dev/shm",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="on SIGTERM / SIGINT, seconds the requests in flight get to finish (twice: the stages, "
+        "then the models they call) while new ones are refused and go to other replicas "
+        "(default: %(default)s)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from samtriton.server import EmbeddedTriton, ServerStartError
+
+    server = EmbeddedTriton(
+        args.repository,
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        metrics_port=args.metrics_port,
+        host=args.host,
+        startup_timeout=args.startup_timeout,
+        log_verbose=args.log_verbose,
+        tls_cert=args.grpc_tls_cert,
+        tls_key=args.grpc_tls_key,
+        tls_client_ca=args.grpc_tls_client_ca,
+        session_cache_dir=args.session_cache_dir,
+        drain_timeout=args.drain_timeout,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        server.start()
+    except ServerStartError as exc:
+        print(f"samtriton serve: {exc}", file=sys.stderr)
+        return 1
+    scheme = "grpcs" if server.tls else "grpc"
+    print(
+        f"Triton is serving {args.repository} at {scheme}://{server.grpc_url} "
+        f"(http {server.host}:{server.http_port}, metrics {server.host}:{server.metrics_port})",
+        flush=True,
+    )
+    while not stop.wait(0.5):
+        if server.process is None or server.process.poll() is not None:
+            print(
+                "samtriton serve: tritonserver exited unexpectedly:\n" + "\n".join(server.error_lines()),
+                file=sys.stderr,
+            )
+            server.stop(drain=False)
+            return 1
+    print(f"samtriton serve: stopping; requests in flight may take up to {args.drain_timeout:g} s", flush=True)
+    code = server.stop()
+    print(f"tritonserver stopped (exit code {code})", flush=True)
+    return 0
