@@ -225,6 +225,9 @@ def test_sigkill_of_serve_leaves_no_server_and_the_ports_serve_again(repository,
         group = _identities(pid for pid, (_, pgid) in table.items() if pgid == server)
         stubs = [pid for pid in group if pid != server]
         assert len(stubs) >= 4, f"tritonserver and its stubs share its process group: {group}"
+        for stub in stubs:  # glibc's fixed mmap threshold (launcher.MALLOC_ENVIRONMENT) reaches the stubs
+            environ = Path(f"/proc/{stub}/environ").read_bytes().split(b"\0")
+            assert b"MALLOC_MMAP_THRESHOLD_=1048576" in environ, stub
         shm = [p.name for p in Path("/dev/shm").glob(f"{SHM_PREFIX}{launcher.pid}_*")]
         cache = [p for p in Path("/dev/shm").glob(f"{DIRECTORY_PREFIX}mobilesam_{server}_*")]
         assert shm and cache, "the launcher's stubs' shared memory and its session cache directory exist"
