@@ -377,10 +377,21 @@ class EmbeddedTriton:
             if self.process.poll() is not None:
                 self._reader.join(timeout=2)
                 raise ServerStartError(self._failure(f"tritonserver exited with code {self.process.returncode}"))
-            if self.is_ready():
+            if self.is_ready() and self._metrics_listening():
                 return
             time.sleep(0.2)
         raise ServerStartError(self._failure(f"tritonserver was not ready after {self.startup_timeout:.0f} s"))
+
+    def _metrics_listening(self) -> bool:
+        """Triton opens /metrics after the health endpoints: ready means scrapable too (unless
+        metrics are turned off)."""
+        if "--allow-metrics=false" in self.extra_args:
+            return True
+        import socket
+
+        with socket.socket() as probe:
+            probe.settimeout(2)
+            return probe.connect_ex((self.host, self.metrics_port)) == 0
 
     def _failure(self, headline: str) -> str:
         lines = self.error_lines() or list(self.log_lines)[-20:]
