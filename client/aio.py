@@ -23,10 +23,9 @@ import numpy as np
 from . import calls
 from . import contract as C
 from .errors import InvalidInput
-from .predictor import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, DEFAULT_URL
 from .prompts import image_source, masks_from_logits, prompt_tensors, read_image_file, single_prompt
 from .transforms import ImageLike, ResizeLongestSide, encoded_image_size
-from .transport import AsyncTransport, TransportOptions, make_call, parse_urls
+from .transport import DEFAULT_TIMEOUT_S, AsyncTransport, Deployment, make_call
 
 
 @dataclass(frozen=True)
@@ -39,35 +38,13 @@ class ImageHandle:
     source: Dict[str, Any]  # what to send again if the server has evicted it
 
 
-class AsyncSamPredictor:
+class AsyncSamPredictor(Deployment):
     """``SamPredictor`` for asyncio: the same arguments, results, errors and transport (one
-    endpoint or several, image affinity, fail-over, re-send: ``samtriton.transport``)."""
+    endpoint or several, image affinity, fail-over, re-send: ``samtriton.transport``).
+    Arguments: ``samtriton.transport.Deployment``."""
 
-    def __init__(
-        self,
-        url: Union[str, Sequence[str]] = DEFAULT_URL,
-        model: str = C.DEFAULT_MODEL_NAME,
-        timeout: float = DEFAULT_TIMEOUT_S,
-        headers: Optional[Dict[str, str]] = None,
-        retries: int = DEFAULT_RETRIES,
-        backoff: float = 0.2,
-        down_seconds: float = 5.0,
-        **client_kwargs,
-    ):
-        self.urls = parse_urls(url)
-        self.model = model
-        self.transport = AsyncTransport(
-            self.urls, TransportOptions(timeout, headers, retries, backoff, down_seconds), **client_kwargs
-        )
-        self.transform = ResizeLongestSide(C.IMAGE_SIZE)
-
-    @property
-    def url(self) -> str:
-        return ",".join(self.urls)
-
-    @property
-    def endpoint_failures(self) -> List[Tuple[str, str]]:
-        return self.transport.endpoints.failures
+    transport_class = AsyncTransport
+    transform = ResizeLongestSide(C.IMAGE_SIZE)
 
     def endpoint_for(self, image: "ImageHandle") -> str:
         """The endpoint that requests for ``image`` go to now."""
@@ -102,15 +79,10 @@ class AsyncSamPredictor:
 
     # --- prompts ---------------------------------------------------------------------------
     async def predict(
-        self,
-        image: ImageHandle,
-        point_coords=None,
-        point_labels=None,
-        box=None,
-        mask_input=None,
-        multimask_output: bool = True,
-        return_logits: bool = False,
-    ):
+        self, image: ImageHandle,
+        point_coords=None, point_labels=None, box=None, mask_input=None,
+        multimask_output: bool = True, return_logits: bool = False,
+    ):  # fmt: skip
         """One prompt on ``image``, as ``SamPredictor.predict``: (masks, scores, low-res logits)."""
         if not isinstance(image, ImageHandle):
             raise InvalidInput(f"image: expected the ImageHandle set_image returned, got {type(image).__name__}")

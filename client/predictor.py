@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Dict, List, Optional, Sequence, Tuple, Union, cast
+from typing import Dict, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
@@ -19,17 +19,13 @@ from . import contract as C
 from .errors import InvalidInput
 from .prompts import batch_prompt, image_source, masks_from_logits, prompt_tensors, read_image_file, single_prompt
 from .transforms import ImageLike, ResizeLongestSide, decode_image, encoded_image_size
-from .transport import Transport, TransportOptions, make_call, parse_urls
+from .transport import DEFAULT_URL, Deployment, Transport, make_call
 from .validation import check_decoder_inputs
 
 logger = logging.getLogger("samtriton")
 
-DEFAULT_URL = "127.0.0.1:8001"
-DEFAULT_TIMEOUT_S = 60.0
-DEFAULT_RETRIES = 3
 
-
-class TritonSam:
+class TritonSam(Deployment):
     """Typed access to the served models of one deployment ``model``, on one or more Triton
     endpoints.
 
@@ -42,38 +38,11 @@ class TritonSam:
     (``timeout`` seconds); when every endpoint is unreachable the call is retried with
     exponential backoff and jitter, at most ``retries`` times and never past its deadline,
     then ``ServerUnavailable`` is raised. All calls are idempotent, so retrying is safe.
-    See ``samtriton.transport``.
+    ``shared_memory=True`` sends large tensors to a server on this host through system
+    shared memory. Arguments: ``samtriton.transport.Deployment``.
     """
 
-    def __init__(
-        self,
-        url: Union[str, Sequence[str]] = DEFAULT_URL,
-        model: str = C.DEFAULT_MODEL_NAME,
-        timeout: float = DEFAULT_TIMEOUT_S,
-        headers: Optional[Dict[str, str]] = None,
-        retries: int = DEFAULT_RETRIES,
-        backoff: float = 0.2,
-        down_seconds: float = 5.0,
-        shared_memory: bool = False,
-        **client_kwargs,
-    ):
-        self.urls = parse_urls(url)
-        self.model = model
-        self.options = TransportOptions(timeout, headers, retries, backoff, down_seconds)
-        self.transport = Transport(self.urls, self.options, shared_memory=shared_memory, **client_kwargs)
-
-    @property
-    def url(self) -> str:
-        return ",".join(self.urls)
-
-    @property
-    def timeout(self) -> float:
-        return self.options.timeout
-
-    @property
-    def endpoint_failures(self) -> List[Tuple[str, str]]:
-        """(url, reason) of each failed attempt, oldest first."""
-        return self.transport.endpoints.failures
+    transport_class = Transport
 
     @property
     def bytes_sent(self) -> int:
@@ -192,11 +161,15 @@ class SamPredictor:
         endpoints that are up), so its embedding is computed once and its clicks find it;
         when that replica goes down, the next one in the image's ranking takes over.
       model: the deployment name given to ``samtriton export --name`` (default "sam").
-      timeout: seconds each call may take.
-      headers: extra gRPC metadata sent with every call (e.g. an auth token).
-      retries: how often a call that finds the server UNAVAILABLE is retried (with backoff).
-      client_kwargs: passed to ``tritonclient.grpc.InferenceServerClient``: ``ssl=True``,
-        ``root_certificates``, ``private_key``, ``certificate_chain`` (paths) for TLS.
+      session: keep the image's embedding on the server (the session model: the image is
+        sent once, clicks send only prompts); False sends the embedding back with each
+        prompt (stateless: any replica serves any request).
+      connection: ``TritonSam``'s arguments (``samtriton.transport.Deployment``): timeout
+        (seconds each call may take), headers (extra gRPC metadata, e.g. an auth token),
+        retries, backoff and down_seconds (fail-over), shared_memory (large tensors through
+        system shared memory to a server on this host), and tritonclient's
+        ``InferenceServerClient`` arguments: ``ssl=True``, ``root_certificates``,
+        ``private_key``, ``certificate_chain`` (paths) for TLS.
 
     ``client`` is its ``TritonSam``: typed access to the deployment's models (what
     ``SamAutomaticMaskGenerator`` and the benchmarks use).
@@ -214,16 +187,11 @@ class SamPredictor:
         self,
         url: Union[str, Sequence[str]] = DEFAULT_URL,
         model: str = C.DEFAULT_MODEL_NAME,
-        timeout: float = DEFAULT_TIMEOUT_S,
-        headers: Optional[Dict[str, str]] = None,
-        retries: int = DEFAULT_RETRIES,
+        *,
         session: bool = True,
-        shared_memory: bool = False,
-        **client_kwargs,
+        **connection,
     ):
-        self.client = TritonSam(
-            url, model, timeout=timeout, headers=headers, retries=retries, shared_memory=shared_memory, **client_kwargs
-        )
+        self.client = TritonSam(url, model, **connection)
         self.session = session
         self.transform = ResizeLongestSide(C.IMAGE_SIZE)
         self.reset_image()
@@ -282,15 +250,12 @@ class SamPredictor:
         self.original_size = self.input_size = None
 
     # --- prompts -------------------------------------------------------------------------
+    # The prompt methods' arguments are the reference's, in its order, grouped by role.
     def predict(
-        self,
-        point_coords: Optional[np.ndarray] = None,
-        point_labels: Optional[np.ndarray] = None,
-        box: Optional[np.ndarray] = None,
-        mask_input: Optional[np.ndarray] = None,
-        multimask_output: bool = True,
-        return_logits: bool = False,
-    ):
+        self, point_coords: Optional[np.ndarray] = None, point_labels: Optional[np.ndarray] = None,
+        box: Optional[np.ndarray] = None, mask_input: Optional[np.ndarray] = None,
+        multimask_output: bool = True, return_logits: bool = False,
+    ):  # fmt: skip
         """One prompt, as ``segment_anything.SamPredictor.predict``.
 
         point_coords: Nx2 (x, y) pixels of the original image; point_labels: N of 1
@@ -303,14 +268,10 @@ class SamPredictor:
         return tuple(x[0] for x in out)
 
     def predict_batch(
-        self,
-        point_coords: Optional[np.ndarray] = None,
-        point_labels: Optional[np.ndarray] = None,
-        boxes: Optional[np.ndarray] = None,
-        mask_input: Optional[np.ndarray] = None,
-        multimask_output: bool = True,
-        return_logits: bool = False,
-    ):
+        self, point_coords: Optional[np.ndarray] = None, point_labels: Optional[np.ndarray] = None,
+        boxes: Optional[np.ndarray] = None, mask_input: Optional[np.ndarray] = None,
+        multimask_output: bool = True, return_logits: bool = False,
+    ):  # fmt: skip
         """K prompts on the current image in ONE request (``predict_torch`` in original pixels).
 
         point_coords: KxNx2; point_labels: KxN; boxes: Kx4; mask_input: Kx1x256x256. Returns
@@ -320,16 +281,10 @@ class SamPredictor:
         return self._predict(*prompt, multimask_output, return_logits)
 
     def segment_image(
-        self,
-        image: ImageLike,
-        image_format: str = "RGB",
-        point_coords=None,
-        point_labels=None,
-        box=None,
-        mask_input=None,
-        multimask_output: bool = True,
-        return_logits: bool = False,
-    ):
+        self, image: ImageLike, image_format: str = "RGB",
+        point_coords=None, point_labels=None, box=None, mask_input=None,
+        multimask_output: bool = True, return_logits: bool = False,
+    ):  # fmt: skip
         """``set_image`` + ``predict`` in one call through the ensemble; keeps no state."""
         source = image_source(image, image_format, self.transform)
         prompts = prompt_tensors(

@@ -41,7 +41,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Dict, Generator, List, Optional, Sequence, Union
+from typing import Any, Awaitable, Callable, Dict, Generator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -53,10 +53,9 @@ from .errors import (
     ImageNotCached,
     InvalidInput,
     ModelNotReady,
-    RequestTimeout,
     SamTritonError,
-    ServerError,
     ServerUnavailable,
+    from_status,
 )
 from .shared_memory import MIN_SHARED_BYTES, SharedMemoryPool, is_local
 
@@ -361,28 +360,14 @@ def nbytes(array: np.ndarray) -> int:
 
 
 def translate(exc: InferenceServerException, call: Call, url: str, timeout: float) -> SamTritonError:
-    """A tritonclient error -> samtriton's exception, by Triton's status code. The message
-    is kept for people; nothing is decided on its text."""
+    """A tritonclient error -> samtriton's exception, by Triton's status code
+    (``errors.from_status``). The message is kept for people; nothing is decided on its text."""
     message = (exc.message() or str(exc)).strip()
     status = (exc.status() or "").rsplit(".", 1)[-1]  # "StatusCode.NOT_FOUND" -> "NOT_FOUND"
-    name = call.model_name
-    if status == "UNAVAILABLE" or (not status and _is_connection_error(exc)):
-        return ServerUnavailable(
-            f"{url} is unavailable for {name} ({message}); check that the server is running and reachable"
-        )
-    if status == "DEADLINE_EXCEEDED":
-        return RequestTimeout(
-            f"{name} at {url} did not answer within {timeout:g} s; raise timeout= or check the server's load"
-        )
-    if status == "NOT_FOUND":
-        if call.may_miss_image:
-            return ImageNotCached(f"{name} at {url} holds no embedding for image {call.image_id} ({message})")
-        return ModelNotReady(
-            f"{name} at {url} is not ready ({message}); load it (explicit model control) or check the deployment name"
-        )
-    if status == "INVALID_ARGUMENT":
-        return InvalidInput(f"{name} at {url} rejected the request: {message}")
-    return ServerError(f"{name} at {url}: {status or 'error'} {message}".strip())
+    if not status and _is_connection_error(exc):
+        status = "UNAVAILABLE"
+    image_id = call.image_id if call.may_miss_image else None
+    return from_status(status, message, call.model_name, url, timeout, image_id)
 
 
 def _is_connection_error(exc: InferenceServerException) -> bool:
@@ -821,12 +806,63 @@ class AsyncTransport:
         await self._finish_closing()
 
 
+DEFAULT_URL = "127.0.0.1:8001"
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_RETRIES = 3
+
+
+class Deployment:
+    """One deployment ``model`` on one or more Triton endpoints, and the transport that
+    reaches it: what ``TritonSam`` (blocking) and ``AsyncSamPredictor`` (asyncio) share.
+
+    url: "host:port", a comma-separated list of them, or a list; model: the deployment name
+    (the served models are NAME_encoder, NAME_decoder, ...); timeout: each call's deadline,
+    seconds; headers: gRPC metadata sent with every call; retries: how many times a call is
+    retried when every endpoint is unreachable, ``backoff`` seconds apart at first (doubled
+    each time, with jitter); down_seconds: how long an endpoint that failed is skipped;
+    client_kwargs: the transport's own options (``shared_memory`` for the blocking one) and
+    tritonclient's ``InferenceServerClient`` arguments.
+    """
+
+    transport_class: Any = Transport
+
+    def __init__(
+        self,
+        url: Union[str, Sequence[str]] = DEFAULT_URL,
+        model: str = C.DEFAULT_MODEL_NAME,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        headers: Optional[Dict[str, str]] = None,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = 0.2,
+        down_seconds: float = 5.0,
+        **client_kwargs,
+    ):
+        self.urls = parse_urls(url)
+        self.model = model
+        self.options = TransportOptions(timeout, headers, retries, backoff, down_seconds)
+        self.transport = self.transport_class(self.urls, self.options, **client_kwargs)
+
+    @property
+    def url(self) -> str:
+        return ",".join(self.urls)
+
+    @property
+    def timeout(self) -> float:
+        return self.options.timeout
+
+    @property
+    def endpoint_failures(self) -> List[Tuple[str, str]]:
+        """(url, reason) of each failed attempt, oldest first."""
+        return self.transport.endpoints.failures
+
+
 __all__ = (
     "Attempt",
     "AsyncTransport",
     "Call",
     "Channels",
     "ContractVersions",
+    "Deployment",
     "Endpoints",
     "Pause",
     "Transport",

@@ -105,46 +105,23 @@ def read_config(path: os.PathLike) -> dict:
 
 
 # transformers' SamConfig defaults (facebook/sam-vit-huge style): fields a config.json omits.
+# fmt: off
 _VISION_DEFAULTS = dict(
-    hidden_size=768,
-    output_channels=256,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    num_channels=3,
-    image_size=1024,
-    patch_size=16,
-    hidden_act="gelu",
-    layer_norm_eps=1e-6,
-    qkv_bias=True,
-    mlp_ratio=4.0,
-    use_abs_pos=True,
-    use_rel_pos=True,
-    window_size=14,
-    global_attn_indexes=[2, 5, 8, 11],
-    num_pos_feats=128,
+    hidden_size=768, output_channels=256, num_hidden_layers=12, num_attention_heads=12, num_channels=3,
+    image_size=1024, patch_size=16, hidden_act="gelu", layer_norm_eps=1e-6, qkv_bias=True, mlp_ratio=4.0,
+    use_abs_pos=True, use_rel_pos=True, window_size=14, global_attn_indexes=[2, 5, 8, 11], num_pos_feats=128,
     mlp_dim=None,
 )
 _PROMPT_DEFAULTS = dict(
-    hidden_size=256,
-    image_size=1024,
-    patch_size=16,
-    mask_input_channels=16,
-    num_point_embeddings=4,
-    hidden_act="gelu",
-    layer_norm_eps=1e-6,
+    hidden_size=256, image_size=1024, patch_size=16, mask_input_channels=16, num_point_embeddings=4,
+    hidden_act="gelu", layer_norm_eps=1e-6,
 )
 _DECODER_DEFAULTS = dict(
-    hidden_size=256,
-    hidden_act="relu",
-    mlp_dim=2048,
-    num_hidden_layers=2,
-    num_attention_heads=8,
-    attention_downsample_rate=2,
-    num_multimask_outputs=3,
-    iou_head_depth=3,
-    iou_head_hidden_dim=256,
+    hidden_size=256, hidden_act="relu", mlp_dim=2048, num_hidden_layers=2, num_attention_heads=8,
+    attention_downsample_rate=2, num_multimask_outputs=3, iou_head_depth=3, iou_head_hidden_dim=256,
     layer_norm_eps=1e-6,
 )
+# fmt: on
 
 
 def _with_defaults(section: dict, defaults: dict) -> dict:

@@ -126,7 +126,9 @@ def _dynamic_axes(model_spec):
     return axes
 
 
-def _export(module: nn.Module, args, path: Path, model_spec, large: bool) -> Path:
+def trace_to_onnx(module: nn.Module, args, path: Path, input_names, output_names, dynamic_axes) -> Path:
+    """Trace ``module`` on ``args`` into an ONNX file at ``path`` (opset ``OPSET``, constants
+    folded), with the given input/output names and dynamic axes; ``module`` is left in eval mode."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with torch.no_grad():
@@ -134,15 +136,21 @@ def _export(module: nn.Module, args, path: Path, model_spec, large: bool) -> Pat
                 module,
                 args,
                 str(path),
-                input_names=_names(model_spec.inputs),
-                output_names=_names(model_spec.outputs),
-                dynamic_axes=_dynamic_axes(model_spec),
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_axes=dynamic_axes,
                 opset_version=OPSET,
                 do_constant_folding=True,
                 dynamo=False,  # the TorchScript exporter honours dynamic_axes for both graphs
             )
     finally:
         module.eval()  # export can leave modules in training mode (TinyViT has BatchNorm)
+    return path
+
+
+def _export(module: nn.Module, args, path: Path, model_spec, large: bool) -> Path:
+    inputs, outputs = _names(model_spec.inputs), _names(model_spec.outputs)
+    trace_to_onnx(module, args, path, inputs, outputs, _dynamic_axes(model_spec))
     if large:
         _move_weights_to_external_data(path)
     _stamp_contract_shapes(path, model_spec)

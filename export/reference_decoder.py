@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-OPSET = 17
+from .onnx_export import trace_to_onnx
+
 INPUT_NAMES = ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"]
 OUTPUT_NAMES = ["masks", "iou_predictions", "low_res_masks"]
 DYNAMIC_AXES = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}
@@ -47,7 +48,6 @@ def reference_onnx_model(sam, return_single_mask: bool):
 def export_reference_decoder(sam, path: os.PathLike, return_single_mask: bool = False) -> Path:
     """Write the reference-interface decoder (one ONNX file, weights inside) to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     module = reference_onnx_model(sam, return_single_mask)
     embed_dim = sam.prompt_encoder.embed_dim
     embed_size = sam.prompt_encoder.image_embedding_size
@@ -60,19 +60,5 @@ def export_reference_decoder(sam, path: os.PathLike, return_single_mask: bool = 
         torch.tensor([1], dtype=torch.float),
         torch.tensor([1500, 2250], dtype=torch.float),
     )
-    try:
-        with torch.no_grad():
-            torch.onnx.export(
-                module,
-                args,
-                str(path),
-                input_names=INPUT_NAMES,
-                output_names=OUTPUT_NAMES,
-                dynamic_axes=DYNAMIC_AXES,
-                opset_version=OPSET,
-                do_constant_folding=True,
-                dynamo=False,
-            )
-    finally:
-        sam.eval()  # export can leave modules in training mode
+    trace_to_onnx(module, args, path, INPUT_NAMES, OUTPUT_NAMES, DYNAMIC_AXES)
     return path

@@ -15,18 +15,16 @@ import argparse
 import contextlib
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from annotate_app import wait_for  # noqa: E402 - the browser tests' poll, reused
+from annotate_app import chromium, running_app, wait_for  # noqa: E402 - the browser tests' helpers, reused
 
 
 def _click(driver, x, y, background=False):
@@ -55,18 +53,13 @@ def main(argv=None):
     parser.add_argument("--screenshot", help="save a screenshot of the page here")
     args = parser.parse_args(argv)
 
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     from samtriton import SamPredictor
-    from samtriton.server import EmbeddedTriton, free_port
+    from samtriton.server import EmbeddedTriton
 
     with contextlib.ExitStack() as stack:
         url = args.url
         if args.repository:
-            server = stack.enter_context(
-                EmbeddedTriton(args.repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
-            )
+            server = stack.enter_context(EmbeddedTriton.on_free_ports(args.repository))
             url = server.grpc_url
         work = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         photos = work / "photos"
@@ -78,46 +71,10 @@ def main(argv=None):
 
             Image.fromarray(data.astronaut()).save(photos / "astronaut.png")
         image_path = next(photos.iterdir())
-        port = free_port()
-        log = open(work / "app.log", "w")
-        app = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "samtriton.tools.cli",
-                "annotate",
-                str(photos),
-                "--url",
-                url,
-                "--model",
-                args.model,
-                "--out",
-                str(work / "out"),
-                "--port",
-                str(port),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        stack.callback(app.terminate)
-        for _ in range(300):
-            with contextlib.suppress(OSError):
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            time.sleep(0.2)
-        options = webdriver.ChromeOptions()
-        options.binary_location = shutil.which("chromium")
-        for flag in (
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--window-size=1280,800",
-        ):
-            options.add_argument(flag)
-        driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+        app = stack.enter_context(running_app(url, photos, work / "out", work / "app.log", model=args.model))
+        driver = chromium(1280, 800)
         stack.callback(driver.quit)
-        driver.get(f"http://127.0.0.1:{port}/")
+        driver.get(app.url + "/")
         wait_for(driver, "document.body.dataset.ready === '1'")
         wait_for(driver, "window.annotator.prepared", timeout=120)  # set_image done, before timing
 

@@ -185,7 +185,7 @@ def main(argv=None) -> int:
     from samtriton.export.checkpoints import load_sam
     from samtriton.export.onnx_export import export_decoder, export_encoder
     from samtriton.export.repository import RepositoryOptions, write_repository
-    from samtriton.server import EmbeddedTriton, free_port
+    from samtriton.server import EmbeddedTriton
 
     cases = [
         ("512 x 512, defaults", _photo("astronaut", None), {}, {}),
@@ -213,9 +213,7 @@ def main(argv=None) -> int:
         decoder = export_decoder(sam, work / "onnx" / "decoder" / "model.onnx")
         write_repository(work / "repository", encoder, decoder, RepositoryOptions(name="sam"))
         with (
-            EmbeddedTriton(
-                work / "repository", grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()
-            ) as server,
+            EmbeddedTriton.on_free_ports(work / "repository") as server,
             SamPredictor(server.grpc_url, model="sam", timeout=1200) as predictor,
         ):
             for label, image, settings, reference_extra in [cases[i] for i in args.cases]:

@@ -257,25 +257,18 @@ def main(argv=None) -> int:
             "logits_max_abs_diff": float((low_amg - low_exp).abs().max()),
             "iou_max_abs_diff": float((iou_amg - iou_exp).abs().max()),
         }
+        stability_diff = 0.0
+        if same_index and len(kept[2]):
+            stability_diff = float(np.abs(kept[2].numpy() - cpu[C.KEPT_STABILITY.name]).max())
+        # fmt: off
         entry = dict(
-            crop=label,
-            crop_size=crop,
-            reference_s=ref_s,
-            reference_kept=int(len(ref_out[1])),
-            exported_decoder_s=exported_s,
-            amg_decoder_s=amg_s,
-            filter_chunked_s=chunked_s,
-            filter_whole_s=whole_s,
-            filter_by_budget_s=by_budget,
-            kept=int(len(kept[0])),
-            kept_equal_cpu_index=same_index,
-            kept_bits_differing=differing,
-            stability_max_abs_diff=float(np.abs(kept[2].numpy() - cpu[C.KEPT_STABILITY.name]).max())
-            if same_index and len(kept[2])
-            else 0.0,
-            peak_gpu_mib=peak,
-            decoders=decoders,
+            crop=label, crop_size=crop, reference_s=ref_s, reference_kept=int(len(ref_out[1])),
+            exported_decoder_s=exported_s, amg_decoder_s=amg_s,
+            filter_chunked_s=chunked_s, filter_whole_s=whole_s, filter_by_budget_s=by_budget,
+            kept=int(len(kept[0])), kept_equal_cpu_index=same_index, kept_bits_differing=differing,
+            stability_max_abs_diff=stability_diff, peak_gpu_mib=peak, decoders=decoders,
         )
+        # fmt: on
         document["crops"].append(entry)
         print(json.dumps(entry), flush=True)
         rows.append(entry)

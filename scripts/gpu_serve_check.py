@@ -147,32 +147,23 @@ def _stage_mobilesam(out: Path, checkpoint: str | None) -> None:
 # --- setting up there -----------------------------------------------------------------------------
 
 
+def _sysconfig(python: str, expression: str) -> str:
+    """``sysconfig.EXPRESSION`` as the interpreter ``python`` sees it."""
+    code = f"import sysconfig; print(sysconfig.{expression})"
+    return subprocess.run([python, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+
+
 def setup(bundle: Path) -> None:
     """A virtualenv over the machine's packages with the staged wheels and tritonserver;
     then re-run this script in it."""
     if not (VENV / "bin" / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(VENV)], check=True)
     python = str(VENV / "bin" / "python")
+    wheels = sorted(str(p) for p in (bundle / "wheels").glob("*.whl"))
     subprocess.run(
-        [
-            python,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-index",
-            "--no-deps",
-            "--no-compile",
-            *map(str, sorted((bundle / "wheels").glob("*.whl"))),
-        ],
-        check=True,
+        [python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", *wheels], check=True
     )
-    site = subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    site = _sysconfig(python, "get_paths()['purelib']")
     with zipfile.ZipFile(bundle / "pytriton_slim.zip") as slim:
         slim.extractall(site)
     for path in Path(site, "pytriton").rglob("*"):
@@ -180,12 +171,7 @@ def setup(bundle: Path) -> None:
             path.chmod(0o755)
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = Path(site) / "pytriton" / "tritonserver" / "python_backend_stubs" / version / "triton_python_backend_stub"
-    libdir = subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    libdir = _sysconfig(python, "get_config_var('LIBDIR')")
     env = dict(
         os.environ,
         LD_LIBRARY_PATH=os.pathsep.join(
@@ -262,25 +248,6 @@ def photos(bundle: Path | None):
     return {name: getattr(data, name)() for name in PHOTOS}
 
 
-def prompts_for(shape):
-    import numpy as np
-
-    h, w = shape[:2]
-    return {
-        "point": dict(point_coords=np.array([[0.5 * w, 0.45 * h]]), point_labels=np.array([1])),
-        "points": dict(
-            point_coords=np.array([[0.45 * w, 0.4 * h], [0.55 * w, 0.55 * h], [0.1 * w, 0.1 * h]]),
-            point_labels=np.array([1, 1, 0]),
-        ),
-        "box": dict(box=np.array([0.25 * w, 0.2 * h, 0.75 * w, 0.8 * h])),
-        "box_and_point": dict(
-            box=np.array([0.2 * w, 0.15 * h, 0.8 * w, 0.85 * h]),
-            point_coords=np.array([[0.5 * w, 0.5 * h]]),
-            point_labels=np.array([1]),
-        ),
-    }
-
-
 def mask_iou(a, b) -> float:
     union = (a | b).sum()
     return 1.0 if union == 0 else float((a & b).sum() / union)
@@ -325,6 +292,7 @@ def parity(url, name, model_type, reference_sam, images, quick):
     import numpy as np
 
     from samtriton import SamPredictor
+    from samtriton.tools.bench import prompt_cases
 
     Reference, _ = reference_classes(model_type)
     reference = Reference(reference_sam)
@@ -333,7 +301,7 @@ def parity(url, name, model_type, reference_sam, images, quick):
         for image in list(images.values())[: 1 if quick else None]:
             ours.set_image(image)
             reference.set_image(image)
-            for case, prompt in prompts_for(image.shape).items():
+            for case, prompt in prompt_cases(image.shape).items():
                 multimask = case == "point"
                 masks, scores, _ = ours.predict(**prompt, multimask_output=multimask)
                 ref_masks, ref_scores, _ = reference.predict(**prompt, multimask_output=multimask)
@@ -503,7 +471,7 @@ def check_model(model_type, args, bundle, work, images) -> dict:
 
     from samtriton.export.exporter import export
     from samtriton.export.repository import RepositoryOptions
-    from samtriton.server import EmbeddedTriton, free_port
+    from samtriton.server import EmbeddedTriton
 
     result = {"model": model_type}
     started = time.perf_counter()
@@ -525,14 +493,7 @@ def check_model(model_type, args, bundle, work, images) -> dict:
     memory = GpuMemory(args.device)
     extra = ["--pinned-memory-pool-byte-size=268435456"] if args.device == "cuda" else []
     start = time.perf_counter()
-    with EmbeddedTriton(
-        repo,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        extra_args=extra,
-        startup_timeout=args.ready_timeout,
-    ) as server:
+    with EmbeddedTriton.on_free_ports(repo, extra_args=extra, startup_timeout=args.ready_timeout) as server:
         result["cold_start_s"] = round(time.perf_counter() - start, 1)
         reference_sam = reference_model(model_type, checkpoint, args.device)
         result["parity"] = parity(server.grpc_url, "sam", model_type, reference_sam, images, args.quick)

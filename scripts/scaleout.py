@@ -56,20 +56,12 @@ class Replicas:
     session cache directory (``cache_root/replica-i``; None: each server's default)."""
 
     def __init__(self, repository: Path, count: int, cache_root: Optional[Path] = None):
-        from samtriton.server import EmbeddedTriton, free_port
+        from samtriton.server import EmbeddedTriton
 
         self.servers = []
         for i in range(count):
             cache_dir = None if cache_root is None else Path(cache_root) / f"replica-{i}"
-            self.servers.append(
-                EmbeddedTriton(
-                    repository,
-                    grpc_port=free_port(),
-                    http_port=free_port(),
-                    metrics_port=free_port(),
-                    session_cache_dir=cache_dir,
-                )
-            )
+            self.servers.append(EmbeddedTriton.on_free_ports(repository, session_cache_dir=cache_dir))
 
     @property
     def urls(self) -> List[str]:
@@ -199,12 +191,9 @@ class Nginx:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            from samtriton.server import stop_process
+
+            stop_process(self.process, 10)
         self.process = None
 
     def __enter__(self):

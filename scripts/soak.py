@@ -159,16 +159,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         metavar=("NEW", "CLICK", "AMG"),
         help="probability of each kind of call (default: %(default)s)",
     )
-    parser.add_argument(
-        "--cache-mib", type=int, default=256, help="session cache per replica when exporting (default: %(default)s)"
-    )
+    parser.add_argument("--cache-mib", type=int, default=256, help="session cache per replica when exporting, MiB")
     parser.add_argument("--sample-seconds", type=float, default=20.0, help="memory sampling (default: %(default)s)")
-    parser.add_argument(
-        "--max-growth",
-        type=float,
-        default=0.05,
-        help="largest allowed memory growth after the warm-up (default: %(default)s)",
-    )
+    parser.add_argument("--max-growth", type=float, default=0.05, help="largest memory growth after the warm-up")
     parser.add_argument("--json", type=Path, help="write the figures here as JSON")
     args = parser.parse_args(argv)
     if abs(sum(args.mix) - 1.0) > 1e-6:

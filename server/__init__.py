@@ -9,6 +9,6 @@ Imports: the client's shared core (contract, errors, validation, transforms) and
 torch backends, the export's model wrappers; never the tools.
 """
 
-from samtriton.server.launcher import EmbeddedTriton, ServerStartError, free_port
+from samtriton.server.launcher import EmbeddedTriton, ServerStartError, free_port, stop_process
 
-__all__ = ["EmbeddedTriton", "ServerStartError", "free_port"]
+__all__ = ["EmbeddedTriton", "ServerStartError", "free_port", "stop_process"]

@@ -254,6 +254,12 @@ class EmbeddedTriton:
         self._workdir: Optional[tempfile.TemporaryDirectory] = None
         self._reader: Optional[threading.Thread] = None
 
+    @classmethod
+    def on_free_ports(cls, repository: os.PathLike, **kwargs) -> "EmbeddedTriton":
+        """A server of ``repository`` whose gRPC, HTTP and metrics ports are free ones (several
+        servers on one host: tests, benchmarks); ``kwargs``: the other arguments."""
+        return cls(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(), **kwargs)
+
     @property
     def grpc_url(self) -> str:
         return f"{self.host}:{self.grpc_port}"
@@ -450,12 +456,7 @@ class EmbeddedTriton:
             if process.poll() is None:
                 if drain:
                     self.drain()
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+                stop_process(process, timeout)
             code = process.returncode
             self._kill_group(process.pid)  # a stub still finishing (or a server that was killed)
             if self._reader is not None:
@@ -494,6 +495,17 @@ class EmbeddedTriton:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def stop_process(process: subprocess.Popen, timeout: float) -> int:
+    """SIGTERM to ``process``, SIGKILL if it has not exited ``timeout`` seconds later; its
+    exit code."""
+    process.terminate()
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
 
 
 def free_port() -> int:

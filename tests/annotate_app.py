@@ -11,7 +11,7 @@ import time
 import urllib.error
 import urllib.request
 
-from samtriton.server import free_port
+from samtriton.server import free_port, stop_process
 
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
@@ -41,7 +41,8 @@ class App:
 
 
 @contextlib.contextmanager
-def running_app(grpc_url, images_dir, out_dir, log_path, *extra, env=None):
+def running_app(grpc_url, images_dir, out_dir, log_path, *extra, env=None, model="mobilesam"):
+    """``samtriton annotate IMAGES_DIR`` on the server at ``grpc_url``, answering /health."""
     port = free_port()
     log = open(log_path, "w")
     process = subprocess.Popen(
@@ -54,7 +55,7 @@ def running_app(grpc_url, images_dir, out_dir, log_path, *extra, env=None):
             "--url",
             grpc_url,
             "--model",
-            "mobilesam",
+            model,
             "--out",
             str(out_dir),
             "--port",
@@ -81,11 +82,7 @@ def running_app(grpc_url, images_dir, out_dir, log_path, *extra, env=None):
             time.sleep(0.2)
         yield app
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process, 10)
         log.close()
 
 

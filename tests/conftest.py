@@ -71,9 +71,9 @@ def session_cache(repository, server) -> Path:
 
 @pytest.fixture(scope="session")
 def server(repository):
-    from samtriton.server import EmbeddedTriton, free_port
+    from samtriton.server import EmbeddedTriton
 
-    with EmbeddedTriton(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()) as running:
+    with EmbeddedTriton.on_free_ports(repository) as running:
         yield running
 
 

@@ -1,9 +1,12 @@
 """Test helpers: real images, mask comparison, and tools CI must have."""
 
 import os
+import sys
 
 import numpy as np
 import pytest
+
+from samtriton.tools.bench import prompt_cases
 
 # CI (.ci/run runs with CI=true) installs every tool the tests use: there a missing one is a
 # failure that names it, never a skip.
@@ -63,22 +66,8 @@ def mask_iou(a, b):
     return float(np.logical_and(a, b).sum() / union)
 
 
-def prompts_for(shape):
-    """Deterministic prompts placed relative to the image size."""
-    h, w = shape[:2]
-    return {
-        "point": dict(point_coords=np.array([[0.5 * w, 0.45 * h]]), point_labels=np.array([1])),
-        "points_with_background": dict(
-            point_coords=np.array([[0.45 * w, 0.4 * h], [0.55 * w, 0.55 * h], [0.1 * w, 0.1 * h]]),
-            point_labels=np.array([1, 1, 0]),
-        ),
-        "box": dict(box=np.array([0.25 * w, 0.2 * h, 0.75 * w, 0.8 * h])),
-        "box_and_point": dict(
-            box=np.array([0.2 * w, 0.15 * h, 0.8 * w, 0.85 * h]),
-            point_coords=np.array([[0.5 * w, 0.5 * h]]),
-            point_labels=np.array([1]),
-        ),
-    }
+# Deterministic prompts placed relative to the image size (the GPU check uses the same).
+prompts_for = prompt_cases
 
 
 # What the wire carries without the session model: the float32 embedding (4 MiB) and the
@@ -109,3 +98,16 @@ def server_cache_directory(server, base="mobilesam"):
     if server.session_cache_dir is not None:
         return Path(server.session_cache_dir)
     return Path(cache_directory(str(server.repository / f"{base}_session"), base, server.process.pid))
+
+
+def serve_command(repository, grpc_port, http_port, metrics_port, *extra):
+    """``samtriton serve`` of ``repository`` on these ports (``extra``: more options), as argv."""
+    ports = ["--grpc-port", grpc_port, "--http-port", http_port, "--metrics-port", metrics_port]
+    return [
+        sys.executable,
+        "-m",
+        "samtriton.tools.cli",
+        "serve",
+        "--repository",
+        *map(str, [repository, *ports, *extra]),
+    ]

@@ -9,7 +9,7 @@ from tritonclient.utils import InferenceServerException
 from samtriton import ImageNotCached, ModelNotReady, SamPredictor
 from samtriton import contract as C
 from samtriton.predictor import TritonSam
-from samtriton.server import EmbeddedTriton, free_port
+from samtriton.server import EmbeddedTriton
 
 PROMPT = {
     C.POINT_COORDS.name: np.array([[[10.0, 10.0], [0.0, 0.0]]], np.float32),
@@ -74,13 +74,7 @@ def test_client_tells_a_missing_image_from_a_missing_model(server, predictor, im
 def test_a_replica_without_its_encoder_answers_unavailable_and_the_client_fails_over(repository, server, images):
     """The session model's BLS call finds no encoder: UNAVAILABLE, so the client moves the
     image to its next replica instead of failing."""
-    partial = EmbeddedTriton(
-        repository,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        models=["mobilesam_decoder", "mobilesam_session"],
-    ).start()
+    partial = EmbeddedTriton.on_free_ports(repository, models=["mobilesam_decoder", "mobilesam_session"]).start()
     try:
         from samtriton.transport import rendezvous_order
 

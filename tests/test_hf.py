@@ -93,7 +93,7 @@ def hf_reference(hf_dir):
 
 @pytest.fixture(scope="module")
 def hf_server(hf_dir, tmp_path_factory):
-    from samtriton.server import EmbeddedTriton, free_port
+    from samtriton.server import EmbeddedTriton
     from samtriton.tools.cli import main
 
     repo = tmp_path_factory.mktemp("hf_repository")
@@ -103,7 +103,7 @@ def hf_server(hf_dir, tmp_path_factory):
     )
     metadata = json.loads((repo / f"{NAME}.export.json").read_text())
     assert metadata["model_type"] == "hf_sam" and metadata["architecture"]["hidden_size"] == 96
-    with EmbeddedTriton(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()) as server:
+    with EmbeddedTriton.on_free_ports(repo) as server:
         yield server
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from samtriton.server import free_port
+from samtriton.server import free_port, stop_process
 
 from annotate_app import running_app
 from helpers import mask_iou, require
@@ -129,11 +129,7 @@ def label_studio(tmp_path_factory):
         print(f"\nLabel Studio {base} up in {time.monotonic() - started:.1f} s")
         yield base, token
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process, 20)
         log.close()
 
 

@@ -27,6 +27,8 @@ from samtriton import SamPredictor, ServerUnavailable
 from samtriton.server.embedding_cache import DIRECTORY_PREFIX
 from samtriton.server.launcher import SHM_PREFIX, EmbeddedTriton, free_port, popen_tied
 
+from helpers import serve_command
+
 GONE_WITHIN_S = 5.0
 
 
@@ -191,22 +193,7 @@ def test_a_lifeline_that_is_not_one_pipe_is_left_alone():
 
 
 def _serve(repository, ports):
-    command = [
-        sys.executable,
-        "-m",
-        "samtriton.tools.cli",
-        "serve",
-        "--repository",
-        str(repository),
-        "--grpc-port",
-        str(ports[0]),
-        "--http-port",
-        str(ports[1]),
-        "--metrics-port",
-        str(ports[2]),
-        "--startup-timeout",
-        "180",
-    ]
+    command = serve_command(repository, ports[0], ports[1], ports[2], "--startup-timeout", "180")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = process.stdout.readline()
     assert f"127.0.0.1:{ports[0]}" in line, line + (process.stderr.read() if process.poll() is not None else "")
@@ -275,14 +262,7 @@ def _distinct_images(images, count):
 
 def test_drain_finishes_requests_in_flight_and_refuses_new_ones(repository, images, tmp_path):
     cache_dir = tmp_path / "cache"
-    server = EmbeddedTriton(
-        repository,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        session_cache_dir=cache_dir,
-        drain_timeout=120,
-    ).start()
+    server = EmbeddedTriton.on_free_ports(repository, session_cache_dir=cache_dir, drain_timeout=120).start()
     try:
         # Three encodes at once: two session instances execute, the third waits in Triton's queue.
         results, ready_during = [], []

@@ -23,7 +23,7 @@ import pytest
 
 from samtriton import SamPredictor
 from samtriton import contract as C
-from samtriton.server import EmbeddedTriton, free_port
+from samtriton.server import EmbeddedTriton, free_port, stop_process
 from samtriton.server import metrics as M
 from samtriton.server.embedding_cache import EmbeddingCache
 
@@ -170,12 +170,7 @@ class Prometheus:
         raise AssertionError(f"no scrape after {moment} within {timeout} s")
 
     def stop(self):
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, 20)
 
 
 @pytest.fixture(scope="module")
@@ -185,13 +180,7 @@ def one_embedding_server(onnx_files, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("metrics")
     write_repository(root / "repository", *onnx_files, RepositoryOptions(name="mobilesam", session_cache_mib=4))
-    with EmbeddedTriton(
-        root / "repository",
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        session_cache_dir=root / "cache",
-    ) as server:
+    with EmbeddedTriton.on_free_ports(root / "repository", session_cache_dir=root / "cache") as server:
         yield server
 
 

@@ -20,7 +20,7 @@ POINT = dict(point_coords=np.array([[200.0, 150.0]]), point_labels=np.array([1])
 
 
 def _server(repository, **kwargs):
-    return EmbeddedTriton(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(), **kwargs)
+    return EmbeddedTriton.on_free_ports(repository, **kwargs)
 
 
 @pytest.mark.timeout(600)

@@ -9,7 +9,6 @@ import os
 import runpy
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -23,6 +22,8 @@ from samtriton import contract as C
 from samtriton.server import free_port
 from samtriton.transforms import preprocess, to_rgb_uint8
 from samtriton.transport import rendezvous_order
+
+from helpers import serve_command
 
 ROOT = Path(__file__).resolve().parent.parent
 LOAD_SECONDS = float(os.environ.get("SAMTRITON_ROLLING_SECONDS", "120"))
@@ -46,24 +47,16 @@ class Replica:
         return f"127.0.0.1:{self.grpc_port}"
 
     def start(self):
-        command = [
-            sys.executable,
-            "-m",
-            "samtriton.tools.cli",
-            "serve",
-            "--repository",
-            str(self.repository),
-            "--grpc-port",
-            str(self.grpc_port),
-            "--http-port",
-            str(self.http_port),
-            "--metrics-port",
-            str(self.metrics_port),
+        command = serve_command(
+            self.repository,
+            self.grpc_port,
+            self.http_port,
+            self.metrics_port,
             "--session-cache-dir",
             str(self.cache_dir),
             "--startup-timeout",
             "300",
-        ]
+        )
         started = time.monotonic()
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.process.stdout.readline()

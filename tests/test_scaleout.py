@@ -18,7 +18,7 @@ from samtriton import AsyncSamPredictor, SamPredictor
 from samtriton import contract as C
 from samtriton.transport import rendezvous_order
 
-from helpers import mask_iou, require, server_cache_directory, skip_unless_ci
+from helpers import mask_iou, require, serve_command, server_cache_directory, skip_unless_ci
 
 ROOT = Path(__file__).resolve().parent.parent
 scaleout = runpy.run_path(str(ROOT / "scripts" / "scaleout.py"))
@@ -293,29 +293,13 @@ def test_serve_session_cache_dir_option(repository, tmp_path):
     private, and removes it when it stops (no other server holds it)."""
     import signal
     import subprocess
-    import sys
     import time
 
     from samtriton.server import free_port
 
     cache = tmp_path / "deep" / "sessions"
     grpc_port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "samtriton.tools.cli",
-        "serve",
-        "--repository",
-        str(repository),
-        "--grpc-port",
-        str(grpc_port),
-        "--http-port",
-        str(free_port()),
-        "--metrics-port",
-        str(free_port()),
-        "--session-cache-dir",
-        str(cache),
-    ]
+    command = serve_command(repository, grpc_port, free_port(), free_port(), "--session-cache-dir", str(cache))
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120

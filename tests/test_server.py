@@ -9,26 +9,12 @@ import pytest
 
 from samtriton.server import EmbeddedTriton, ServerStartError, free_port
 
+from helpers import serve_command
+
 
 def _serve(repo, *extra):
     ports = [free_port(), free_port(), free_port()]
-    cmd = [
-        sys.executable,
-        "-m",
-        "samtriton.tools.cli",
-        "serve",
-        "--repository",
-        str(repo),
-        "--grpc-port",
-        str(ports[0]),
-        "--http-port",
-        str(ports[1]),
-        "--metrics-port",
-        str(ports[2]),
-        "--startup-timeout",
-        "120",
-        *extra,
-    ]
+    cmd = serve_command(repo, ports[0], ports[1], ports[2], "--startup-timeout", "120", *extra)
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), ports[0]
 
 

@@ -171,11 +171,9 @@ def torch_repository(checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def torch_server(torch_repository):
-    from samtriton.server import EmbeddedTriton, free_port
+    from samtriton.server import EmbeddedTriton
 
-    with EmbeddedTriton(
-        torch_repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()
-    ) as running:
+    with EmbeddedTriton.on_free_ports(torch_repository) as running:
         yield running
 
 

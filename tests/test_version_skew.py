@@ -15,7 +15,7 @@ from samtriton import AsyncSamPredictor, SamPredictor, ServerUnavailable
 from samtriton import contract as C
 from samtriton.errors import ContractMismatch
 from samtriton.export.repository import config_text, parse_config
-from samtriton.server import EmbeddedTriton, free_port
+from samtriton.server import EmbeddedTriton
 from samtriton.transforms import preprocess, to_rgb_uint8
 from samtriton.transport import Attempt, ContractVersions, Endpoints, Pause, attempts, rendezvous_order
 
@@ -94,7 +94,7 @@ def skewed_server(repository, tmp_path_factory):
         config = parse_config(path.read_text())
         config.parameters[C.CONTRACT_VERSION_PARAMETER].string_value = SKEWED
         path.write_text(config_text(config))
-    with EmbeddedTriton(copy, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()) as server:
+    with EmbeddedTriton.on_free_ports(copy) as server:
         yield server
 
 

@@ -139,16 +139,9 @@ def process_tree_peak_mib(pid):
 
 
 def serve(repository, models=None):
-    from samtriton.server import EmbeddedTriton, free_port
+    from samtriton.server import EmbeddedTriton
 
-    return EmbeddedTriton(
-        repository,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        models=models,
-        startup_timeout=600,
-    )
+    return EmbeddedTriton.on_free_ports(repository, models=models, startup_timeout=600)
 
 
 def record(figures):

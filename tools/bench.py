@@ -17,6 +17,26 @@ from samtriton import contract as C
 from samtriton.predictor import SamPredictor, TritonSam
 
 
+def prompt_cases(shape: Sequence[int]) -> Dict[str, dict]:
+    """The prompt kinds ``SamPredictor.predict`` takes (a point, points with a background one,
+    a box, a box and a point), placed relative to an image of ``shape`` (H, W, ...): the same
+    prompts for every image size, as ``predict`` keyword arguments by case name."""
+    h, w = shape[:2]
+    return {
+        "point": dict(point_coords=np.array([[0.5 * w, 0.45 * h]]), point_labels=np.array([1])),
+        "points_with_background": dict(
+            point_coords=np.array([[0.45 * w, 0.4 * h], [0.55 * w, 0.55 * h], [0.1 * w, 0.1 * h]]),
+            point_labels=np.array([1, 1, 0]),
+        ),
+        "box": dict(box=np.array([0.25 * w, 0.2 * h, 0.75 * w, 0.8 * h])),
+        "box_and_point": dict(
+            box=np.array([0.2 * w, 0.15 * h, 0.8 * w, 0.85 * h]),
+            point_coords=np.array([[0.5 * w, 0.5 * h]]),
+            point_labels=np.array([1]),
+        ),
+    }
+
+
 def _rate(count: int, seconds: float) -> float:
     return count / seconds if seconds > 0 else float("nan")
 

@@ -42,15 +42,8 @@ def run_server(args) -> int:
         from samtriton.transforms import to_rgb_uint8
 
         image = to_rgb_uint8(args.image)
-    rows = bench.run(
-        args.url,
-        args.model,
-        batches=args.batches,
-        prompts=args.prompts,
-        repeats=args.repeats,
-        clients=args.clients,
-        image=image,
-    )
+    load = dict(batches=args.batches, prompts=args.prompts, repeats=args.repeats, clients=args.clients)
+    rows = bench.run(args.url, args.model, image=image, **load)
     print(bench.format_table(rows))
     return 0
 
@@ -99,11 +92,9 @@ def run_compare(args) -> int:
     with contextlib.ExitStack() as stack:
         url = args.url
         if args.repository:  # serve it here, on the embedded tritonserver
-            from samtriton.server import EmbeddedTriton, free_port
+            from samtriton.server import EmbeddedTriton
 
-            server = stack.enter_context(
-                EmbeddedTriton(args.repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
-            )
+            server = stack.enter_context(EmbeddedTriton.on_free_ports(args.repository))
             url = server.grpc_url
             print(f"serving {args.repository} at {url}", file=sys.stderr)
         document = bench_compare.run(

@@ -6,6 +6,8 @@ import os
 import sys
 
 from samtriton import contract as C
+from samtriton.export.repository import DECODER_BACKENDS, ENCODER_BACKENDS, TORCH_DEVICES
+from samtriton.server.config import TORCH_COMPILE_MODES, TORCH_PRECISIONS
 
 
 def add_parser(sub) -> None:
@@ -32,7 +34,7 @@ def add_parser(sub) -> None:
     parser.add_argument(
         "--encoder-backend",
         default="python",
-        choices=("tensorrt", "onnxruntime", "python", "torch"),
+        choices=ENCODER_BACKENDS,
         help="Triton backend of the image encoder: python (ONNX Runtime in the python backend, "
         "the embedded server), torch (PyTorch in the python backend, on the GPU: the embedded "
         "server on a CUDA machine), onnxruntime or tensorrt (NVIDIA's Triton container)",
@@ -40,7 +42,7 @@ def add_parser(sub) -> None:
     parser.add_argument(
         "--decoder-backend",
         default="python",
-        choices=("onnxruntime", "python", "torch"),
+        choices=DECODER_BACKENDS,
         help="Triton backend of the prompt decoder (torch: the session and AMG stages decode "
         "and filter on the GPU too)",
     )
@@ -65,13 +67,13 @@ def add_parser(sub) -> None:
     pt.add_argument(
         "--torch-device",
         default="cuda",
-        choices=("cuda", "cpu"),
+        choices=TORCH_DEVICES,
         help="where the torch models run: cuda (KIND_GPU instances) or cpu (default: %(default)s)",
     )
     pt.add_argument(
         "--torch-precision",
         default=None,
-        choices=("fp32", "tf32", "fp16-mixed", "bf16"),
+        choices=TORCH_PRECISIONS,
         help="the encoder's precision; fp16-mixed and bf16 are autocast (norms, softmax in fp32) "
         "(default: what keeps the architecture's masks right: fp32 for vit_t, fp16-mixed for "
         "the ViTs)",
@@ -79,7 +81,7 @@ def add_parser(sub) -> None:
     pt.add_argument(
         "--torch-compile",
         default="none",
-        choices=("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+        choices=TORCH_COMPILE_MODES,
         help="torch.compile mode of the encoder, compiled and warmed up at load for each batch "
         "bucket (1, 2, 4, ... max) (default: %(default)s, eager)",
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import List
 
 from samtriton import contract as C
-from samtriton.predictor import DEFAULT_URL
+from samtriton.transport import DEFAULT_URL
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -18,12 +18,13 @@ def add_parser(sub) -> None:
         parents=[connection_options(timeout=True), amg_options("automatic masks (--auto)", crops=True)],
     )
     parser.add_argument("images", nargs="+", help="image files or folders")
-    parser.add_argument("--point", action="append", help="foreground point x,y (repeatable)")
-    parser.add_argument("--negative-point", action="append", help="background point x,y (repeatable)")
-    parser.add_argument("--box", action="append", help="box x0,y0,x1,y1 (repeatable)")
-    parser.add_argument("--cutout", action="store_true", help="also write RGBA cut-outs")
-    parser.add_argument("--auto", action="store_true", help="automatic mask generation (all masks)")
     parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--cutout", action="store_true", help="also write RGBA cut-outs")
+    prompts = parser.add_argument_group("prompts (points and boxes, or --auto)")
+    prompts.add_argument("--point", action="append", help="foreground point x,y (repeatable)")
+    prompts.add_argument("--negative-point", action="append", help="background point x,y (repeatable)")
+    prompts.add_argument("--box", action="append", help="box x0,y0,x1,y1 (repeatable)")
+    prompts.add_argument("--auto", action="store_true", help="automatic mask generation (all masks)")
     parser.set_defaults(func=run)
 
 

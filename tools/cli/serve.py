@@ -18,9 +18,10 @@ def add_parser(sub) -> None:
         "--startup-timeout", type=float, default=180.0, help="seconds to wait for every model to be ready"
     )
     parser.add_argument("--log-verbose", type=int, default=0, help="tritonserver --log-verbose level")
-    parser.add_argument("--grpc-tls-cert", help="PEM server certificate: serve gRPC over TLS")
-    parser.add_argument("--grpc-tls-key", help="PEM private key of --grpc-tls-cert")
-    parser.add_argument("--grpc-tls-client-ca", help="PEM CA: require client certificates signed by it (mutual TLS)")
+    tls = parser.add_argument_group("gRPC over TLS")
+    tls.add_argument("--grpc-tls-cert", help="PEM server certificate: serve gRPC over TLS")
+    tls.add_argument("--grpc-tls-key", help="PEM private key of --grpc-tls-cert")
+    tls.add_argument("--grpc-tls-client-ca", help="PEM CA: require client certificates signed by it (mutual TLS)")
     parser.add_argument(
         "--session-cache-dir",
         default=None,
