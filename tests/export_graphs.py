@@ -40,3 +40,16 @@ def tensor_types(path):
     }
     types.update({t.name: t.data_type for t in graph.initializer})
     return graph, types
+
+
+def uint8_intermediates(path):
+    """(op, tensor) of every UINT8 tensor a node of the graph at ``path`` outputs (TensorRT's
+    ONNX parser takes UINT8 only as a network input or output)."""
+    graph, types = tensor_types(path)
+    inputs = {v.name for v in graph.input}
+    return [
+        (node.op_type, name)
+        for node in graph.node
+        for name in node.output
+        if types.get(name) == onnx.TensorProto.UINT8 and name not in inputs
+    ]

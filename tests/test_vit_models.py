@@ -202,6 +202,13 @@ def test_vit_b_encoder_graph_matches_pytorch_at_batch_2(vit_b, vit_b_reference):
         assert diff <= 1e-3 * scale
 
 
+def test_vit_b_encoder_has_no_uint8_intermediate(vit_b):
+    """TensorRT's ONNX parser takes UINT8 only as a network input or output."""
+    from export_graphs import uint8_intermediates
+
+    assert uint8_intermediates(vit_b.encoder_onnx) == []
+
+
 def test_vit_b_served_matches_segment_anything(vit_b, vit_b_reference):
     from samtriton import SamPredictor
 
