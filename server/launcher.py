@@ -14,18 +14,15 @@ SIGKILL them (``samtriton.server.lifecycle``). A killed launcher leaves its
 stubs' shared-memory regions behind: the next server started on the host removes those of
 launchers that are no longer alive.
 
-Stopping drains: ``stop()`` unloads the models clients call (readiness goes false, new
-requests are refused with NOT_FOUND, requests in flight finish), then the models they call,
-each phase bounded by ``drain_timeout``, then sends SIGTERM. tritonserver 2.51's own SIGTERM
-handling does not drain: it stops the encoder under an in-flight session request, whose
-encode then fails.
+Stopping drains (``samtriton.server.drain``): ``stop()`` unloads the models clients call
+(readiness goes false, new requests are refused with NOT_FOUND, requests in flight finish),
+then the models they call, each phase bounded by ``drain_timeout``, then sends SIGTERM.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import ctypes
-import json
 import os
 import queue
 import re
@@ -44,8 +41,9 @@ from collections import deque
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from samtriton import contract as C
 from samtriton.contract import SESSION_CACHE_DIR_ENV
+from samtriton.server import drain as draining
+from samtriton.server.drain import DEFAULT_DRAIN_TIMEOUT_S
 from samtriton.server.lifecycle import LIFELINE_ENV
 
 
@@ -106,14 +104,9 @@ def repository_models(repository: Path) -> List[str]:
 
 PYTHON_SHM_DEFAULT_BYTES = 32 * 2**20
 PYTHON_SHM_GROWTH_BYTES = 16 * 2**20
-# Seconds a stopping server gives requests in flight, per drain phase (``samtriton serve
-# --drain-timeout``); an orchestrator's grace period must exceed twice this plus ~10 s.
-DEFAULT_DRAIN_TIMEOUT_S = 30.0
 # The python-backend stubs' shared-memory regions: SHM_PREFIX + "<launcher pid>_<random>_".
 SHM_PREFIX = "samtriton_triton_"
 _SHM_OWNER = re.compile(re.escape(SHM_PREFIX) + r"(\d+)_")
-# Models that other stages call through BLS or an ensemble: unloaded last when draining.
-CALLED_SUFFIXES = (C.ENCODER.suffix, C.DECODER.suffix, C.AMG_FILTER.suffix)
 PR_SET_PDEATHSIG = 1
 # Resolved here: a forked child of a threaded process should not load libraries.
 _PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
@@ -403,49 +396,19 @@ class EmbeddedTriton:
         lines = self.error_lines() or list(self.log_lines)[-20:]
         return headline + "\n" + "\n".join(lines)
 
-    def _http(self, path: str, body: Optional[dict] = None, timeout: float = 10.0):
-        """A POST (``body``) or GET to Triton's HTTP API on this server; the decoded JSON."""
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            f"http://{self.host}:{self.http_port}{path}", data=data, method="GET" if body is None else "POST"
-        )
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            text = response.read().decode()
-        return json.loads(text) if text else None
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
 
     def model_states(self) -> dict:
         """{model name: state} from the repository index ("READY", "UNLOADING", ...)."""
-        return {m["name"]: m.get("state", "") for m in self._http("/v2/repository/index", {})}
+        return draining.model_states(self.http_url)
 
     def drain(self, timeout: Optional[float] = None) -> bool:
-        """Stops taking requests and lets those in flight finish: unloads the models clients
-        call (server readiness goes false while they unload; new requests get NOT_FOUND, so
-        clients fail over), waits until they are gone, then does the same for the models
-        they call (encoder, decoder, AMG filter), each phase bounded by ``timeout`` seconds
-        (default ``drain_timeout``). The server keeps running; returns True when everything
-        unloaded in time."""
-        timeout = self.drain_timeout if timeout is None else timeout
-        try:
-            loaded = [name for name, state in self.model_states().items() if state in ("READY", "LOADING")]
-        except (OSError, ValueError):
-            return False  # not answering: nothing to drain
-        called = [m for m in loaded if m.endswith(CALLED_SUFFIXES)]
-        callers = [m for m in loaded if m not in called]
-        return all(self._unload(phase, timeout) for phase in (callers, called) if phase)
-
-    def _unload(self, models: List[str], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        try:
-            for model in models:
-                self._http(f"/v2/repository/models/{model}/unload", {})
-            while time.monotonic() < deadline:
-                states = self.model_states()
-                if not any(states.get(m) in ("READY", "LOADING", "UNLOADING") for m in models):
-                    return True
-                time.sleep(0.05)
-        except (OSError, ValueError):
-            pass  # the server went away: nothing left in flight
-        return False
+        """Stops taking requests and lets those in flight finish (``samtriton.server.drain``),
+        each phase bounded by ``timeout`` seconds (default ``drain_timeout``). The server keeps
+        running; returns True when everything unloaded in time."""
+        return draining.drain(self.http_url, self.drain_timeout if timeout is None else timeout)
 
     def stop(self, timeout: float = 15.0, drain: bool = True) -> Optional[int]:
         """Drains (see ``drain``; unless ``drain=False``), then SIGTERM; SIGKILL to the whole

@@ -91,6 +91,7 @@ DEFAULTS = [
             drain_timeout=30.0,
         ),
     ),
+    (["drain"], dict(http_url="127.0.0.1:8000", timeout=30.0)),
     (
         ["export", "--repository", "r"],
         dict(

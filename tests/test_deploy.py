@@ -60,6 +60,26 @@ def test_probes_use_triton_health_endpoints():
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 
+@pytest.mark.parametrize("manifest", ["triton.yaml", "triton-torch.yaml"])
+def test_servers_drain_before_sigterm_within_their_grace_period(manifest):
+    """tritonserver's SIGTERM does not drain: each server pod runs ``samtriton drain`` as its
+    preStop hook, a command the real CLI parses, on the container's HTTP port, and the grace
+    period covers both drain phases plus the exit."""
+    from samtriton.tools.cli import build_parser
+    from samtriton.tools.cli import drain as drain_command
+
+    docs = list(yaml.safe_load_all((DOCKER / "k8s" / manifest).read_text()))
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    container = next(c for c in pod["containers"] if c["name"] == "triton")
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[:2] == ["samtriton", "drain"], command
+    args = build_parser().parse_args(command[1:])
+    assert args.func is drain_command.run
+    http_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "http")
+    assert args.http_url.rsplit(":", 1)[1] == str(http_port)
+    assert pod["terminationGracePeriodSeconds"] > 2 * args.timeout + 10
+
+
 def _versions():
     return dict(
         line.split("=", 1) for line in (DOCKER / ".env").read_text().splitlines() if line and not line.startswith("#")

@@ -261,6 +261,8 @@ def _distinct_images(images, count):
 
 
 def test_drain_finishes_requests_in_flight_and_refuses_new_ones(repository, images, tmp_path):
+    """``samtriton drain`` (the Kubernetes preStop hook; ``stop()`` runs the same function)
+    on a server with requests executing and queued: they finish, new ones are refused."""
     cache_dir = tmp_path / "cache"
     server = EmbeddedTriton.on_free_ports(repository, session_cache_dir=cache_dir, drain_timeout=120).start()
     try:
@@ -291,7 +293,10 @@ def test_drain_finishes_requests_in_flight_and_refuses_new_ones(repository, imag
         assert executing_and_queued() and not results, "two encodes execute, one waits in the queue"
 
         drained = []
-        drainer = threading.Thread(target=lambda: drained.append(server.drain()))
+        drain = [sys.executable, "-m", "samtriton.tools.cli", "drain", "--http-url", server.http_url]
+        drainer = threading.Thread(
+            target=lambda: drained.append(subprocess.run([*drain, "--timeout", "120"], capture_output=True, text=True))
+        )
         drainer.start()
         while server.model_states().get("mobilesam_session") != "UNLOADING" and drainer.is_alive():
             time.sleep(0.01)
@@ -303,7 +308,8 @@ def test_drain_finishes_requests_in_flight_and_refuses_new_ones(repository, imag
         for worker in workers:
             worker.join(timeout=180)
         assert results == ["ok"] * 3, f"requests in flight when the drain began must finish: {results}"
-        assert drained == [True]
+        assert [d.returncode for d in drained] == [0], drained
+        assert "drained: every model unloaded" in drained[0].stdout
         assert ready_during == [False], "a draining server is not ready (orchestrators stop sending)"
         states = server.model_states()
         assert all(state == "UNAVAILABLE" for state in states.values()), states

@@ -6,6 +6,8 @@ import signal
 import sys
 import threading
 
+from samtriton.server.drain import DEFAULT_DRAIN_TIMEOUT_S
+
 
 def add_parser(sub) -> None:
     parser = sub.add_parser("serve", help="run the embedded tritonserver on a model repository")
@@ -31,7 +33,7 @@ def add_parser(sub) -> None:
     parser.add_argument(
         "--drain-timeout",
         type=float,
-        default=30.0,
+        default=DEFAULT_DRAIN_TIMEOUT_S,
         help="on SIGTERM / SIGINT, seconds the requests in flight get to finish (twice: the stages, "
         "then the models they call) while new ones are refused and go to other replicas "
         "(default: %(default)s)",
