@@ -11,6 +11,7 @@
 from .aio import AsyncSamPredictor, ImageHandle, segment_many
 from .automatic_mask_generator import SamAutomaticMaskGenerator
 from .errors import (
+    ContractMismatch,
     ImageNotCached,
     InvalidInput,
     ModelNotReady,
@@ -30,6 +31,7 @@ __all__ = [
     "ImageHandle",
     "segment_many",
     "TritonSam",
+    "ContractMismatch",
     "ImageNotCached",
     "InvalidInput",
     "ModelNotReady",

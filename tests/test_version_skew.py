@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from samtriton import AsyncSamPredictor, SamPredictor, ServerUnavailable
+from samtriton import AsyncSamPredictor, ContractMismatch, SamPredictor, ServerUnavailable
 from samtriton import contract as C
-from samtriton.errors import ContractMismatch
 from samtriton.export.repository import config_text, parse_config
 from samtriton.server import EmbeddedTriton
 from samtriton.transforms import preprocess, to_rgb_uint8
