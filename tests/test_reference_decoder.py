@@ -15,6 +15,9 @@ import pytest
 from helpers import mask_iou
 
 IMAGES = ("chelsea", "retina_crop", "astronaut")
+# SamOnnxModel.forward's arguments, in order (segment-anything's scripts/export_onnx_model.py),
+# written out here: the test must not take them from the code it checks.
+REFERENCE_INPUTS = ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"]
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["all_masks", "single_mask"])
@@ -75,32 +78,13 @@ def reference_outputs(sam, single_mask, feeds):
 
     model = SamOnnxModel(sam, return_single_mask=single_mask).eval()
     with torch.no_grad():
-        out = model(
-            *(
-                torch.from_numpy(feeds[name])
-                for name in (
-                    "image_embeddings",
-                    "point_coords",
-                    "point_labels",
-                    "mask_input",
-                    "has_mask_input",
-                    "orig_im_size",
-                )
-            )
-        )
+        out = model(*(torch.from_numpy(feeds[name]) for name in REFERENCE_INPUTS))
     return [t.numpy() for t in out]
 
 
 def test_interface_is_segment_anythings(decoder):
     _, session = decoder
-    assert [i.name for i in session.get_inputs()] == [
-        "image_embeddings",
-        "point_coords",
-        "point_labels",
-        "mask_input",
-        "has_mask_input",
-        "orig_im_size",
-    ]
+    assert [i.name for i in session.get_inputs()] == REFERENCE_INPUTS
     assert [o.name for o in session.get_outputs()] == ["masks", "iou_predictions", "low_res_masks"]
     shapes = {i.name: i.shape for i in session.get_inputs()}
     assert shapes["image_embeddings"] == [1, 256, 64, 64] and shapes["orig_im_size"] == [2]
