@@ -67,6 +67,12 @@ FAIL_OVER = (ServerUnavailable, ModelNotReady, ContractMismatch)
 # A tritonclient.grpc (or .aio) InferenceServerClient; tritonclient has no type information.
 TritonClient = Any
 
+DEFAULT_URL = "127.0.0.1:8001"
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_RETRIES = 3
+DEFAULT_BACKOFF_S = 0.2
+DEFAULT_DOWN_SECONDS = 5.0
+
 
 def parse_urls(url: Union[str, Sequence[str]]) -> List[str]:
     urls = [u.strip() for u in (url.split(",") if isinstance(url, str) else url) if u and u.strip()]
@@ -110,7 +116,7 @@ def rendezvous_order(key: str, urls: Sequence[str]) -> List[str]:
 class Endpoints:
     """The endpoints of one client and what it knows of their health."""
 
-    def __init__(self, urls: Sequence[str], down_seconds: float = 5.0):
+    def __init__(self, urls: Sequence[str], down_seconds: float = DEFAULT_DOWN_SECONDS):
         self.urls = list(urls)
         self.down_seconds = down_seconds
         self.failures: List[tuple] = []  # (url, reason), oldest first
@@ -473,11 +479,11 @@ class _Channel:
 
 @dataclass
 class TransportOptions:
-    timeout: float = 60.0
+    timeout: float = DEFAULT_TIMEOUT_S
     headers: Optional[Dict[str, str]] = None
-    retries: int = 3
-    backoff: float = 0.2
-    down_seconds: float = 5.0
+    retries: int = DEFAULT_RETRIES
+    backoff: float = DEFAULT_BACKOFF_S
+    down_seconds: float = DEFAULT_DOWN_SECONDS
 
     def __post_init__(self):
         if not self.timeout or self.timeout <= 0:
@@ -806,11 +812,6 @@ class AsyncTransport:
         await self._finish_closing()
 
 
-DEFAULT_URL = "127.0.0.1:8001"
-DEFAULT_TIMEOUT_S = 60.0
-DEFAULT_RETRIES = 3
-
-
 class Deployment:
     """One deployment ``model`` on one or more Triton endpoints, and the transport that
     reaches it: what ``TritonSam`` (blocking) and ``AsyncSamPredictor`` (asyncio) share.
@@ -833,8 +834,8 @@ class Deployment:
         timeout: float = DEFAULT_TIMEOUT_S,
         headers: Optional[Dict[str, str]] = None,
         retries: int = DEFAULT_RETRIES,
-        backoff: float = 0.2,
-        down_seconds: float = 5.0,
+        backoff: float = DEFAULT_BACKOFF_S,
+        down_seconds: float = DEFAULT_DOWN_SECONDS,
         **client_kwargs,
     ):
         self.urls = parse_urls(url)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import List
 
 from samtriton import contract as C
-from samtriton.transport import DEFAULT_URL
+from samtriton.transport import DEFAULT_TIMEOUT_S, DEFAULT_URL
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -51,7 +51,7 @@ def connection_options(timeout: bool = False, or_repository: bool = False) -> ar
         where.add_argument("--repository", help="serve this model repository on the embedded tritonserver instead")
     parent.add_argument("--model", default=C.DEFAULT_MODEL_NAME, help="deployment name on the server")
     if timeout:
-        parent.add_argument("--timeout", type=float, default=60.0, help="seconds per server call")
+        parent.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per server call")
     return parent
 
 
