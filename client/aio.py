@@ -87,9 +87,9 @@ class AsyncSamPredictor(Deployment):
         if not isinstance(image, ImageHandle):
             raise InvalidInput(f"image: expected the ImageHandle set_image returned, got {type(image).__name__}")
         points, labels, boxes, masks = single_prompt(point_coords, point_labels, box, mask_input)
-        tensors = prompt_tensors(self.transform, points, labels, boxes, masks, image.original_size)
-        if masks is None:
-            del tensors[C.MASK_INPUT.name], tensors[C.HAS_MASK_INPUT.name]
+        tensors = prompt_tensors(
+            self.transform, points, labels, boxes, masks, image.original_size, fill_absent_mask=False
+        )
         call = calls.session_decode(
             self.model, image.image_id, tensors, multimask_output, float16=not return_logits, source=image.source
         )

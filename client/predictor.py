@@ -297,10 +297,11 @@ class SamPredictor:
 
     def _predict(self, points, labels, boxes, masks, multimask_output, return_logits):
         self._require_image()
-        prompts = prompt_tensors(self.transform, points, labels, boxes, masks, self.original_size)
+        # The session model fills in an absent mask prompt; the stateless decoder needs it sent.
+        prompts = prompt_tensors(
+            self.transform, points, labels, boxes, masks, self.original_size, fill_absent_mask=not self.session
+        )
         if self.session:
-            if masks is None:  # the server fills in "no mask prompt": 256 KiB per prompt not sent
-                del prompts[C.MASK_INPUT.name], prompts[C.HAS_MASK_INPUT.name]
             # float16 logits unless the caller wants logits: the masks (logits > 0) are the same.
             low_res, iou = self.client.session_decode(
                 self.image_id, prompts, multimask_output, float16=not return_logits, source=self._image_source

@@ -43,9 +43,13 @@ def masks_from_logits(
     return masks, scores, low_res
 
 
-def prompt_tensors(transform: ResizeLongestSide, points, labels, boxes, masks, original_size) -> Dict[str, np.ndarray]:
+def prompt_tensors(
+    transform: ResizeLongestSide, points, labels, boxes, masks, original_size, fill_absent_mask: bool = True
+) -> Dict[str, np.ndarray]:
     """Original-pixel prompts (as ``single_prompt`` / ``batch_prompt`` return them) -> the
-    decoder's tensors (SAM's ONNX prompt form)."""
+    decoder's tensors (SAM's ONNX prompt form). Without a mask prompt, ``fill_absent_mask``
+    adds the zero mask and has_mask 0 the decoder takes; False leaves both out (the session
+    model fills them in: 256 KiB per prompt not sent)."""
     if points is None and boxes is None:
         raise InvalidInput("point_coords / box: give at least one point or a box")
     coords, label_parts = [], []
@@ -60,17 +64,19 @@ def prompt_tensors(transform: ResizeLongestSide, points, labels, boxes, masks, o
         # Without a box SAM appends one padding point (label -1).
         coords.append(np.zeros((count, 1, 2)))
         label_parts.append(np.full((count, 1), C.LABEL_PAD))
-    if masks is None:
-        mask_tensor = np.zeros((count, 1, C.LOW_RES_SIZE, C.LOW_RES_SIZE), np.float32)
-        has_mask = np.zeros(count, np.float32)
-    else:
-        mask_tensor, has_mask = masks.astype(np.float32), np.ones(count, np.float32)
-    return {
+    tensors = {
         C.POINT_COORDS.name: np.concatenate(coords, axis=1).astype(np.float32),
         C.POINT_LABELS.name: np.concatenate(label_parts, axis=1).astype(np.float32),
-        C.MASK_INPUT.name: mask_tensor,
-        C.HAS_MASK_INPUT.name: has_mask,
     }
+    if masks is not None:
+        tensors[C.MASK_INPUT.name], tensors[C.HAS_MASK_INPUT.name] = (
+            masks.astype(np.float32),
+            np.ones(count, np.float32),
+        )
+    elif fill_absent_mask:
+        tensors[C.MASK_INPUT.name] = np.zeros((count, 1, C.LOW_RES_SIZE, C.LOW_RES_SIZE), np.float32)
+        tensors[C.HAS_MASK_INPUT.name] = np.zeros(count, np.float32)
+    return tensors
 
 
 def read_image_file(path) -> bytes:
