@@ -15,7 +15,7 @@ import numpy as np
 from samtriton import contract as C
 from samtriton.server.amg_filter import AmgFilter
 from samtriton.server.config import StageConfig
-from samtriton.server.runtime import AmgTimes, call_model, in_process_amg_decoder, run_amg_decoder
+from samtriton.server.runtime import AmgTimes, decode_prompts, in_process_amg_decoder, run_amg_decoder
 from samtriton.validation import check_amg_inputs, check_decoder_inputs, check_point_prompts, check_points
 
 
@@ -56,15 +56,6 @@ class AmgStage:
                 np.zeros(k, np.float32),
             ]
             check_decoder_inputs(*feeds)
-            decode = lambda: self._call_decoder(feeds)  # noqa: E731
+            decode = lambda: decode_prompts(feeds, None, self.decoder_name, self.name)  # noqa: E731
         check_amg_inputs(input_size, crop_size, thresholds, prompts=k)
         return self.times.run(decode, lambda low_res, iou: self.filter(low_res, iou, input_size, crop_size, thresholds))
-
-    def _call_decoder(self, feeds):
-        decoded = call_model(
-            self.decoder_name,
-            {spec.name: value for spec, value in zip(C.DECODER.inputs, feeds)},
-            [spec.name for spec in C.DECODER.outputs],
-            self.name,
-        )
-        return decoded[C.LOW_RES_MASKS.name], decoded[C.IOU_PREDICTIONS.name]

@@ -176,6 +176,19 @@ def run_decoder(session, output_names, feeds):
     return session.run(output_names, feeds, _shrink_arena() if prompts > LARGE_DECODER_RUN else None)
 
 
+def decode_prompts(feeds, local_decoder, decoder_name, caller):
+    """The decoder on ``feeds`` (C.DECODER's inputs, in order) -> (low_res, iou): in this
+    process with ``local_decoder`` (an ONNX Runtime session), else through a BLS call to
+    ``decoder_name`` on behalf of ``caller``."""
+    named = {spec.name: value for spec, value in zip(C.DECODER.inputs, feeds)}
+    output_names = [spec.name for spec in C.DECODER.outputs]
+    if local_decoder is not None:
+        low_res, iou = run_decoder(local_decoder, output_names, named)
+        return low_res, iou
+    decoded = call_model(decoder_name, named, output_names, caller)
+    return decoded[C.LOW_RES_MASKS.name], decoded[C.IOU_PREDICTIONS.name]
+
+
 class AmgTimes:
     """Seconds a stage's automatic mask generation spends decoding and filtering, exported as
     Triton metrics (counters ``samtriton_amg_decode_seconds`` and ``samtriton_amg_filter_seconds``,

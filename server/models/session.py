@@ -25,11 +25,11 @@ from samtriton.server.embedding_cache import EmbeddingCache, cache_directory, de
 from samtriton.server.runtime import (
     ModelError,
     call_model,
+    decode_prompts,
     decoder_graph_path,
     load_config,
     onnx_session,
     respond_each,
-    run_decoder,
 )
 from samtriton.transforms import decode_image, preprocess
 from samtriton.validation import (
@@ -237,19 +237,7 @@ class TritonPythonModel:
                 check_array(C.MULTIMASK_OUTPUT.name, multimask, np.bool_, 1)
             return self.torch.decode(*feeds, multimask)
         check_decoder_inputs(*feeds)
-        output_names = [spec.name for spec in C.DECODER.outputs]
-        if self.local_decoder is not None:
-            low_res, iou = run_decoder(
-                self.local_decoder, output_names, {spec.name: value for spec, value in zip(C.DECODER.inputs, feeds)}
-            )
-        else:
-            decoded = call_model(
-                self.decoder,
-                {spec.name: value for spec, value in zip(C.DECODER.inputs, feeds)},
-                output_names,
-                self.name,
-            )
-            low_res, iou = decoded[C.LOW_RES_MASKS.name], decoded[C.IOU_PREDICTIONS.name]
+        low_res, iou = decode_prompts(feeds, self.local_decoder, self.decoder, self.name)
         if multimask is not None:
             check_array(C.MULTIMASK_OUTPUT.name, multimask, np.bool_, 1)
             selected = C.MULTIMASK_SLICE if bool(multimask[0]) else C.SINGLE_MASK_SLICE
