@@ -39,7 +39,7 @@ class TritonSam(Deployment):
     exponential backoff and jitter, at most ``retries`` times and never past its deadline,
     then ``ServerUnavailable`` is raised. All calls are idempotent, so retrying is safe.
     ``shared_memory=True`` sends large tensors to a server on this host through system
-    shared memory. Arguments: ``samtriton.transport.Deployment``.
+    shared memory (with the server's ``admin_key``). Arguments: ``samtriton.transport.Deployment``.
     """
 
     transport_class = Transport
@@ -167,7 +167,9 @@ class SamPredictor:
       connection: ``TritonSam``'s arguments (``samtriton.transport.Deployment``): timeout
         (seconds each call may take), headers (extra gRPC metadata, e.g. an auth token),
         retries, backoff and down_seconds (fail-over), shared_memory (large tensors through
-        system shared memory to a server on this host), and tritonclient's
+        system shared memory to a server on this host) and admin_key (the server's admin key,
+        which registering a region needs; default: ``SAMTRITON_ADMIN_KEY_FILE`` /
+        ``SAMTRITON_ADMIN_KEY``; without it the wire is used), and tritonclient's
         ``InferenceServerClient`` arguments: ``ssl=True``, ``root_certificates``,
         ``private_key``, ``certificate_chain`` (paths) for TLS.
 

@@ -47,6 +47,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from . import admin_key as keys
 from . import contract as C
 from .errors import (
     ContractMismatch,
@@ -493,12 +494,32 @@ class TransportOptions:
 
 
 class Transport:
-    """The blocking transport: tritonclient.grpc clients, optional system shared memory."""
+    """The blocking transport: tritonclient.grpc clients, optional system shared memory.
 
-    def __init__(self, urls: Sequence[str], options: TransportOptions, shared_memory: bool = False, **client_kwargs):
+    shared_memory: large tensors through system shared memory with servers on this host;
+    admin_key: the servers' admin key, which registering a region needs (default:
+    ``SAMTRITON_ADMIN_KEY_FILE`` / ``SAMTRITON_ADMIN_KEY``; without one the wire is used, with
+    one warning); client_kwargs: tritonclient's ``InferenceServerClient`` arguments.
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        options: TransportOptions,
+        shared_memory: bool = False,
+        admin_key: Optional[str] = None,
+        **client_kwargs,
+    ):
         self.endpoints = Endpoints(urls, options.down_seconds)
         self.options = options
         self.shared_memory = shared_memory
+        if admin_key is not None:
+            admin_key = keys.check(admin_key, "admin_key")
+        elif shared_memory:
+            admin_key = keys.from_environment()
+        # Sent with (un)registrations only: inference calls never carry the key.
+        self._shared_memory_headers = {**(options.headers or {}), **keys.grpc_headers(admin_key)}
+        self._has_admin_key = admin_key is not None
         self._client_kwargs = client_kwargs
         self.channels = Channels(urls, self._new_client, lambda client: client.close())
         self.versions = ContractVersions()
@@ -651,11 +672,17 @@ class Transport:
         if not is_local(url):
             logger.warning("samtriton: %s is not on this machine; shared memory is off for it, using the wire", url)
             return None
-        candidate = SharedMemoryPool(channel.client, self.options.headers, self.options.timeout)
+        candidate = SharedMemoryPool(channel.client, self._shared_memory_headers, self.options.timeout)
         try:
             candidate.release([candidate.checkout(MIN_SHARED_BYTES)])  # proves the server can map our regions
         except Exception as exc:  # noqa: BLE001 - any failure means: use the wire
-            logger.warning("samtriton: %s refused system shared memory (%s); using the wire", url, exc)
+            hint = (
+                ""
+                if self._has_admin_key
+                else f"; samtriton's servers allow it only with their admin key: pass admin_key= or set "
+                f"{keys.ADMIN_KEY_FILE_ENV} / {keys.ADMIN_KEY_ENV}"
+            )
+            logger.warning("samtriton: %s refused system shared memory (%s%s); using the wire", url, exc, hint)
             candidate.close()
             return None
         channel.pool = candidate

@@ -27,7 +27,11 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from samtriton import admin_key
+
 ROOT = Path(__file__).resolve().parent.parent
+# The replicas' one admin key (statistics are restricted to it).
+FLEET_ADMIN_KEY = admin_key.generate()
 NGINX_CONFIG = ROOT / "docker" / "nginx" / "samtriton.conf"
 
 
@@ -53,7 +57,8 @@ def scaleout_images() -> Dict[str, np.ndarray]:
 
 class Replicas:
     """N embedded Triton servers of one repository, each with its own ports and its own
-    session cache directory (``cache_root/replica-i``; None: each server's default)."""
+    session cache directory (``cache_root/replica-i``; None: each server's default). They
+    share one admin key, ``FLEET_ADMIN_KEY``, as a fleet's replicas share one Secret."""
 
     def __init__(self, repository: Path, count: int, cache_root: Optional[Path] = None):
         from samtriton.server import EmbeddedTriton
@@ -61,7 +66,9 @@ class Replicas:
         self.servers = []
         for i in range(count):
             cache_dir = None if cache_root is None else Path(cache_root) / f"replica-{i}"
-            self.servers.append(EmbeddedTriton.on_free_ports(repository, session_cache_dir=cache_dir))
+            self.servers.append(
+                EmbeddedTriton.on_free_ports(repository, session_cache_dir=cache_dir, admin_key=FLEET_ADMIN_KEY)
+            )
 
     @property
     def urls(self) -> List[str]:
@@ -101,7 +108,8 @@ def settled_counts(urls: Sequence[str], model: str) -> Dict[str, int]:
         for url in urls:
             client = grpcclient.InferenceServerClient(url)
             try:
-                stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+                headers = admin_key.grpc_headers(FLEET_ADMIN_KEY)
+                stats = client.get_inference_statistics(model, as_json=True, headers=headers)["model_stats"][0]
                 counts[url] = int(stats.get("inference_stats", {}).get("success", {}).get("count", 0))
             except Exception:  # noqa: BLE001 - a dead replica has no statistics
                 counts[url] = None

@@ -14,6 +14,10 @@ SIGKILL them (``samtriton.server.lifecycle``). A killed launcher leaves its
 stubs' shared-memory regions behind: the next server started on the host removes those of
 launchers that are no longer alive.
 
+Locked: the server restricts Triton's model-repository, shared-memory, statistics, trace and
+logging APIs to callers holding its admin key (``samtriton.server.restriction``), one given or
+one generated per start; ``admin_headers`` carries it.
+
 Stopping drains (``samtriton.server.drain``): ``stop()`` unloads the models clients call
 (readiness goes false, new requests are refused with NOT_FOUND, requests in flight finish),
 then the models they call, each phase bounded by ``drain_timeout``, then sends SIGTERM.
@@ -41,10 +45,12 @@ from collections import deque
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from samtriton import admin_key as keys
 from samtriton.contract import SESSION_CACHE_DIR_ENV
 from samtriton.server import drain as draining
 from samtriton.server.drain import DEFAULT_DRAIN_TIMEOUT_S
 from samtriton.server.lifecycle import LIFELINE_ENV
+from samtriton.server.restriction import RESTRICTION_FLAGS, restriction_args
 
 
 class ServerStartError(RuntimeError):
@@ -202,6 +208,8 @@ class EmbeddedTriton:
 
     Use as a context manager, or call ``start()`` / ``stop()``. ``start`` returns once every
     model is READY and raises ``ServerStartError`` with the server's own error lines otherwise.
+    ``admin_key``: the key its restricted APIs need (``samtriton.admin_key``); None generates
+    one for this server.
     """
 
     def __init__(
@@ -220,6 +228,7 @@ class EmbeddedTriton:
         tls_client_ca: Optional[os.PathLike] = None,
         session_cache_dir: Optional[os.PathLike] = None,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S,
+        admin_key: Optional[str] = None,
     ):
         self.repository = Path(repository).resolve()
         self.grpc_port, self.http_port, self.metrics_port = grpc_port, http_port, metrics_port
@@ -228,6 +237,9 @@ class EmbeddedTriton:
         self.startup_timeout = startup_timeout
         self.log_verbose = log_verbose
         self.extra_args = list(extra_args)
+        if any(arg.split("=", 1)[0] in RESTRICTION_FLAGS for arg in self.extra_args):
+            raise ValueError(f"extra_args: {' / '.join(RESTRICTION_FLAGS)} come from admin_key; leave them out")
+        self.admin_key = keys.generate() if admin_key is None else keys.check(admin_key, "admin_key")
         if (tls_cert is None) != (tls_key is None) or (tls_client_ca is not None and tls_cert is None):
             raise ValueError("gRPC TLS needs both tls_cert and tls_key (and tls_client_ca only with them)")
         self.tls = (
@@ -256,6 +268,16 @@ class EmbeddedTriton:
     @property
     def grpc_url(self) -> str:
         return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def admin_headers(self) -> dict:
+        """gRPC metadata carrying the admin key (tritonclient.grpc's ``headers=``)."""
+        return keys.grpc_headers(self.admin_key)
+
+    @property
+    def http_admin_headers(self) -> dict:
+        """HTTP headers carrying the admin key (tritonclient.http's ``headers=``)."""
+        return keys.http_headers(self.admin_key)
 
     def command(self, backend_dir: Path) -> List[str]:
         binary = _pytriton_dir() / "tritonserver" / "bin" / "tritonserver"
@@ -288,6 +310,7 @@ class EmbeddedTriton:
             f"--backend-config=python,shm-default-byte-size={PYTHON_SHM_DEFAULT_BYTES}",
             f"--backend-config=python,shm-growth-byte-size={PYTHON_SHM_GROWTH_BYTES}",
             f"--log-verbose={self.log_verbose}",
+            *restriction_args(self.admin_key),
             *self._tls_args(),
             *self.extra_args,
         ]
@@ -402,13 +425,13 @@ class EmbeddedTriton:
 
     def model_states(self) -> dict:
         """{model name: state} from the repository index ("READY", "UNLOADING", ...)."""
-        return draining.model_states(self.http_url)
+        return draining.model_states(self.http_url, self.admin_key)
 
     def drain(self, timeout: Optional[float] = None) -> bool:
         """Stops taking requests and lets those in flight finish (``samtriton.server.drain``),
         each phase bounded by ``timeout`` seconds (default ``drain_timeout``). The server keeps
         running; returns True when everything unloaded in time."""
-        return draining.drain(self.http_url, self.drain_timeout if timeout is None else timeout)
+        return draining.drain(self.http_url, self.drain_timeout if timeout is None else timeout, self.admin_key)
 
     def stop(self, timeout: float = 15.0, drain: bool = True) -> Optional[int]:
         """Drains (see ``drain``; unless ``drain=False``), then SIGTERM; SIGKILL to the whole

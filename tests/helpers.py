@@ -76,13 +76,14 @@ EMBEDDING_BYTES = 256 * 64 * 64 * 4
 PADDED_IMAGE_BYTES = 1024 * 1024 * 3
 
 
-def successful_requests(url, model):
-    """Triton's count of successful inferences of ``model`` at ``url`` (statistics extension)."""
+def successful_requests(server, model):
+    """Triton's count of successful inferences of ``model`` on ``server`` (an EmbeddedTriton;
+    the statistics extension needs its admin key)."""
     import tritonclient.grpc as grpcclient
 
-    client = grpcclient.InferenceServerClient(url)
+    client = grpcclient.InferenceServerClient(server.grpc_url)
     try:
-        stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+        stats = client.get_inference_statistics(model, as_json=True, headers=server.admin_headers)["model_stats"][0]
     finally:
         client.close()
     return int(stats.get("inference_stats", {}).get("success", {}).get("count", 0))

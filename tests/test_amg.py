@@ -188,11 +188,11 @@ def test_session_amg_sends_an_evicted_crop_again(server, predictor, images, sess
     )
     os.remove(session_cache / f"{handle[0]}.npz")  # what LRU eviction or a restart does
     encoder = C.ENCODER.served_name("mobilesam")
-    encodes = successful_requests(server.grpc_url, encoder)
+    encodes = successful_requests(server, encoder)
     after = generator._process_batch(
         points, handle, input_size, crop.shape[:2], [0, 0, crop.shape[1], crop.shape[0]], crop.shape[:2]
     )
-    assert successful_requests(server.grpc_url, encoder) == encodes + 1, "the crop was encoded again"
+    assert successful_requests(server, encoder) == encodes + 1, "the crop was encoded again"
     assert len(after["rles"]) == len(before["rles"]) > 0
     np.testing.assert_allclose(after["iou_preds"], before["iou_preds"], atol=1e-6)
 

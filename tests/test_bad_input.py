@@ -20,7 +20,7 @@ def _request_counts(server):
     client = grpcclient.InferenceServerClient(server.grpc_url)
 
     def read():
-        stats = client.get_inference_statistics(as_json=True)["model_stats"]
+        stats = client.get_inference_statistics(as_json=True, headers=server.admin_headers)["model_stats"]
         return {
             s["name"]: int(s.get("inference_stats", {}).get("success", {}).get("count", 0))
             + int(s.get("inference_stats", {}).get("fail", {}).get("count", 0))
@@ -303,7 +303,9 @@ def test_bad_request_in_a_dynamic_batch_fails_alone(server):
     client = grpcclient.InferenceServerClient(server.grpc_url)
 
     def stats():
-        model = client.get_inference_statistics("mobilesam_encoder", as_json=True)["model_stats"][0]
+        model = client.get_inference_statistics("mobilesam_encoder", as_json=True, headers=server.admin_headers)[
+            "model_stats"
+        ][0]
         return int(model.get("inference_count", 0)), int(model.get("execution_count", 0))
 
     before = stats()

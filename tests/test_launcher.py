@@ -294,6 +294,9 @@ def test_drain_finishes_requests_in_flight_and_refuses_new_ones(repository, imag
 
         drained = []
         drain = [sys.executable, "-m", "samtriton.tools.cli", "drain", "--http-url", server.http_url]
+        key_file = tmp_path / "admin-key"
+        key_file.write_text(server.admin_key)
+        drain += ["--admin-key-file", str(key_file)]
         drainer = threading.Thread(
             target=lambda: drained.append(subprocess.run([*drain, "--timeout", "120"], capture_output=True, text=True))
         )

@@ -29,7 +29,7 @@ MAX_EMBEDDING_DIFF = 1e-4  # measured 8.3e-7 (hubble): margin 120x
 MODES = {
     "session": dict(),
     "embedding": dict(session=False),
-    "session_shared_memory": dict(shared_memory=True),
+    "session_shared_memory": dict(shared_memory=True),  # with the server's admin key
     "session_png_file": dict(),
 }
 
@@ -59,7 +59,10 @@ def parity(request, server, reference_results, images):
     from samtriton import SamPredictor
 
     results = {}
-    with SamPredictor(server.grpc_url, model="mobilesam", **MODES[request.param]) as predictor:
+    mode = dict(MODES[request.param])
+    if mode.get("shared_memory"):
+        mode["admin_key"] = server.admin_key
+    with SamPredictor(server.grpc_url, model="mobilesam", **mode) as predictor:
         for name, image in images.items():
             if request.param == "session_png_file":
                 buffer = io.BytesIO()

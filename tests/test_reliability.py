@@ -70,11 +70,11 @@ def test_kill_restart_and_model_reload(repository, images):
         # draining or starting (transport._not_serving): ServerUnavailable naming the model, at
         # the call's deadline. Load -> works again (the embedding is re-sent if the reload dropped it).
         admin = grpcclient.InferenceServerClient(server.grpc_url)
-        admin.unload_model("mobilesam_session")
+        admin.unload_model("mobilesam_session", headers=server.admin_headers)
         with pytest.raises(ServerUnavailable, match="not ready.*mobilesam_session"):
             predictor.predict(**POINT)
         assert not predictor.is_ready()
-        admin.load_model("mobilesam_session")
+        admin.load_model("mobilesam_session", headers=server.admin_headers)
         assert predictor.predict(**POINT)[0].shape[0] == 3
         assert predictor.is_ready()
         admin.close()

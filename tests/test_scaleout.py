@@ -245,7 +245,9 @@ def test_one_client_shared_by_threads_survives_a_kill(cold, scaleout_images):
     from samtriton.prompts import prompt_tensors
     from samtriton.transforms import ResizeLongestSide, preprocess, to_rgb_uint8
 
-    backend = TritonSam(cold.urls, model="mobilesam", timeout=120.0, shared_memory=True)
+    backend = TritonSam(
+        cold.urls, model="mobilesam", timeout=120.0, shared_memory=True, admin_key=scaleout["FLEET_ADMIN_KEY"]
+    )
     transform = ResizeLongestSide(C.IMAGE_SIZE)
     sources = []
     for name in list(scaleout_images)[:6]:

@@ -45,10 +45,10 @@ def test_same_image_from_another_client_is_not_encoded_again(server, images):
         SamPredictor(server.grpc_url, model="mobilesam") as second,
     ):
         first.set_image(image)
-        encodes = successful_requests(server.grpc_url, "mobilesam_encoder")
+        encodes = successful_requests(server, "mobilesam_encoder")
         second.set_image(image)
         assert second.image_id == first.image_id
-        assert successful_requests(server.grpc_url, "mobilesam_encoder") == encodes, "served from the cache"
+        assert successful_requests(server, "mobilesam_encoder") == encodes, "served from the cache"
         prompt = prompts_for(image.shape)["box"]
         np.testing.assert_array_equal(first.predict(**prompt)[0], second.predict(**prompt)[0])
 
@@ -72,9 +72,9 @@ def test_evicted_image_is_sent_again_transparently(server, images, session_cache
                 predictor.original_size,
             )
             predictor.backend.session_decode(predictor.image_id, tensors, multimask_output=True)
-        encodes = successful_requests(server.grpc_url, "mobilesam_encoder")
+        encodes = successful_requests(server, "mobilesam_encoder")
         after = predictor.predict(**prompt)
-        assert successful_requests(server.grpc_url, "mobilesam_encoder") == encodes + 1, "the image was encoded again"
+        assert successful_requests(server, "mobilesam_encoder") == encodes + 1, "the image was encoded again"
         assert stored.exists()
         np.testing.assert_array_equal(after[0], before[0])
         np.testing.assert_allclose(after[1], before[1], atol=1e-6)
@@ -254,14 +254,16 @@ def test_shared_memory_falls_back_to_the_wire_for_a_remote_server(server, images
     prompt = prompts_for(image.shape)["point"]
     monkeypatch.setattr(transport, "is_local", lambda url: False)
     client = grpcclient.InferenceServerClient(server.grpc_url)
-    before = set(client.get_system_shared_memory_status(as_json=True).get("regions", {}))
+    before = set(client.get_system_shared_memory_status(as_json=True, headers=server.admin_headers).get("regions", {}))
     with (
-        SamPredictor(server.grpc_url, model="mobilesam", shared_memory=True) as remote,
+        SamPredictor(server.grpc_url, model="mobilesam", shared_memory=True, admin_key=server.admin_key) as remote,
         SamPredictor(server.grpc_url, model="mobilesam") as plain,
     ):
         remote.set_image(image)
         masks, scores, _ = remote.predict(**prompt)
-        registered = set(client.get_system_shared_memory_status(as_json=True).get("regions", {}))
+        registered = set(
+            client.get_system_shared_memory_status(as_json=True, headers=server.admin_headers).get("regions", {})
+        )
         assert registered == before, "no region was registered"
         assert remote.backend.bytes_sent >= image.nbytes, "the image went over the wire"
         plain.set_image(image)
@@ -273,14 +275,16 @@ def test_shared_memory_falls_back_to_the_wire_for_a_remote_server(server, images
 
 def test_shared_memory_regions_are_released_on_close(server, images):
     client = grpcclient.InferenceServerClient(server.grpc_url)
-    with SamPredictor(server.grpc_url, model="mobilesam", shared_memory=True) as predictor:
+    with SamPredictor(server.grpc_url, model="mobilesam", shared_memory=True, admin_key=server.admin_key) as predictor:
         predictor.set_image(images["astronaut"])
         predictor.predict(**prompts_for(images["astronaut"].shape)["point"])
         prefix = predictor.backend.transport.channels.current(server.grpc_url).pool.prefix
-        registered = client.get_system_shared_memory_status(as_json=True).get("regions", {})
+        registered = client.get_system_shared_memory_status(as_json=True, headers=server.admin_headers).get(
+            "regions", {}
+        )
         assert any(name.startswith(prefix) for name in registered)
         assert predictor.backend.bytes_sent < 1024, "the image went through shared memory"
-    registered = client.get_system_shared_memory_status(as_json=True).get("regions", {})
+    registered = client.get_system_shared_memory_status(as_json=True, headers=server.admin_headers).get("regions", {})
     assert not any(name.startswith(prefix) for name in registered)
     assert not glob.glob(f"/dev/shm/{prefix}*")
     client.close()

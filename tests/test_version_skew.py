@@ -97,11 +97,11 @@ def skewed_server(repository, tmp_path_factory):
         yield server
 
 
-def _requests_served(url):
-    """Inference requests (successful or failed) of every model at ``url``."""
-    client = grpcclient.InferenceServerClient(url)
+def _requests_served(server):
+    """Inference requests (successful or failed) of every model on ``server``."""
+    client = grpcclient.InferenceServerClient(server.grpc_url)
     try:
-        stats = client.get_inference_statistics("", as_json=True)["model_stats"]
+        stats = client.get_inference_statistics("", as_json=True, headers=server.admin_headers)["model_stats"]
     finally:
         client.close()
     assert stats, "statistics of every model"
@@ -144,7 +144,7 @@ def test_a_skewed_replica_is_never_sent_a_request(server, skewed_server, images,
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1, warnings
     assert skewed_server.grpc_url in warnings[0] and SKEWED in warnings[0] and C.CONTRACT_VERSION in warnings[0]
-    served = _requests_served(skewed_server.grpc_url)
+    served = _requests_served(skewed_server)
     assert set(served) >= {"mobilesam_session", "mobilesam_encoder"} and not any(served.values()), served
 
 
@@ -159,5 +159,5 @@ def test_with_only_a_skewed_replica_the_error_names_both_versions(skewed_server,
 
     with pytest.raises(ContractMismatch, match=rf"{SKEWED}.*{C.CONTRACT_VERSION}"):
         asyncio.run(asynchronous())
-    served = _requests_served(skewed_server.grpc_url)
+    served = _requests_served(skewed_server)
     assert not any(served.values()), served

@@ -66,17 +66,27 @@ def reference_class(model_type: str, name: str):
 
 
 def latency_and_bytes(
-    url, model: str, reference, images: Dict[str, np.ndarray], repeats: int, batch_prompts: int
+    url,
+    model: str,
+    reference,
+    images: Dict[str, np.ndarray],
+    repeats: int,
+    batch_prompts: int,
+    admin_key: Optional[str] = None,
 ) -> Dict[str, dict]:
     """Per operation: reference and samtriton (per client mode) latency, median over images
     and repeats, and samtriton's bytes on the wire per call. Calls alternate (reference,
-    then each mode, ``repeats`` times), so a machine whose speed drifts affects all alike."""
+    then each mode, ``repeats`` times), so a machine whose speed drifts affects all alike.
+    ``admin_key``: the server's, for the shared-memory mode (None: from the environment)."""
     import torch
 
     times: Dict[str, Dict[str, List[float]]] = {}
     wire: Dict[str, Dict[str, Dict[str, float]]] = {}
     fresh = iter(range(1, 2**24))
-    predictors = {mode: SamPredictor(url, model=model, timeout=600, **kwargs) for mode, kwargs in MODES.items()}
+    predictors = {
+        mode: SamPredictor(url, model=model, timeout=600, **kwargs, **({"admin_key": admin_key} if admin_key else {}))
+        for mode, kwargs in MODES.items()
+    }
 
     def compare(op: str, calls: Dict[str, Callable[[], object]]) -> None:
         for call in calls.values():
@@ -331,6 +341,7 @@ def run(
     rounds: int = 3,
     batch_prompts: int = 64,
     amg_points_per_side: Optional[int] = None,
+    admin_key: Optional[str] = None,
 ) -> dict:
     sam, reference = reference_predictor(model_type, checkpoint)
     document = {
@@ -350,7 +361,7 @@ def run(
             "rounds": rounds,
             "batch_prompts": batch_prompts,
         },
-        "operations": latency_and_bytes(url, model, reference, images, repeats, batch_prompts),
+        "operations": latency_and_bytes(url, model, reference, images, repeats, batch_prompts, admin_key),
     }
     first = next(iter(images.values()))
     document["reference_rates"] = reference_rate(reference, first, rounds, batch_prompts)

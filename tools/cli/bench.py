@@ -90,12 +90,12 @@ def run_compare(args) -> int:
             ) from None
         images = {name: to_rgb_uint8(getattr(data, name)()) for name in ("astronaut", "chelsea", "coffee")}
     with contextlib.ExitStack() as stack:
-        url = args.url
+        url, admin_key = args.url, None
         if args.repository:  # serve it here, on the embedded tritonserver
             from samtriton.server import EmbeddedTriton
 
             server = stack.enter_context(EmbeddedTriton.on_free_ports(args.repository))
-            url = server.grpc_url
+            url, admin_key = server.grpc_url, server.admin_key
             print(f"serving {args.repository} at {url}", file=sys.stderr)
         document = bench_compare.run(
             url,
@@ -108,6 +108,7 @@ def run_compare(args) -> int:
             rounds=args.rounds,
             batch_prompts=args.batch_prompts,
             amg_points_per_side=args.amg_points_per_side,
+            admin_key=admin_key,
         )
     paths = bench_compare.write(document, Path(args.out))
     print(paths["markdown"].read_text())

@@ -1,11 +1,20 @@
-"""``samtriton serve``: the embedded tritonserver on a model repository, until SIGINT / SIGTERM."""
+"""``samtriton serve``: the embedded tritonserver on a model repository, until SIGINT / SIGTERM.
+
+The server's restricted APIs (model repository, shared memory, statistics, trace, logging)
+need its admin key: ``--admin-key-file``, else ``SAMTRITON_ADMIN_KEY_FILE`` /
+``SAMTRITON_ADMIN_KEY``, else one generated for this start and written to a file only this
+user can read (its path is printed; it is removed when the server stops).
+"""
 
 from __future__ import annotations
 
 import signal
 import sys
+import tempfile
 import threading
+from pathlib import Path
 
+from samtriton import admin_key as keys
 from samtriton.server.drain import DEFAULT_DRAIN_TIMEOUT_S
 
 
@@ -38,10 +47,42 @@ def add_parser(sub) -> None:
         "then the models they call) while new ones are refused and go to other replicas "
         "(default: %(default)s)",
     )
+    parser.add_argument(
+        "--admin-key-file",
+        default=None,
+        help="file holding the admin key that Triton's model-repository, shared-memory, statistics, trace and "
+        f"logging APIs require (default: ${keys.ADMIN_KEY_FILE_ENV}, else ${keys.ADMIN_KEY_ENV}, else a key "
+        "generated for this start, written to a private file whose path is printed)",
+    )
     parser.set_defaults(func=run)
 
 
+def _given_admin_key(args):
+    """(key, where it came from) from ``--admin-key-file`` or the environment; (None, "")
+    when neither gives one. ``ValueError`` naming the setting for a bad one."""
+    if args.admin_key_file:
+        return keys.read_file(args.admin_key_file, "--admin-key-file"), f"from {args.admin_key_file}"
+    key = keys.from_environment()
+    return key, "from the environment" if key else ""
+
+
 def run(args) -> int:
+    try:
+        key, origin = _given_admin_key(args)
+    except ValueError as exc:
+        print(f"samtriton serve: {exc}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="samtriton-serve-") as private:  # mode 0700
+        if key is None:
+            key = keys.generate()
+            path = Path(private) / "admin-key"
+            path.touch(mode=0o600)
+            path.write_text(key + "\n")
+            origin = f"generated for this start: {path}"
+        return _serve(args, key, origin)
+
+
+def _serve(args, key: str, origin: str) -> int:
     from samtriton.server import EmbeddedTriton, ServerStartError
 
     server = EmbeddedTriton(
@@ -57,6 +98,7 @@ def run(args) -> int:
         tls_client_ca=args.grpc_tls_client_ca,
         session_cache_dir=args.session_cache_dir,
         drain_timeout=args.drain_timeout,
+        admin_key=key,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -72,6 +114,7 @@ def run(args) -> int:
         f"(http {server.host}:{server.http_port}, metrics {server.host}:{server.metrics_port})",
         flush=True,
     )
+    print(f"admin key ({keys.ADMIN_KEY_NAME}) {origin}", flush=True)
     while not stop.wait(0.5):
         if server.process is None or server.process.poll() is not None:
             print(
