@@ -17,14 +17,17 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
 class App:
-    def __init__(self, process, url, log_path):
+    def __init__(self, process, url, log_path, headers=None):
         self.process, self.url, self.log_path = process, url, log_path
+        self.headers = dict(headers or {})  # sent with every request (an Authorization, say)
 
-    def request(self, method, path, body=None, raw=None):
-        """(status, decoded JSON) of one request; ``raw`` bytes go as they are."""
+    def request(self, method, path, body=None, raw=None, headers=None):
+        """(status, decoded JSON) of one request; ``raw`` bytes go as they are; ``headers``:
+        instead of the app's own."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        headers = self.headers if headers is None else headers
         request = urllib.request.Request(
-            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+            self.url + path, data=data, method=method, headers={"Content-Type": "application/json", **headers}
         )
         try:
             with urllib.request.urlopen(request, timeout=120) as response:
@@ -41,8 +44,9 @@ class App:
 
 
 @contextlib.contextmanager
-def running_app(grpc_url, images_dir, out_dir, log_path, *extra, env=None, model="mobilesam"):
-    """``samtriton annotate IMAGES_DIR`` on the server at ``grpc_url``, answering /health."""
+def running_app(grpc_url, images_dir, out_dir, log_path, *extra, env=None, model="mobilesam", headers=None):
+    """``samtriton annotate IMAGES_DIR`` on the server at ``grpc_url``, answering /health
+    (asked with ``headers``)."""
     port = free_port()
     log = open(log_path, "w")
     process = subprocess.Popen(
@@ -66,7 +70,7 @@ def running_app(grpc_url, images_dir, out_dir, log_path, *extra, env=None, model
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
     )
-    app = App(process, f"http://127.0.0.1:{port}", log_path)
+    app = App(process, f"http://127.0.0.1:{port}", log_path, headers)
     try:
         deadline = time.monotonic() + 60
         while True:

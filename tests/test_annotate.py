@@ -2,6 +2,10 @@
 API and through a real headless Chromium; masks checked against ``SamPredictor``."""
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -376,3 +380,58 @@ def test_accepted_objects_survive_a_killed_app(server, folders, tmp_path):
         assert second.request("DELETE", f"/api/objects?image=chelsea.jpg&id={other['id']}")[0] == 404
     # Only --out was written: the served folder holds the two photos, nothing else.
     assert sorted(p.name for p in (folders / "photos").iterdir()) == ["astronaut.png", "chelsea.jpg"]
+
+
+def test_beyond_loopback_every_request_needs_the_token(server, folders, tmp_path):
+    """Bound to every interface (reached here through loopback): without the token, 401 on
+    the page, the API and the Label Studio backend; with it (a browser's Basic auth, Label
+    Studio's ML backend basic auth, or Bearer) the page works in Chromium."""
+    import base64
+
+    token = "t0ken-for-the-annotation-app"
+    basic = {"Authorization": "Basic " + base64.b64encode(f"annotator:{token}".encode()).decode()}
+    with running_app(
+        server.grpc_url,
+        folders / "photos",
+        tmp_path / "out",
+        tmp_path / "app.log",
+        "--host",
+        "0.0.0.0",
+        env={"SAMTRITON_ANNOTATE_TOKEN": token},
+        headers=basic,
+    ) as app:
+        wrong = {"Authorization": "Basic " + base64.b64encode(b"annotator:not-the-token-at-all").decode()}
+        for path, method in (("/", "GET"), ("/api/images", "GET"), ("/health", "GET"), ("/predict", "POST")):
+            for headers in ({}, wrong, {"Authorization": "Bearer nope"}):
+                status, body = app.request(method, path, body={} if method == "POST" else None, headers=headers)
+                assert status == 401 and "access token" in body["error"], (path, headers, status)
+        assert app.request("GET", "/api/images")[0] == 200
+        assert app.request("GET", "/api/images", headers={"Authorization": f"Bearer {token}"})[0] == 200
+        assert token not in app.log(), "a given token is never printed"
+
+        require(chromium_missing())
+        driver = chromium()
+        try:
+            driver.get(app.url + "/")
+            time.sleep(1)  # the page would have loaded by now: the browser is held at its Basic prompt
+            assert driver.execute_script("return window.annotator === undefined && !document.body.dataset.ready")
+            # What a person's answer to the browser's Basic prompt does: the header on every request.
+            driver.execute_cdp_cmd("Network.enable", {})
+            driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": basic})
+            driver.get(app.url + "/")
+            wait_for(driver, "document.body.dataset.ready === '1'", what="the page")
+            page = prompt(driver, click_image, *FACE)
+            assert len(page["pred"]["masks"]) == 3, "a click works with the token"
+        finally:
+            driver.quit()
+
+
+def test_loopback_stays_open_and_a_short_token_is_refused(server, folders, tmp_path):
+    with running_app(server.grpc_url, folders / "photos", tmp_path / "out", tmp_path / "app.log") as app:
+        assert app.request("GET", "/api/images")[0] == 200
+    result = subprocess.run(
+        [sys.executable, "-m", "samtriton.tools.cli", "annotate", str(folders / "photos"), "--url", server.grpc_url,
+         "--out", str(tmp_path / "out2"), "--host", "0.0.0.0", "--port", "1"],
+        env={**os.environ, "SAMTRITON_ANNOTATE_TOKEN": "short"}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and "SAMTRITON_ANNOTATE_TOKEN" in result.stderr and "16 characters" in result.stderr

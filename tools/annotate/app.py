@@ -12,6 +12,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Mount, Route
@@ -20,6 +21,7 @@ from starlette.staticfiles import StaticFiles
 from samtriton.errors import InvalidInput, ModelNotReady, SamTritonError, ServerUnavailable
 
 from . import label_studio, prompts
+from .access import TokenGate, access_token
 from .annotator import Annotator, UnknownPrediction, runs
 from .catalog import Catalog, UnknownImage
 from .store import Store, summary
@@ -81,7 +83,11 @@ def create_app(
     annotator: Annotator,
     model: str = "",
     label_studio_source: "label_studio.ImageSource | None" = None,
+    token: "str | None" = None,
 ) -> Starlette:
+    """The app's routes; ``token``: the access token every request must show (None: open,
+    for an app on loopback)."""
+
     def loader(name):
         path = catalog.path(name)
         return lambda: path.read_bytes()
@@ -206,7 +212,7 @@ def create_app(
         Route(path, _handler(fn), methods=methods)
         for path, fn, methods in label_studio.routes(annotator, catalog, label_studio_source, read_json)
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, middleware=[Middleware(TokenGate, token=token)] if token else [])
 
 
 def serve(
@@ -220,24 +226,35 @@ def serve(
     label_studio_url: str = "",
     label_studio_token: str = "",
     amg_options: "dict | None" = None,
+    token_file: "str | None" = None,
 ) -> int:
-    """Run the app until interrupted (``samtriton annotate``)."""
+    """Run the app until interrupted (``samtriton annotate``). Beyond loopback every request
+    needs the access token (``token_file``, ``$SAMTRITON_ANNOTATE_TOKEN``, else generated and
+    printed); ``ValueError`` for an unusable one."""
     import uvicorn
 
     from samtriton.predictor import SamPredictor
 
+    token, origin = access_token(host, token_file)
     catalog = Catalog(images)
     store = Store(Path(out))
     predictor = SamPredictor(url, model=model, timeout=timeout)
     annotator = Annotator(predictor, amg_options)
     source = label_studio.ImageSource(catalog, label_studio_url, label_studio_token)
-    app = create_app(catalog, store, annotator, model=model, label_studio_source=source)
+    app = create_app(catalog, store, annotator, model=model, label_studio_source=source, token=token)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     print(
         f"samtriton annotate: {len(catalog.names)} images, objects saved to {store.out}; "
         f"open http://{host}:{port}/ (Label Studio ML backend at the same URL)",
         flush=True,
     )
+    if token is not None:
+        shown = token if origin.startswith("generated") else "(given)"
+        print(
+            f"access token ({origin}): every request needs it, as HTTP Basic password (any user name) or "
+            f"Bearer token: {shown}",
+            flush=True,
+        )
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:

@@ -26,6 +26,13 @@ def add_parser(sub) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address the app binds (loopback: this machine only)")
     parser.add_argument("--port", type=int, default=8080, help="the app's HTTP port")
     parser.add_argument(
+        "--token-file",
+        default=None,
+        help="file holding the access token that every request needs when --host is beyond loopback (HTTP "
+        "Basic password, e.g. Label Studio's ML backend basic auth, or Bearer); default: "
+        "$SAMTRITON_ANNOTATE_TOKEN, else one generated and printed at start",
+    )
+    parser.add_argument(
         "--label-studio-url",
         default="",
         help="Label Studio's URL, to fetch task images that are not served here (its API token "
@@ -56,6 +63,7 @@ def run(args) -> int:
             label_studio_url=args.label_studio_url,
             label_studio_token=os.environ.get("LABEL_STUDIO_API_KEY", ""),
             amg_options=amg_settings(args),
+            token_file=args.token_file,
         )
     except ValueError as exc:  # no images, two images with one name
         print(f"samtriton annotate: {exc}", file=sys.stderr)
