@@ -3,6 +3,7 @@ only printed; what is checked is that the command writes its table, JSON and plo
 byte counts each mode must have (those are properties, not timings)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -48,6 +49,9 @@ def test_bench_compare_writes_table_json_and_plot(server, checkpoint, images, tm
         capture_output=True,
         text=True,
         timeout=900,
+        # The session+shm mode registers shared memory: the server's admin key, as a user on
+        # the server's host gives it.
+        env={**os.environ, "SAMTRITON_ADMIN_KEY": server.admin_key},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     print(result.stdout)
