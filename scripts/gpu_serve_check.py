@@ -45,6 +45,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zipfile
@@ -52,71 +53,182 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BUNDLE_LIMIT = 62 * 2**20  # the device tool carries 64 MiB with the working tree (~2 MiB)
-WHEELS = ("tritonclient", "python-rapidjson", "segment-anything==1.0", "mobilesam-mirror==1.0.0")
+CARRY_LIMIT = 64 * 2**20  # the device tool carries 64 MiB: the tracked tree and the bundle together
+# What the GPU machine has in its base site-packages (the device tool's description): the
+# staged wheels never replace these. Everything else samtriton needs is staged.
+MACHINE_PACKAGES = ("torch", "numpy", "onnx", "onnxruntime", "grpcio", "pillow", "scikit-image")
+# samtriton's extras the run imports: export and the torch backends. The tritonserver of
+# its ``serve`` extra is staged on its own, without pytriton's client.
+EXTRAS = ("export", "serve-torch")
 PYTRITON = "nvidia-pytriton==0.7.0"
 STUB_VERSIONS = ("3.8", "3.9", "3.10", "3.11", "3.12", "3.13")
+PLATFORMS = (
+    "manylinux_2_35_x86_64",
+    "manylinux_2_28_x86_64",
+    "manylinux_2_24_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+)
 PHOTOS = ("astronaut", "chelsea", "coffee")
 VENV = Path("/tmp/samtriton-gpu-venv")
+WEIGHTS = "mobile_sam_fp16.safetensors.xz"
+STAMP = VENV / "samtriton-bundle.json"  # what the venv was set up from (a warm machine's second run)
+LOG_TAIL = 60  # server log lines kept in the report when a model fails
 
 
 # --- staging (here) ---------------------------------------------------------------------------
 
 
-def stage(out: Path, checkpoint: str | None, python_version: str = "3.12") -> None:
-    """Wheels the GPU machine lacks, a slim tritonserver, MobileSAM in fp16 and three photos."""
+def _pip_for_target(python_version: str) -> list:
+    """pip arguments that pick wheels for the GPU machine (CPython ``python_version``, x86-64
+    Linux), not for this interpreter."""
+    platforms = [arg for tag in PLATFORMS for arg in ("--platform", tag)]
+    return ["--only-binary=:all:", "--python-version", python_version, "--implementation", "cp", *platforms]
+
+
+def _name(requirement: str) -> str:
+    from packaging.utils import canonicalize_name
+
+    return canonicalize_name(requirement)
+
+
+def staged_requirements(report: dict, root: str, extras, python_version: str) -> list:
+    """``name==version`` of every distribution that ``root[extras]`` needs on the GPU machine,
+    read from the wheels' metadata in pip's resolution ``report``: its dependencies followed
+    down, except the machine's own packages (and theirs)."""
+    from packaging.requirements import Requirement
+
+    resolved = {_name(item["metadata"]["name"]): item["metadata"] for item in report["install"]}
+    environment = {"python_version": python_version, "python_full_version": f"{python_version}.0"}
+    environment.update(sys_platform="linux", platform_system="Linux", platform_machine="x86_64")
+    needed, todo = {}, [(_name(root), tuple(extras))]
+    while todo:
+        name, wanted = todo.pop()
+        if name in needed and set(wanted) <= needed[name]:
+            continue
+        needed[name] = needed.get(name, set()) | set(wanted)
+        for line in resolved[name].get("requires_dist", []):
+            requirement = Requirement(line)
+            active = requirement.marker is None or any(
+                requirement.marker.evaluate({**environment, "extra": extra}) for extra in ("", *wanted)
+            )
+            dependency = _name(requirement.name)
+            if active and dependency not in MACHINE_PACKAGES:
+                todo.append((dependency, tuple(requirement.extras)))
+    return sorted(f"{name}=={resolved[name]['version']}" for name in needed if name != _name(root))
+
+
+def stage_wheels(wheels: Path, python_version: str) -> list:
+    """samtriton's wheel, built from this tree, and every wheel it needs that the GPU machine
+    lacks (samtriton's own dependencies included), resolved by pip from the wheels' metadata."""
+    pip = [sys.executable, "-m", "pip"]
+    with tempfile.TemporaryDirectory() as source:  # not this tree: its build/ may hold stale packages
+        for name in carried_files():
+            (Path(source) / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, Path(source) / name)
+        subprocess.run([*pip, "wheel", "-q", "--no-deps", "-w", str(wheels), source], check=True)
+    ours = next(wheels.glob("samtriton-*.whl"))
+    report_path = wheels.parent / "resolution.json"
+    # --target: pip takes another Python's tags only for an install elsewhere (a dry run here).
+    target = ["--target", str(wheels.parent / "resolution")]
+    resolve = [*pip, "install", "-q", "--dry-run", "--ignore-installed", *target, "--report", str(report_path)]
+    subprocess.run([*resolve, *_pip_for_target(python_version), f"{ours}[{','.join(EXTRAS)}]"], check=True)
+    requirements = staged_requirements(json.loads(report_path.read_text()), "samtriton", EXTRAS, python_version)
+    report_path.unlink()
+    download = [*pip, "download", "-q", "--no-deps", *_pip_for_target(python_version), "-d", str(wheels)]
+    subprocess.run([*download, *requirements], check=True)
+    return requirements
+
+
+def stage(out: Path, checkpoint: str | None, python_version: str = "3.12", libpython: str | None = None) -> None:
+    """The wheels the GPU machine lacks (the numpy tritonserver's stubs need among them), a slim
+    tritonserver, libpython for its stub and MobileSAM in fp16, LZMA-compressed; the tracked
+    tree and the bundle must fit the device carry. The photos come from the machine's
+    scikit-image."""
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)
     wheels = out / "wheels"
     wheels.mkdir(parents=True)
-    download = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "-q",
-        "--no-deps",
-        "--only-binary=:all:",
-        "--python-version",
-        python_version,
-        "--implementation",
-        "cp",
-        *[
-            arg
-            for tag in (
-                "manylinux_2_35_x86_64",
-                "manylinux_2_28_x86_64",
-                "manylinux_2_24_x86_64",
-                "manylinux_2_17_x86_64",
-                "manylinux2014_x86_64",
-            )
-            for arg in ("--platform", tag)
-        ],
-    ]
-    subprocess.run([*download, "-d", str(wheels), *WHEELS], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(ROOT)], check=True)
+    print("staged wheels:", " ".join(stage_wheels(wheels, python_version)))
     raw = out / "raw"
-    subprocess.run([*download, "-d", str(raw), PYTRITON], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", *_pip_for_target(python_version)]
+        + ["-d", str(raw), PYTRITON],
+        check=True,
+    )
+    pytriton = next(raw.glob("nvidia_pytriton-*.whl"))
+    _stage_stub_numpy(out, pytriton, python_version)
     unused = unused_pytriton_files(python_version)
-    with (
-        zipfile.ZipFile(next(raw.glob("nvidia_pytriton-*.whl"))) as source,
-        zipfile.ZipFile(out / "pytriton_slim.zip", "w", zipfile.ZIP_DEFLATED) as slim,
-    ):
+    with zipfile.ZipFile(pytriton) as source, zipfile.ZipFile(out / "pytriton_slim.zip", "w", zipfile.ZIP_LZMA) as slim:
         for item in source.infolist():
             if not any(part in item.filename for part in unused):
-                slim.writestr(item, source.read(item.filename))
+                slim.writestr(item, source.read(item.filename), compress_type=zipfile.ZIP_LZMA)
     shutil.rmtree(raw)
     _stage_mobilesam(out, checkpoint)
-    from PIL import Image
-    from skimage import data
+    for wheel in wheels.glob("*.whl"):
+        _repack_lzma(wheel)
+    _stage_libpython(out, python_version, libpython, CARRY_LIMIT - tree_bytes() - bundle_bytes(out))
+    total, tree = bundle_bytes(out), tree_bytes()
+    print(f"staged {out}: {total / 2**20:.1f} MiB (+ tracked tree {tree / 2**20:.1f} MiB)")
+    if total + tree > CARRY_LIMIT:
+        raise SystemExit(
+            f"bundle {total / 2**20:.1f} MiB + tree {tree / 2**20:.1f} MiB; the device tool carries "
+            f"{CARRY_LIMIT / 2**20:.0f}"
+        )
 
-    (out / "photos").mkdir()
-    for name in PHOTOS:
-        Image.fromarray(getattr(data, name)()).save(out / "photos" / f"{name}.png")
-    total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(f"staged {out}: {total / 2**20:.1f} MiB")
-    if total > BUNDLE_LIMIT:
-        raise SystemExit(f"the bundle is {total / 2**20:.1f} MiB; the device tool carries {BUNDLE_LIMIT / 2**20:.0f}")
+
+def _stage_stub_numpy(out: Path, pytriton: Path, python_version: str) -> None:
+    """The numpy that nvidia-pytriton declares (``numpy<2``): its python-backend stub hands
+    tensors to Python through a numpy 1 ABI, and under numpy 2 a BYTES input (a session id)
+    arrives garbled, the stub aborts in ``deserialize_bytes_tensor`` and Triton reports "Stub
+    process 'sam_session_0_0' is not healthy". Staged in case the machine's numpy is 2; the
+    requirement goes to ``requirements.txt`` for the set-up."""
+    from packaging.requirements import Requirement
+
+    with zipfile.ZipFile(pytriton) as wheel:
+        metadata = next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
+        lines = wheel.read(metadata).decode().splitlines()
+    [numpy] = [
+        str(requirement)
+        for requirement in (Requirement(line.split(":", 1)[1]) for line in lines if line.startswith("Requires-Dist:"))
+        if _name(requirement.name) == "numpy" and requirement.marker is None
+    ]
+    (out / "requirements.txt").write_text(numpy + "\n")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", *_pip_for_target(python_version)]
+        + ["-d", str(out / "wheels"), numpy],
+        check=True,
+    )
+
+
+def _repack_lzma(wheel: Path) -> None:
+    """The wheel with its members LZMA-compressed (numpy 1.26: 17.1 -> 9.8 MiB): pip reads it
+    the same (zipfile), and the RECORD hashes, of the uncompressed files, still hold."""
+    packed = wheel.with_suffix(".lzma")
+    with zipfile.ZipFile(wheel) as source, zipfile.ZipFile(packed, "w", zipfile.ZIP_LZMA) as target:
+        for item in source.infolist():
+            target.writestr(item, source.read(item.filename), compress_type=zipfile.ZIP_LZMA)
+    packed.replace(wheel)
+
+
+def bundle_bytes(out: Path) -> int:
+    return sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file())
+
+
+def carried_files() -> list:
+    """What the device tool copies besides the bundle, relative to the root: git's tracked
+    files and the untracked ones it does not ignore."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout
+    return [name for name in listed.decode().split("\0") if name and (ROOT / name).is_file()]
+
+
+def tree_bytes() -> int:
+    return sum((ROOT / name).stat().st_size for name in carried_files())
 
 
 def unused_pytriton_files(python_version: str):
@@ -124,6 +236,46 @@ def unused_pytriton_files(python_version: str):
     versions' stubs, and the libpython 3.13 that only the 3.13 stub links (31 MiB)."""
     unused = [f"python_backend_stubs/{v}/" for v in STUB_VERSIONS if v != python_version]
     return unused + (["libpython3-"] if python_version != "3.13" else [])
+
+
+def _find_libpython(python_version: str, libpython: str | None) -> Path | None:
+    """``libpythonX.Y.so.1.0`` of a shared-built Python ``python_version`` here: ``libpython``,
+    else the one of ``pythonX.Y`` on PATH or of pyenv's newest X.Y."""
+    if libpython:
+        return Path(libpython)
+    candidates = [shutil.which(f"python{python_version}")]
+    candidates += sorted(Path.home().glob(f".pyenv/versions/{python_version}.*/bin/python{python_version}"))[-1:]
+    for python in filter(None, candidates):
+        try:
+            libdir = _sysconfig(str(python), "get_config_var('LIBDIR')")
+        except (subprocess.CalledProcessError, OSError):  # a pyenv shim of another version
+            continue
+        path = Path(libdir) / f"libpython{python_version}.so.1.0"
+        if path.exists():
+            return path
+    return None
+
+
+def _stage_libpython(out: Path, python_version: str, libpython: str | None, room: int) -> None:
+    """libpython for the stub, stripped and xz-compressed (30 MiB -> ~1.5 MiB), for a machine
+    whose Python was built without it; left out, with a line saying so, when none is found here
+    or it does not fit the ``room`` left in the carry."""
+    import lzma
+
+    source = _find_libpython(python_version, libpython)
+    if source is None:
+        print(f"no libpython{python_version}.so.1.0 here (--libpython): the bundle carries none")
+        return
+    stripped = out / source.name
+    shutil.copy2(source, stripped)
+    if shutil.which("strip"):
+        subprocess.run(["strip", "--strip-unneeded", str(stripped)], check=True)
+    packed = out / f"{source.name}.xz"
+    packed.write_bytes(lzma.compress(stripped.read_bytes(), preset=9))
+    stripped.unlink()
+    if packed.stat().st_size > room:
+        print(f"{packed.name} ({packed.stat().st_size / 2**20:.1f} MiB) does not fit the carry: left out")
+        packed.unlink()
 
 
 def _stage_mobilesam(out: Path, checkpoint: str | None) -> None:
@@ -137,11 +289,13 @@ def _stage_mobilesam(out: Path, checkpoint: str | None) -> None:
         from samtriton.export.checkpoints import official_checkpoint_path
 
         checkpoint = official_checkpoint_path("vit_t")
+    import lzma
+
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    save_file(
-        {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()},
-        str(out / "mobile_sam_fp16.safetensors"),
-    )
+    weights = out / "mobile_sam_fp16.safetensors"
+    save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}, str(weights))
+    (out / WEIGHTS).write_bytes(lzma.compress(weights.read_bytes(), preset=9))  # 20.3 -> 18.3 MB
+    weights.unlink()
 
 
 # --- setting up there -----------------------------------------------------------------------------
@@ -153,36 +307,101 @@ def _sysconfig(python: str, expression: str) -> str:
     return subprocess.run([python, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
 
 
+def _fingerprint(bundle: Path) -> dict:
+    """What a set-up depends on: this interpreter and the bundle's files (names and sizes)."""
+    files = {str(p.relative_to(bundle)): p.stat().st_size for p in sorted(bundle.rglob("*")) if p.is_file()}
+    return {"python": sys.executable, "version": sys.version, "bundle": files}
+
+
 def setup(bundle: Path) -> None:
-    """A virtualenv over the machine's packages with the staged wheels and tritonserver;
-    then re-run this script in it."""
-    if not (VENV / "bin" / "python").exists():
-        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(VENV)], check=True)
+    """A virtualenv over the machine's packages with the staged wheels and tritonserver (kept
+    while the bundle and the interpreter are the same: a warm machine's next run skips this)."""
+    bundle = Path(bundle).resolve()
+    fingerprint = _fingerprint(bundle)
+    if STAMP.exists() and json.loads(STAMP.read_text()) == fingerprint:
+        print(f"set-up: {VENV} is already set up from this bundle")
+        return
+    started = time.perf_counter()
+    _make_venv()
     python = str(VENV / "bin" / "python")
-    wheels = sorted(str(p) for p in (bundle / "wheels").glob("*.whl"))
-    subprocess.run(
-        [python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", *wheels], check=True
-    )
-    site = _sysconfig(python, "get_paths()['purelib']")
+    _install_wheels(python, bundle / "wheels")
+    site = Path(_sysconfig(python, "get_paths()['purelib']"))
+    _see_user_site(site)
     with zipfile.ZipFile(bundle / "pytriton_slim.zip") as slim:
         slim.extractall(site)
     for path in Path(site, "pytriton").rglob("*"):
         if path.is_file() and ("bin" in path.parts or path.suffix == "" or ".so" in path.name):
             path.chmod(0o755)
+    _check_stub(python, site, bundle)
+    STAMP.write_text(json.dumps(fingerprint))
+    print(f"set-up: {VENV} in {time.perf_counter() - started:.0f} s")
+
+
+def _make_venv() -> None:
+    """A fresh venv that sees the base interpreter's site-packages; with pip where this Python
+    has ensurepip (Debian's may not: then the base's pip installs into it)."""
+    shutil.rmtree(VENV, ignore_errors=True)
+    command = [sys.executable, "-m", "venv", "--system-site-packages", str(VENV)]
+    if subprocess.run(command).returncode != 0:
+        shutil.rmtree(VENV, ignore_errors=True)
+        subprocess.run([*command, "--without-pip"], check=True)
+
+
+def _install_wheels(python: str, wheels: Path) -> None:
+    """samtriton with the extras the run imports, from the staged wheels only: pip checks each
+    requirement against the machine's packages and fails naming any that is missing."""
+    ours = next(wheels.glob("samtriton-*.whl"))
+    has_pip = subprocess.run([python, "-m", "pip", "--version"], capture_output=True).returncode == 0
+    pip = [python, "-m", "pip"] if has_pip else [sys.executable, "-m", "pip", "--python", python]
+    env = dict(os.environ, PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1")
+    install = [*pip, "install", "-q", "--no-index", "--find-links", str(wheels), "--no-compile"]
+    # The stubs' numpy (requirements.txt): kept from the machine where it fits, else staged's.
+    stubs = (wheels.parent / "requirements.txt").read_text().split()
+    subprocess.run([*install, f"{ours}[{','.join(EXTRAS)}]", *stubs], check=True, env=env)
+
+
+def _see_user_site(site: Path) -> None:
+    """The stubs' interpreter reads the venv's and the base's site-packages but never the user
+    site: a .pth makes a user site of this Python (pip install --user) visible to them too."""
+    import site as sites
+
+    user = Path(sites.getusersitepackages())
+    if sites.ENABLE_USER_SITE and user.is_dir():
+        (site / "samtriton_gpu_check_user_site.pth").write_text(f"{user}\n")
+
+
+def _check_stub(python: str, site: Path, bundle: Path) -> None:
+    """The python backend stub for this Python must load all its libraries; a libpython this
+    machine lacks comes from the bundle, into the folder on the server's LD_LIBRARY_PATH."""
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = Path(site) / "pytriton" / "tritonserver" / "python_backend_stubs" / version / "triton_python_backend_stub"
-    libdir = _sysconfig(python, "get_config_var('LIBDIR')")
-    env = dict(
-        os.environ,
-        LD_LIBRARY_PATH=os.pathsep.join(
-            [libdir, str(Path(site) / "nvidia_pytriton.libs"), os.environ.get("LD_LIBRARY_PATH", "")]
-        ),
-    )
-    ldd = subprocess.run(["ldd", str(stub)], capture_output=True, text=True, env=env).stdout
-    missing = [line.strip() for line in ldd.splitlines() if "not found" in line]
+    stub = site / "pytriton" / "tritonserver" / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.exists():
+        raise SystemExit(
+            f"the bundle's tritonserver has no python backend stub for Python {version} (stage --python-version)"
+        )
+    libs = site / "nvidia_pytriton.libs"
+    missing = _missing_libraries(stub, python, libs)
+    carried = bundle / f"libpython{version}.so.1.0.xz"
+    if missing and carried.exists() and any(f"libpython{version}" in line for line in missing):
+        import lzma
+
+        target = libs / carried.name[: -len(".xz")]
+        target.write_bytes(lzma.decompress(carried.read_bytes()))
+        target.chmod(0o755)
+        print(f"set-up: {target.name} from the bundle (this Python has none)")
+        missing = _missing_libraries(stub, python, libs)
     print(f"stub {stub.name} ({version}): {'missing ' + str(missing) if missing else 'all libraries found'}")
     if missing:
         raise SystemExit(f"the python backend stub cannot load {missing}; bring libpython{version}.so.1.0")
+
+
+def _missing_libraries(stub: Path, python: str, libs: Path) -> list:
+    """ldd's "not found" lines for ``stub`` with the server's LD_LIBRARY_PATH."""
+    libdir = _sysconfig(python, "get_config_var('LIBDIR')")
+    paths = [libdir, str(libs), os.environ.get("LD_LIBRARY_PATH", "")]
+    env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(p for p in paths if p))
+    ldd = subprocess.run(["ldd", str(stub)], capture_output=True, text=True, env=env).stdout
+    return [line.strip() for line in ldd.splitlines() if "not found" in line]
 
 
 # --- models -----------------------------------------------------------------------------------------
@@ -197,11 +416,15 @@ def build_checkpoint(model_type: str, bundle: Path | None, out: Path, checkpoint
 
     ensure_reference_imports()
     path = out / f"{model_type}.pth"
-    staged = bundle / "mobile_sam_fp16.safetensors" if bundle else None
+    staged = bundle / WEIGHTS if bundle else None
     if model_type == "vit_t" and staged is not None and staged.exists():
-        from safetensors.torch import load_file
+        import lzma
 
-        state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(staged)).items()}
+        from safetensors.torch import load
+
+        state = {
+            k: v.float() if v.is_floating_point() else v for k, v in load(lzma.decompress(staged.read_bytes())).items()
+        }
         kind = "real (fp16-rounded)"
     elif model_type == "vit_t" and checkpoint:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -241,7 +464,7 @@ def photos(bundle: Path | None):
     import numpy as np
     from PIL import Image
 
-    if bundle is not None and (bundle / "photos").exists():
+    if bundle is not None and (bundle / "photos").exists():  # a bundle of an older stage
         return {p.stem: np.asarray(Image.open(p).convert("RGB")) for p in sorted((bundle / "photos").glob("*.png"))}
     from skimage import data
 
@@ -315,9 +538,10 @@ def parity(url, name, model_type, reference_sam, images, quick):
     }
 
 
-def encoder_throughput(url, name, images, seconds, concurrency):
+def encoder_throughput(url, name, images, seconds, concurrency, headers=None):
     """Images/s of NAME_encoder: ``concurrency`` threads, each sending one preprocessed
-    uint8 image per request from its own system shared-memory region."""
+    uint8 image per request from its own system shared-memory region (registered with
+    ``headers``: a server that restricts the shared-memory protocol wants its admin key)."""
     import numpy as np
     import tritonclient.grpc as grpcclient
     import tritonclient.utils.shared_memory as shm
@@ -337,7 +561,7 @@ def encoder_throughput(url, name, images, seconds, concurrency):
         handle = shm.create_shared_memory_region(region, f"/{region}", image.nbytes)
         try:
             shm.set_shared_memory_region(handle, [image])
-            client.register_system_shared_memory(region, f"/{region}", image.nbytes)
+            client.register_system_shared_memory(region, f"/{region}", image.nbytes, headers=headers)
             image_input = grpcclient.InferInput("image", list(image.shape), "UINT8")
             image_input.set_shared_memory(region, image.nbytes)
             size_input = grpcclient.InferInput("input_size", [1, 2], "INT64")
@@ -352,7 +576,7 @@ def encoder_throughput(url, name, images, seconds, concurrency):
                     break
             for _ in range(50):  # the server may still hold the region just after a response
                 try:
-                    client.unregister_system_shared_memory(region)
+                    client.unregister_system_shared_memory(region, headers=headers)
                     break
                 except Exception:  # noqa: BLE001 - "currently in use": retry shortly
                     time.sleep(0.1)
@@ -466,9 +690,8 @@ def amg(url, name, model_type, reference_sam, image, settings, device):
 
 
 def check_model(model_type, args, bundle, work, images) -> dict:
-    import numpy as np
-    from PIL import Image
-
+    """Export ``model_type`` with the torch backends, serve it and measure it; raises
+    ``ModelCheckFailed`` (with the server's log) when serving or measuring fails."""
     from samtriton.export.exporter import export
     from samtriton.export.repository import RepositoryOptions
     from samtriton.server import EmbeddedTriton
@@ -492,13 +715,38 @@ def check_model(model_type, args, bundle, work, images) -> dict:
     result["export_s"] = round(time.perf_counter() - started, 1)
     memory = GpuMemory(args.device)
     extra = ["--pinned-memory-pool-byte-size=268435456"] if args.device == "cuda" else []
+    server = EmbeddedTriton.on_free_ports(repo, extra_args=extra, startup_timeout=args.ready_timeout)
+    try:
+        measure_served(server, model_type, args, checkpoint, images, result)
+    except Exception as exc:
+        raise ModelCheckFailed(f"{type(exc).__name__}: {exc}", server.log_lines) from exc
+    finally:
+        result["gpu_peak_gib"] = memory.stop()
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    shutil.rmtree(repo, ignore_errors=True)
+    return result
+
+
+class ModelCheckFailed(Exception):
+    """A model's check failed; ``log`` holds what its tritonserver (and its stubs) printed."""
+
+    def __init__(self, message: str, log):
+        super().__init__(message)
+        self.log = list(log)
+
+
+def measure_served(server, model_type, args, checkpoint, images, result) -> None:
+    """Starts ``server`` and fills ``result`` with what is measured through it."""
+    import numpy as np
+    from PIL import Image
+
     start = time.perf_counter()
-    with EmbeddedTriton.on_free_ports(repo, extra_args=extra, startup_timeout=args.ready_timeout) as server:
+    with server:
         result["cold_start_s"] = round(time.perf_counter() - start, 1)
         reference_sam = reference_model(model_type, checkpoint, args.device)
         result["parity"] = parity(server.grpc_url, "sam", model_type, reference_sam, images, args.quick)
         result["encoder_images_per_s"] = encoder_throughput(
-            server.grpc_url, "sam", images, args.seconds, args.concurrency
+            server.grpc_url, "sam", images, args.seconds, args.concurrency, getattr(server, "admin_headers", {})
         )
         result["encoder_concurrency"] = args.concurrency
         result["reference_set_image_per_s"] = reference_set_image_rate(
@@ -514,22 +762,33 @@ def check_model(model_type, args, bundle, work, images) -> dict:
             else:  # a phone-photo size: 2100 x 1400 (2.9 MP), the reference's defaults
                 photo, settings = np.asarray(Image.fromarray(coffee).resize((2100, 1400), Image.BICUBIC)), {}
             result["amg"] = amg(server.grpc_url, "sam", model_type, reference_sam, photo, settings, args.device)
-        del reference_sam
-    result["gpu_peak_gib"] = memory.stop()
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    shutil.rmtree(repo, ignore_errors=True)
-    return result
+
+
+def headline(report) -> str:
+    """The report's first line: what was measured, on what, and what failed."""
+    ok = [r["model"] for r in report["models"] if "error" not in r]
+    failed = [r["model"] for r in report["models"] if "error" in r]
+    line = (
+        f"GPU serve check on {report['device']} (torch {report['torch']}, Python {report['python']}): "
+        f"measured {', '.join(ok) or 'nothing'}"
+    )
+    return line + (f"; FAILED: {', '.join(failed)}" if failed else "; nothing failed")
 
 
 def markdown(report) -> str:
     rows = [
+        headline(report),
+        "",
         "| model | weights | precision | IoU mean / min | encoder img/s (ref set_image/s) | click p50 / p99 ms "
         "| clicks/s x16 | AMG s (ref s, ratio, matched) | cold start s | GPU peak GiB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    failures = []
     for r in report["models"]:
         if "error" in r:
             rows.append(f"| {r['model']} | error: {r['error'][:120]} |" + " |" * 8)
+            failures += ["", f"### {r['model']}: {r['error']}", "", "server log, last lines:", "```"]
+            failures += [*r.get("server_log_tail", []), "```"]
             continue
         amg_cell = "-"
         if "amg" in r:
@@ -544,10 +803,27 @@ def markdown(report) -> str:
             f"{r['clicks']['p99_ms']} | {r['clicks']['clicks_per_s_concurrent']} | {amg_cell} | {r['cold_start_s']} "
             f"| {r['gpu_peak_gib']} |"
         )
-    return "\n".join(rows) + "\n"
+    return "\n".join(rows + failures) + "\n"
 
 
-def run(args) -> None:
+def failure_record(model_type, exc, log_dir: Path) -> dict:
+    """A failed model's entry: the error, and the tail of its server's log (the whole kept log
+    goes to ``log_dir``)."""
+    record = {
+        "model": model_type,
+        "error": f"{exc}" if isinstance(exc, ModelCheckFailed) else f"{type(exc).__name__}: {exc}",
+    }
+    log = getattr(exc, "log", [])
+    if log:
+        path = log_dir / f"server_{model_type}.log"
+        path.write_text("\n".join(log) + "\n")
+        record["server_log"] = str(path)
+        record["server_log_tail"] = log[-LOG_TAIL:]
+    return record
+
+
+def run(args) -> int:
+    """Checks each model; 1 when any failed (the device run must fail loudly), else 0."""
     import torch
 
     bundle = Path(args.bundle) if args.bundle else None
@@ -555,6 +831,8 @@ def run(args) -> None:
         raise SystemExit("--device cuda: torch sees no GPU")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    log_dir = Path(args.json).parent if args.json else work
+    log_dir.mkdir(parents=True, exist_ok=True)
     images = photos(bundle)
     report = {
         "device": torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or "cpu",
@@ -567,26 +845,37 @@ def run(args) -> None:
         try:
             report["models"].append(check_model(model_type, args, bundle, work, images))
         except Exception as exc:  # noqa: BLE001 - one model's failure is recorded; the others still run
+            report["models"].append(failure_record(model_type, exc, log_dir))
             if args.strict:
+                write_report(report, args)
                 raise
-            report["models"].append({"model": model_type, "error": f"{type(exc).__name__}: {exc}"})
         print(json.dumps(report["models"][-1]), flush=True)
-        if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(report)
-    print(table)
+        write_report(report, args)
+    print(markdown(report))
+    failed = any("error" in r for r in report["models"])
+    print(headline(report), file=sys.stderr if failed else sys.stdout)
+    return 1 if failed else 0
+
+
+def write_report(report, args) -> None:
+    report["headline"] = headline(report)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     if args.markdown:
-        Path(args.markdown).write_text(table)
+        Path(args.markdown).write_text(markdown(report))
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     staging = sub.add_parser("stage", help="here: stage the bundle a bare CUDA machine needs")
     staging.add_argument("out", help="bundle directory")
     staging.add_argument("--checkpoint", help="MobileSAM's checkpoint (default: the cached official one)")
     staging.add_argument("--python-version", default="3.12", help="the GPU machine's Python (its stub is kept)")
+    staging.add_argument(
+        "--libpython", help="a shared libpythonX.Y.so.1.0 to carry (default: that of pythonX.Y here, if any)"
+    )
     running = sub.add_parser("run", help="measure (on the GPU, or --device cpu for the smoke run)")
     running.add_argument("--bundle", help="the staged bundle: set up its environment first (on the GPU machine)")
     running.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
@@ -604,25 +893,28 @@ def main(argv=None) -> None:
     )
     running.add_argument("--ready-timeout", type=float, default=300.0)
     running.add_argument("--quick", action="store_true", help="the CPU smoke run: one photo, few clicks, tiny AMG")
-    running.add_argument("--strict", action="store_true", help="stop at the first model that fails")
+    running.add_argument("--strict", action="store_true", help="stop at the first model that fails (raise)")
     running.add_argument("--work", default="/tmp/samtriton-gpu-check")
     running.add_argument("--json")
     running.add_argument("--markdown")
     args = parser.parse_args(argv)
     if args.command == "stage":
-        stage(Path(args.out), args.checkpoint, args.python_version)
-        return
-    if (
-        args.bundle
-        and Path(sys.executable).resolve() != (VENV / "bin" / "python").resolve()
-        and not os.environ.get("SAMTRITON_GPU_CHECK_IN_VENV")
-    ):
+        stage(Path(args.out), args.checkpoint, args.python_version, args.libpython)
+        return 0
+    if args.bundle and not in_check_venv():
         setup(Path(args.bundle))
-        env = dict(os.environ, SAMTRITON_GPU_CHECK_IN_VENV="1", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PATH"] = os.pathsep.join([str(VENV / "bin"), env.get("PATH", "")])
-        raise SystemExit(subprocess.run([str(VENV / "bin" / "python"), __file__, *sys.argv[1:]], env=env).returncode)
-    run(args)
+        return subprocess.run([str(VENV / "bin" / "python"), __file__, *sys.argv[1:]], env=env).returncode
+    return run(args)
+
+
+def in_check_venv() -> bool:
+    """Whether this process runs in the set-up venv. Its python is a link to the base one, so
+    only sys.prefix tells them apart (comparing the resolved executables skipped the set-up on
+    a warm machine's second run)."""
+    return Path(sys.prefix).resolve() == VENV.resolve()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

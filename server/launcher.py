@@ -58,13 +58,15 @@ class ServerStartError(RuntimeError):
 
 
 def _pytriton_dir() -> Path:
-    try:
-        import pytriton
-    except ImportError as exc:
-        raise ServerStartError(
-            "the embedded server needs the nvidia-pytriton wheel: pip install 'samtriton[serve]'"
-        ) from exc
-    return Path(pytriton.__file__).parent
+    """nvidia-pytriton's package folder (tritonserver, its backends and stubs), found without
+    importing it: its ``__init__`` imports its client and gevent, which running tritonserver
+    does not need (the GPU check's bundle carries the server alone)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerStartError("the embedded server needs the nvidia-pytriton wheel: pip install 'samtriton[serve]'")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _backend_directory(root: Path) -> Path:
