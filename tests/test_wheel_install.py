@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -116,7 +115,7 @@ def test_pip_install_dot_exports_serves_and_segments(checkpoint, tmp_path):
     )
     # The dependencies: this venv's site-packages, without running its .pth files (so without
     # the editable samtriton's import hook).
-    (site / "project_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    (site / "project_dependencies.pth").write_text("".join(f"{p}\n" for p in sys.path if p.endswith("site-packages")))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     # The containers' install: `pip install .` (built here without isolation: same backend,
     # no setuptools download), non-editable.
