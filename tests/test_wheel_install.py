@@ -59,12 +59,23 @@ print(json.dumps({"samtriton": samtriton.__file__, "masks": list(masks.shape), "
 """
 
 
+def dockerfile_sources(dockerfile: Path = ROOT / "docker" / "Dockerfile.server"):
+    """The context paths a Dockerfile's ``COPY`` lines take (files and folders)."""
+    sources = []
+    for line in dockerfile.read_text().splitlines():
+        parts = line.split()
+        if parts[:1] == ["COPY"] and not any(p.startswith("--from") for p in parts):
+            sources += parts[1:-1]
+    return sources
+
+
 def source_tree(out: Path) -> Path:
-    """The files a clone (or a container's COPY) has: git's tracked ones and the untracked ones
-    it does not ignore. Never this tree itself: setuptools would reuse its build/ folder, whose
-    stale copies hide a package the build left out."""
+    """What the server image's ``COPY`` lines put in its build folder, from git's tracked
+    files and the untracked ones it does not ignore: the containers' ``pip install .`` builds
+    from exactly that. Never this tree itself: setuptools would reuse its build/ folder,
+    whose stale copies hide a package the build left out."""
     listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", *dockerfile_sources()],
         cwd=ROOT,
         capture_output=True,
         check=True,
@@ -88,7 +99,7 @@ def built_wheel(out: Path) -> zipfile.ZipFile:
 
 def test_the_wheel_holds_every_python_file_of_the_package_folders(tmp_path):
     """Every tracked .py file of client/, server/, export/ and tools/ is in the wheel, at its
-    package's path (the packages are discovered by setup.py: none can be forgotten)."""
+    package's path (setuptools discovers the packages under package-dir: none can be forgotten)."""
     tracked = subprocess.run(["git", "ls-files", *FOLDERS], cwd=ROOT, capture_output=True, text=True, check=True)
     expected = set()
     for name in tracked.stdout.split():
