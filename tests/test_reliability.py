@@ -83,6 +83,7 @@ def test_kill_restart_and_model_reload(repository, images):
         server.stop()
 
 
+@pytest.mark.unit
 @pytest.mark.timeout(120)
 def test_unreachable_server_raises_within_deadline():
     """Retries stop at the call's deadline: 5 retries with backoff 1 s would pause 31 s
@@ -156,6 +157,7 @@ def test_export_refuses_unofficial_checkpoint(reference_sam, tmp_path):
     assert load_sam("vit_t", resaved, allow_unverified=True) is not None
 
 
+@pytest.mark.unit
 def test_no_pickle_loading_anywhere():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for folder in ("client", "export"):
