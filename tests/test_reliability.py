@@ -67,7 +67,7 @@ def test_kill_restart_and_model_reload(repository, images):
 
         # Explicit model control: unload the model predict uses (session mode). The server is
         # then not ready either (strict readiness), which the client takes for an endpoint
-        # draining or starting (transport._not_serving): ServerUnavailable naming the model, at
+        # draining or starting (exchange._not_serving): ServerUnavailable naming the model, at
         # the call's deadline. Load -> works again (the embedding is re-sent if the reload dropped it).
         admin = grpcclient.InferenceServerClient(server.grpc_url)
         admin.unload_model("mobilesam_session", headers=server.admin_headers)
