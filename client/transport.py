@@ -115,16 +115,16 @@ async def run_async(steps: Steps) -> Any:
     driven = _Driven(steps)
     try:
         while driven.running:
-            op = driven.op
-            pending = (
-                asyncio.sleep(op.seconds)
-                if isinstance(op, Pause)
-                else getattr(op.client, op.method)(*op.args, **op.kwargs)
-            )
-            driven.feed(_Outcome.of, await _Outcome.wait(pending))
+            driven.feed(_Outcome.of, await _Outcome.wait(_perform_async(driven.op)))
         return driven.result
     finally:
         driven.close()
+
+
+async def _perform_async(op: Union[Op, Pause]) -> Any:
+    if isinstance(op, Pause):
+        return await asyncio.sleep(op.seconds)
+    return await getattr(op.client, op.method)(*op.args, **op.kwargs)
 
 
 class _Outcome:
