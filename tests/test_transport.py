@@ -254,3 +254,25 @@ def test_every_option_is_accepted_by_the_asyncio_client_too():
     sam = asyncio.run(make())
     assert sam.options.shared_memory and sam.options.admin_key == "k" * 20 and sam.options.retries == 0
     assert {"timeout", "headers", "shared_memory", "admin_key", "ssl", "root_certificates"} <= OPTION_NAMES
+
+
+def test_a_cancelled_asyncio_call_releases_its_channel():
+    import asyncio
+
+    from samtriton.transport import run_async
+
+    class Hanging(_AsyncFakeClient):
+        async def infer(self, *args, **kwargs):
+            await asyncio.sleep(60)
+
+    exchange = _fake_exchange(Hanging, [])
+
+    async def cancel():
+        task = asyncio.create_task(run_async(exchange.steps(_encode_call())))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel())
+    assert all(exchange.channels.current(url).users == 0 for url in ("h:1", "h:2")), "released on cancel"
