@@ -40,7 +40,9 @@ class ImageHandle:
 
 class AsyncSamPredictor(Deployment):
     """``SamPredictor`` for asyncio: the same arguments, results, errors and transport (one
-    endpoint or several, image affinity, fail-over, re-send: ``samtriton.transport``).
+    endpoint or several, image affinity, fail-over, re-send: ``samtriton.transport``), the
+    same connection options (``samtriton.options.ConnectionOptions``: ``shared_memory`` and
+    ``admin_key`` included) and byte counters (``bytes_sent``, ``bytes_received``).
     Arguments: ``samtriton.transport.Deployment``."""
 
     transport_class = AsyncTransport

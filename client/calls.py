@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, cast
 import numpy as np
 
 from . import contract as C
-from .transport import Call, make_call
+from .wire import Call, make_call
 
 Source = Dict[str, Any]  # padded_image + input_size + original_size, or encoded_image
 

@@ -17,6 +17,7 @@ import numpy as np
 from . import calls
 from . import contract as C
 from .errors import InvalidInput
+from .options import check_names
 from .prompts import batch_prompt, image_source, masks_from_logits, prompt_tensors, read_image_file, single_prompt
 from .transforms import ImageLike, ResizeLongestSide, decode_image, encoded_image_size
 from .transport import DEFAULT_URL, Deployment, Transport, make_call
@@ -39,19 +40,11 @@ class TritonSam(Deployment):
     exponential backoff and jitter, at most ``retries`` times and never past its deadline,
     then ``ServerUnavailable`` is raised. All calls are idempotent, so retrying is safe.
     ``shared_memory=True`` sends large tensors to a server on this host through system
-    shared memory (with the server's ``admin_key``). Arguments: ``samtriton.transport.Deployment``.
+    shared memory (with the server's ``admin_key``). Arguments: ``samtriton.transport.Deployment``;
+    ``bytes_sent`` / ``bytes_received`` count the tensor bytes that crossed the wire.
     """
 
     transport_class = Transport
-
-    @property
-    def bytes_sent(self) -> int:
-        """Bytes of tensors that crossed the wire (shared-memory tensors are not counted)."""
-        return self.transport.bytes_sent
-
-    @property
-    def bytes_received(self) -> int:
-        return self.transport.bytes_received
 
     def endpoint_for(self, image_id: str) -> str:
         """The endpoint that requests for ``image_id`` go to now (its first choice that is up)."""
@@ -164,14 +157,15 @@ class SamPredictor:
       session: keep the image's embedding on the server (the session model: the image is
         sent once, clicks send only prompts); False sends the embedding back with each
         prompt (stateless: any replica serves any request).
-      connection: ``TritonSam``'s arguments (``samtriton.transport.Deployment``): timeout
-        (seconds each call may take), headers (extra gRPC metadata, e.g. an auth token),
-        retries, backoff and down_seconds (fail-over), shared_memory (large tensors through
-        system shared memory to a server on this host) and admin_key (the server's admin key,
-        which registering a region needs; default: ``SAMTRITON_ADMIN_KEY_FILE`` /
-        ``SAMTRITON_ADMIN_KEY``; without it the wire is used), and tritonclient's
-        ``InferenceServerClient`` arguments: ``ssl=True``, ``root_certificates``,
-        ``private_key``, ``certificate_chain`` (paths) for TLS.
+      connection: the connection options (``samtriton.options.ConnectionOptions``, the same
+        for ``TritonSam`` and ``AsyncSamPredictor``): timeout (seconds each call may take),
+        headers (extra gRPC metadata, e.g. an auth token), retries, backoff and down_seconds
+        (fail-over), shared_memory (large tensors through system shared memory to a server on
+        this host) and admin_key (the server's admin key, which registering a region needs;
+        default: ``SAMTRITON_ADMIN_KEY_FILE`` / ``SAMTRITON_ADMIN_KEY``; without it the wire is
+        used), and tritonclient's ``InferenceServerClient`` arguments: ``ssl=True``,
+        ``root_certificates``, ``private_key``, ``certificate_chain`` (paths) for TLS. An
+        unknown option is a ``TypeError`` naming it.
 
     ``client`` is its ``TritonSam``: typed access to the deployment's models (what
     ``SamAutomaticMaskGenerator`` and the benchmarks use).
@@ -193,6 +187,7 @@ class SamPredictor:
         session: bool = True,
         **connection,
     ):
+        check_names("SamPredictor", connection)
         self.client = TritonSam(url, model, **connection)
         self.session = session
         self.transform = ResizeLongestSide(C.IMAGE_SIZE)

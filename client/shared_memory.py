@@ -9,12 +9,13 @@ regions big enough for its tensors and returns them when the response has been r
 
 from __future__ import annotations
 
+import inspect
 import os
 import socket
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Awaitable, Dict, List, Optional, Tuple
 
 import numpy as np
 import tritonclient.utils.shared_memory as shm
@@ -55,31 +56,40 @@ class SharedMemoryPool:
         self._all: List[Region] = []
         self._lock = threading.Lock()
 
-    def checkout(self, byte_size: int) -> Region:
+    def take(self, byte_size: int) -> Optional[Region]:
+        """A free registered region of at least ``byte_size`` bytes (the smallest), or None:
+        then ``create`` one, register it with the server and ``add`` it."""
         with self._lock:
             fitting = [r for r in self._free if r.byte_size >= byte_size]
-            if fitting:
-                region = min(fitting, key=lambda r: r.byte_size)
-                self._free.remove(region)
-                return region
-            index = len(self._all)
+            if not fitting:
+                return None
+            region = min(fitting, key=lambda r: r.byte_size)
+            self._free.remove(region)
+            return region
+
+    def create(self, byte_size: int) -> Region:
+        """A new local region for ``byte_size`` bytes, not yet registered with the server."""
         size = 1 << max(byte_size - 1, 1).bit_length()  # power of two: regions get reused
-        name = f"{self.prefix}_{index}_{uuid.uuid4().hex[:6]}"
+        name = f"{self.prefix}_{uuid.uuid4().hex[:12]}"
         key = "/" + name
-        handle = shm.create_shared_memory_region(name, key, size)
-        try:
-            self.client.register_system_shared_memory(
-                name, key, size, headers=self.headers, client_timeout=self.timeout
-            )
-        except Exception:
-            shm.destroy_shared_memory_region(handle)
-            raise
-        region = Region(name, key, size, handle)
+        return Region(name, key, size, shm.create_shared_memory_region(name, key, size))
+
+    def registration(self, region: Region) -> Tuple[tuple, Dict[str, Any]]:
+        """The arguments of ``register_system_shared_memory`` for ``region``."""
+        return (region.name, region.key, region.byte_size), dict(headers=self.headers, client_timeout=self.timeout)
+
+    def add(self, region: Region) -> None:
+        """``region`` is registered: it is the pool's, in use by the caller until ``release``."""
         with self._lock:
             self._all.append(region)
-        return region
+
+    @staticmethod
+    def discard(region: Region) -> None:
+        """Frees a region the server refused."""
+        shm.destroy_shared_memory_region(region.handle)
 
     def release(self, regions: List[Region]) -> None:
+        """The caller is done with ``regions``: they may be checked out again."""
         with self._lock:
             self._free.extend(regions)
 
@@ -91,14 +101,36 @@ class SharedMemoryPool:
     def read(region: Region, dtype, shape) -> np.ndarray:
         return np.array(shm.get_contents_as_numpy(region.handle, np.dtype(dtype), list(shape)), copy=True)
 
-    def close(self) -> None:
+    def close(self) -> Optional[Awaitable[None]]:
+        """Unregisters and frees every region. With an asyncio client the unregistrations are
+        awaitables: the regions are freed by the awaitable returned, which the caller awaits."""
         with self._lock:
             regions, self._all, self._free = self._all, [], []
+        pending = []
         for region in regions:
             try:
-                self.client.unregister_system_shared_memory(
+                result = self.client.unregister_system_shared_memory(
                     region.name, headers=self.headers, client_timeout=self.timeout
                 )
             except Exception:  # the server may be gone; the local region is still ours to free
-                pass
-            shm.destroy_shared_memory_region(region.handle)
+                result = None
+            if inspect.isawaitable(result):
+                pending.append(result)
+        if not pending:
+            _destroy(regions)
+            return None
+        return _unregistered(pending, regions)
+
+
+def _destroy(regions: List[Region]) -> None:
+    for region in regions:
+        shm.destroy_shared_memory_region(region.handle)
+
+
+async def _unregistered(pending: List[Awaitable[Any]], regions: List[Region]) -> None:
+    for awaitable in pending:
+        try:
+            await awaitable
+        except Exception:  # noqa: BLE001 - the server may be gone; the local regions are still ours to free
+            pass
+    _destroy(regions)

@@ -6,6 +6,9 @@ import torch
 
 from samtriton import amg
 
+# `pytest -m unit`: no server is started and nothing is exported here.
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def ref():

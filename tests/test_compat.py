@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 from samtriton.export import compat
@@ -89,6 +90,7 @@ def test_broken_torchvision_is_replaced(tmp_path):
     assert out.splitlines() == ["compat", "(512, 1024, 3)"]
 
 
+@pytest.mark.unit
 def test_batched_nms_hand_computed():
     boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 10], [0, 0, 9, 10.0]])
     scores = torch.tensor([0.9, 0.8, 0.7, 0.95, 0.6])
@@ -102,6 +104,7 @@ def test_batched_nms_hand_computed():
     assert compat.box_area(boxes).tolist() == [100, 100, 100, 100, 90]
 
 
+@pytest.mark.unit
 def test_resize_matches_pil_bilinear():
     import numpy as np
     from PIL import Image

@@ -19,6 +19,9 @@ SIZES = np.array([1024, 683]), np.array([600, 900])
 HOLD = """
 import sys, time
 from samtriton.server.embedding_cache import EmbeddingCache
+
+# `pytest -m unit`: no server is started and nothing is exported here.
+pytestmark = pytest.mark.unit
 cache = EmbeddingCache(sys.argv[1], 2**30)
 print("held", flush=True)
 time.sleep(float(sys.argv[2]))

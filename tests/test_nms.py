@@ -23,6 +23,9 @@ from hypothesis import strategies as st
 from samtriton import amg
 from samtriton.export import compat
 
+# `pytest -m unit`: no server is started and nothing is exported here.
+pytestmark = pytest.mark.unit
+
 
 def iou_float32(a, b):
     """IoU of two integer-corner boxes as torchvision's CPU kernel gets it for float32."""

@@ -67,7 +67,7 @@ def test_kill_restart_and_model_reload(repository, images):
 
         # Explicit model control: unload the model predict uses (session mode). The server is
         # then not ready either (strict readiness), which the client takes for an endpoint
-        # draining or starting (transport._not_serving): ServerUnavailable naming the model, at
+        # draining or starting (exchange._not_serving): ServerUnavailable naming the model, at
         # the call's deadline. Load -> works again (the embedding is re-sent if the reload dropped it).
         admin = grpcclient.InferenceServerClient(server.grpc_url)
         admin.unload_model("mobilesam_session", headers=server.admin_headers)
@@ -83,6 +83,7 @@ def test_kill_restart_and_model_reload(repository, images):
         server.stop()
 
 
+@pytest.mark.unit
 @pytest.mark.timeout(120)
 def test_unreachable_server_raises_within_deadline():
     """Retries stop at the call's deadline: 5 retries with backoff 1 s would pause 31 s
@@ -156,6 +157,7 @@ def test_export_refuses_unofficial_checkpoint(reference_sam, tmp_path):
     assert load_sam("vit_t", resaved, allow_unverified=True) is not None
 
 
+@pytest.mark.unit
 def test_no_pickle_loading_anywhere():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for folder in ("client", "export"):

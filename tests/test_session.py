@@ -90,6 +90,7 @@ def test_get_image_embedding_in_session_mode_equals_embedding_mode(server, image
         np.testing.assert_array_equal(session.get_image_embedding(), plain.get_image_embedding())
 
 
+@pytest.mark.unit
 def test_cache_evicts_least_recently_used_by_bytes(tmp_path):
     embedding = np.zeros(C.DECODER_IMAGE_EMBEDDINGS.dims, np.float32)
     sizes = np.array([1024, 683]), np.array([600, 900])
@@ -108,6 +109,7 @@ def test_cache_evicts_least_recently_used_by_bytes(tmp_path):
     assert sorted(p.name for p in (tmp_path / "cache").glob("*.npz")) == ["a.npz", "c.npz"]
 
 
+@pytest.mark.unit
 def test_cache_always_keeps_the_newest(tmp_path):
     embedding = np.zeros(C.DECODER_IMAGE_EMBEDDINGS.dims, np.float32)
     cache = EmbeddingCache(str(tmp_path / "tiny"), budget_bytes=1)
@@ -246,13 +248,13 @@ def test_shared_memory_falls_back_to_the_wire_for_a_remote_server(server, images
     """A server on another machine cannot map this machine's regions: a shared_memory=True
     client sends over the wire instead, and gets the same answers. No other machine can be
     reached here, so the real server is declared remote (the one stand-in: is_local)."""
-    from samtriton import transport
+    from samtriton import exchange
 
     assert is_local(server.grpc_url) and is_local("localhost:8001")
     assert not is_local("192.0.2.10:8001")  # TEST-NET-1: never this machine (not contacted)
     image = images["astronaut"]
     prompt = prompts_for(image.shape)["point"]
-    monkeypatch.setattr(transport, "is_local", lambda url: False)
+    monkeypatch.setattr(exchange, "is_local", lambda url: False)
     client = grpcclient.InferenceServerClient(server.grpc_url)
     before = set(client.get_system_shared_memory_status(as_json=True, headers=server.admin_headers).get("regions", {}))
     with (

@@ -53,6 +53,7 @@ def test_postprocess_matches_sam_postprocess_masks(reference_sam, original_size)
     assert ((ours > 0) == (ref > 0)).mean() > 0.9999
 
 
+@pytest.mark.unit
 def test_image_conversions():
     rgb = np.random.default_rng(2).integers(0, 256, (20, 30, 3), dtype=np.uint8)
     np.testing.assert_array_equal(to_rgb_uint8(rgb[..., ::-1], "BGR"), rgb)
@@ -65,6 +66,7 @@ def test_image_conversions():
     assert to_rgb_uint8(np.array([[0, 65535]], np.uint16))[0].tolist() == [[0, 0, 0], [255, 255, 255]]
 
 
+@pytest.mark.unit
 def test_image_from_path_and_pil(tmp_path):
     from PIL import Image
 
@@ -76,6 +78,7 @@ def test_image_from_path_and_pil(tmp_path):
     np.testing.assert_array_equal(to_rgb_uint8(tmp_path / "g16.png"), np.repeat(rgb[..., :1], 3, axis=2))
 
 
+@pytest.mark.unit
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_decompression_bombs_are_invalid_input(tmp_path):
     """Pillow raises DecompressionBombError (not OSError) past 2x its pixel limit and only

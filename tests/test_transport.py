@@ -4,6 +4,7 @@ status code, channel replacement. (The real-server behaviour is in test_scaleout
 import random
 import time
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,10 +19,14 @@ from samtriton.transport import (
     Pause,
     attempts,
     endpoints_from_dns,
+    make_call,
     parse_urls,
     rendezvous_order,
     translate,
 )
+
+# `pytest -m unit`: no server is started and nothing is exported here.
+pytestmark = pytest.mark.unit
 
 URLS = [f"10.0.0.{i}:8001" for i in range(1, 6)]
 
@@ -160,3 +165,114 @@ def test_urls_and_dns():
     assert "127.0.0.1:8001" in endpoints_from_dns("localhost:8001")
     with pytest.raises(InvalidInput, match="host_port"):
         endpoints_from_dns("localhost")
+
+
+class _FakeResult:
+    def __init__(self, arrays):
+        self.arrays = arrays
+
+    def as_numpy(self, name):
+        return self.arrays[name]
+
+
+class _FakeClient:
+    """A tritonclient stand-in: the first endpoint is unreachable, the second answers."""
+
+    def __init__(self, url, log):
+        self.url, self.log = url, log
+
+    def get_model_config(self, name, headers=None, client_timeout=None):
+        raise InferenceServerException("no config here")  # the request itself says what is wrong
+
+    def infer(self, name, inputs, outputs=None, headers=None, client_timeout=None):
+        self.log.append((self.url, name))
+        if self.url == "h:1":
+            raise InferenceServerException("down", status="StatusCode.UNAVAILABLE")
+        return _FakeResult({o.name(): np.array([float(len(inputs))], np.float32) for o in outputs})
+
+    def close(self):
+        return None
+
+
+class _AsyncFakeClient(_FakeClient):
+    async def get_model_config(self, *args, **kwargs):
+        return super().get_model_config(*args, **kwargs)
+
+    async def infer(self, *args, **kwargs):
+        return super().infer(*args, **kwargs)
+
+
+def _fake_exchange(client_class, log):
+    from samtriton.exchange import Exchange
+    from samtriton.options import ConnectionOptions
+
+    return Exchange(["h:1", "h:2"], ConnectionOptions(timeout=5.0), lambda url: client_class(url, log))
+
+
+def _encode_call():
+    tensors = {C.IMAGE.name: np.zeros((1, 1024, 1024, 3), np.uint8), C.INPUT_SIZE.name: np.array([[4, 4]])}
+    return make_call(C.ENCODER, "sam", tensors)
+
+
+def test_one_exchange_driven_blocking_and_asyncio_makes_the_same_calls():
+    import asyncio
+
+    from samtriton.transport import run, run_async
+
+    blocking_log, async_log = [], []
+    blocking = _fake_exchange(_FakeClient, blocking_log)
+    asynchronous = _fake_exchange(_AsyncFakeClient, async_log)
+    out = run(blocking.steps(_encode_call()))
+    async_out = asyncio.run(run_async(asynchronous.steps(_encode_call())))
+    assert blocking_log == async_log == [("h:1", "sam_encoder"), ("h:2", "sam_encoder")], "failed over once"
+    assert out.keys() == async_out.keys() == {C.IMAGE_EMBEDDINGS.name}
+    assert blocking.bytes_sent == asynchronous.bytes_sent > 1024**2 * 3, "the wire bytes are counted by both"
+    assert [u for u, _ in blocking.endpoints.failures] == [u for u, _ in asynchronous.endpoints.failures] == ["h:1"]
+
+
+def test_unknown_options_are_a_type_error_naming_them_and_the_client():
+    from samtriton import AsyncSamPredictor, SamPredictor, TritonSam
+
+    for client in (SamPredictor, TritonSam, AsyncSamPredictor):
+        with pytest.raises(TypeError, match=rf"{client.__name__} got unknown option\(s\) 'bogus'"):
+            client("127.0.0.1:1", model="sam", bogus=True)
+
+
+def test_every_option_is_accepted_by_the_asyncio_client_too():
+    import asyncio
+
+    from samtriton import AsyncSamPredictor
+    from samtriton.options import OPTION_NAMES
+
+    async def make():
+        sam = AsyncSamPredictor(
+            "127.0.0.1:1", model="sam", shared_memory=True, admin_key="k" * 20, ssl=False, verbose=False, retries=0
+        )
+        await sam.close()
+        return sam
+
+    sam = asyncio.run(make())
+    assert sam.options.shared_memory and sam.options.admin_key == "k" * 20 and sam.options.retries == 0
+    assert {"timeout", "headers", "shared_memory", "admin_key", "ssl", "root_certificates"} <= OPTION_NAMES
+
+
+def test_a_cancelled_asyncio_call_releases_its_channel():
+    import asyncio
+
+    from samtriton.transport import run_async
+
+    class Hanging(_AsyncFakeClient):
+        async def infer(self, *args, **kwargs):
+            await asyncio.sleep(60)
+
+    exchange = _fake_exchange(Hanging, [])
+
+    async def cancel():
+        task = asyncio.create_task(run_async(exchange.steps(_encode_call())))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel())
+    assert all(exchange.channels.current(url).users == 0 for url in ("h:1", "h:2")), "released on cancel"

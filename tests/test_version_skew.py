@@ -38,6 +38,7 @@ def _mismatch(url, version=SKEWED):
     return ContractMismatch("skip", url, "m_session", version, C.CONTRACT_VERSION)
 
 
+@pytest.mark.unit
 def test_the_plan_skips_a_mismatched_endpoint_without_marking_it_down():
     urls = ["a:1", "b:1"]
     endpoints = Endpoints(urls, down_seconds=60)
@@ -62,6 +63,7 @@ class _Config:
             self.parameters[C.CONTRACT_VERSION_PARAMETER] = type("P", (), {"string_value": version})()
 
 
+@pytest.mark.unit
 def test_contract_versions_verdicts_warnings_and_rechecks(caplog, monkeypatch):
     versions = ContractVersions("1.3")
     assert versions.mismatch("a:1", "m", versions.learn("a:1", "m", _Config("1.0"))) is None, "same major: used"
