@@ -13,6 +13,9 @@ import pytest
 from samtriton import contract as C
 from samtriton.server import embedding_cache as ec
 
+# `pytest -m unit`: no server is started and nothing is exported here.
+pytestmark = pytest.mark.unit
+
 EMBEDDING = np.zeros(C.DECODER_IMAGE_EMBEDDINGS.dims, np.float32)
 SIZES = np.array([1024, 683]), np.array([600, 900])
 
@@ -20,8 +23,6 @@ HOLD = """
 import sys, time
 from samtriton.server.embedding_cache import EmbeddingCache
 
-# `pytest -m unit`: no server is started and nothing is exported here.
-pytestmark = pytest.mark.unit
 cache = EmbeddingCache(sys.argv[1], 2**30)
 print("held", flush=True)
 time.sleep(float(sys.argv[2]))
