@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
@@ -35,15 +35,18 @@ class ImageHandle:
     image_id: str
     input_size: Tuple[int, int]
     original_size: Tuple[int, int]
-    source: Dict[str, Any]  # what to send again if the server has evicted it
+    source: calls.ImageSource  # what to send again if the server has evicted it
 
 
 class AsyncSamPredictor(Deployment):
-    """``SamPredictor`` for asyncio: the same arguments, results, errors and transport (one
-    endpoint or several, image affinity, fail-over, re-send: ``samtriton.transport``), the
-    same connection options (``samtriton.options.ConnectionOptions``: ``shared_memory`` and
-    ``admin_key`` included) and byte counters (``bytes_sent``, ``bytes_received``).
-    Arguments: ``samtriton.transport.Deployment``."""
+    """``SamPredictor`` for asyncio: the same arguments, results and errors, the same
+    connection options (``samtriton.options.ConnectionOptions``: ``shared_memory`` and
+    ``admin_key`` included) and byte counters (``bytes_sent``, ``bytes_received``). Endpoint
+    choice and fail-over are the blocking client's: ``samtriton.transport``'s docstring.
+
+    Arguments: ``samtriton.transport.Deployment``'s (``url``, ``model`` and the connection
+    options).
+    """
 
     transport_class = AsyncTransport
     transform = ResizeLongestSide(C.IMAGE_SIZE)
@@ -63,21 +66,22 @@ class AsyncSamPredictor(Deployment):
         """Encode ``image`` on the server; returns the handle ``predict`` takes."""
         # PIL resize: keep the event loop free
         source = await asyncio.to_thread(image_source, image, image_format, self.transform)
-        image_id = C.image_id_for(**source)
-        await self._session_set(image_id, source)
-        return ImageHandle(image_id, source["input_size"], source["original_size"], source)
+        await self._session_set(source)
+        input_size, original_size = cast(
+            Tuple[Tuple[int, int], Tuple[int, int]], (source.input_size, source.original_size)
+        )
+        return ImageHandle(source.image_id, input_size, original_size, source)
 
     async def set_image_file(self, image_file: Union[bytes, bytearray, str, "os.PathLike"]) -> ImageHandle:
         """An image file's bytes (or path), decoded and preprocessed by the server."""
         data = bytes(image_file) if isinstance(image_file, (bytes, bytearray)) else read_image_file(image_file)
         encoded_image_size(data)
-        source: calls.Source = dict(encoded_image=data)
-        image_id = C.image_id_for(**source)
-        input_size, original_size = await self._session_set(image_id, source)
-        return ImageHandle(image_id, input_size, original_size, source)
+        source = calls.ImageSource.from_file(data)
+        input_size, original_size = await self._session_set(source)
+        return ImageHandle(source.image_id, input_size, original_size, source)
 
-    async def _session_set(self, image_id: str, source: Dict[str, Any]):
-        return calls.set_result(await self.transport.call(calls.session_set(self.model, image_id, source)))
+    async def _session_set(self, source: calls.ImageSource) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+        return calls.set_result(await self.transport.call(calls.session_set(self.model, source.image_id, source)))
 
     # --- prompts ---------------------------------------------------------------------------
     async def predict(

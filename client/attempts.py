@@ -1,9 +1,5 @@
-"""The attempt plan of one call: which endpoint to try next, when to pause, when to give up.
-
-An endpoint that is unreachable, or lacks the model, is marked down for ``down_seconds`` and
-the call goes to the next endpoint in its order at once; when every endpoint was unreachable
-the call is retried with exponential backoff and jitter, never past its deadline. An endpoint
-of another contract version is only skipped (nothing was sent to it).
+"""The attempt plan of one call: which endpoint to try next, when to pause, when to give up,
+as ``samtriton.transport``'s docstring (the one description of fail-over) says.
 """
 
 from __future__ import annotations

@@ -143,14 +143,18 @@ class SamAutomaticMaskGenerator:
         session entry per crop, under its content hash) and a handle comes back; otherwise
         the embeddings come back, in batched encoder requests."""
         sources = [image_source(crop, "RGB", self.transform) for crop in crops]
-        sizes = [(int(height), int(width)) for height, width in (source["input_size"] for source in sources)]
+        sizes = [(int(height), int(width)) for height, width in (cast(Tuple[int, int], s.input_size) for s in sources)]
         client = self.predictor.client
         if self.predictor.session:
-            handles = [(C.image_id_for(**source), source) for source in sources]
+            handles = [(source.image_id, source) for source in sources]
             with ThreadPoolExecutor(min(len(handles), self.requests_in_flight)) as pool:
-                list(pool.map(lambda handle: client.session_set(handle[0], **handle[1]), handles))
+                list(
+                    pool.map(
+                        lambda s: client.session_set(s.image_id, s.padded_image, s.input_size, s.original_size), sources
+                    )
+                )
             return handles, sizes
-        padded = np.stack([source["padded_image"] for source in sources])
+        padded = np.stack([cast(np.ndarray, source.padded_image) for source in sources])
         input_sizes = np.asarray(sizes, dtype=np.int64)
         chunks = [slice(i, i + C.MAX_ENCODER_BATCH) for i in range(0, len(crops), C.MAX_ENCODER_BATCH)]
         embeddings = np.concatenate([client.encode(padded[c], input_sizes[c]) for c in chunks])

@@ -40,8 +40,10 @@ class ConnectionOptions:
       timeout: each call's deadline, seconds (retries included).
       headers: gRPC metadata sent with every call (e.g. an auth token).
       retries: how many times a call is retried when every endpoint is unreachable.
-      backoff: the first pause between those retries, seconds (doubled each time, with jitter).
+      backoff: the first pause between those retries, seconds.
       down_seconds: how long an endpoint that failed is skipped.
+      (How these three act together: ``samtriton.transport``'s docstring, the one description
+      of fail-over.)
       shared_memory: large tensors through system shared memory with servers on this host.
       admin_key: the servers' admin key, sent only to register shared-memory regions
         (default: ``SAMTRITON_ADMIN_KEY_FILE`` / ``SAMTRITON_ADMIN_KEY`` when

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Dict, Optional, Sequence, Tuple, Union, cast
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
@@ -28,19 +28,12 @@ logger = logging.getLogger("samtriton")
 
 class TritonSam(Deployment):
     """Typed access to the served models of one deployment ``model``, on one or more Triton
-    endpoints.
+    endpoints: what ``SamPredictor`` (its ``client``), ``SamAutomaticMaskGenerator`` and the
+    benchmarks call.
 
-    ``url`` is "host:port", a comma-separated list of them, or a list. Requests that name an
-    image (the session model's) go to the endpoint that image ranks first under rendezvous
-    hashing, among those that are up; other requests rotate over the endpoints. A request
-    that finds an endpoint unreachable (or without the model) goes at once to the next one,
-    and that endpoint is skipped for ``down_seconds`` (each failure is logged on the
-    "samtriton" logger and kept in ``endpoint_failures``). Every call has a deadline
-    (``timeout`` seconds); when every endpoint is unreachable the call is retried with
-    exponential backoff and jitter, at most ``retries`` times and never past its deadline,
-    then ``ServerUnavailable`` is raised. All calls are idempotent, so retrying is safe.
-    ``shared_memory=True`` sends large tensors to a server on this host through system
-    shared memory (with the server's ``admin_key``). Arguments: ``samtriton.transport.Deployment``;
+    Arguments: ``samtriton.transport.Deployment``'s (``url``, ``model`` and the connection
+    options of ``samtriton.options.ConnectionOptions``). Endpoint choice, fail-over, retries
+    and re-sending an evicted image: ``samtriton.transport``'s docstring, the one description.
     ``bytes_sent`` / ``bytes_received`` count the tensor bytes that crossed the wire.
     """
 
@@ -58,7 +51,8 @@ class TritonSam(Deployment):
         return self.transport.endpoint_ready(url, self.model)
 
     def is_ready(self) -> bool:
-        """True when at least one endpoint is live with all of the deployment's models READY."""
+        """True when at least one endpoint is ready: live, with every served model of the
+        deployment (``contract.MODEL_SPECS``) READY."""
         return any(self.endpoint_ready(u) for u in self.urls)
 
     def infer(
@@ -109,9 +103,7 @@ class TritonSam(Deployment):
 
         Either the padded image (+ its input and original sizes) or the image file's bytes
         (decoded and preprocessed by the server). Returns (input_size, original_size)."""
-        source = dict(
-            padded_image=padded_image, input_size=input_size, original_size=original_size, encoded_image=encoded_image
-        )
+        source = calls.ImageSource(padded_image, input_size, original_size, encoded_image)
         return calls.set_result(self.transport.call(calls.session_set(self.model, image_id, source)))
 
     def session_decode(
@@ -120,52 +112,51 @@ class TritonSam(Deployment):
         prompts: Dict[str, np.ndarray],
         multimask_output: bool,
         float16: bool = True,
-        source: Optional[calls.Source] = None,
+        source: Optional[calls.ImageSource] = None,
     ) -> Tuple[np.ndarray, np.ndarray]:
         """K prompts against the stored embedding -> ([K, C, 256, 256] logits, [K, C] IoU),
         C = 3 with ``multimask_output`` else 1; logits as float16 unless ``float16=False``.
         With ``source`` (the ``session_set`` arguments) the image is sent again if the
         server does not hold it; without, that raises ``ImageNotCached``."""
-        call = calls.session_decode(self.model, image_id, prompts, multimask_output, float16, source)
+        call = calls.session_decode(self.model, image_id, prompts, multimask_output, float16, _source(source))
         return calls.decode_result(call, self.transport.call(call))
 
     def session_amg(
-        self, image_id: str, tensors: Dict[str, np.ndarray], source: Optional[calls.Source] = None
+        self, image_id: str, tensors: Dict[str, np.ndarray], source: Optional[calls.ImageSource] = None
     ) -> Dict[str, np.ndarray]:
         """The AMG stage's request (``C.AMG``'s inputs but the embedding) against the stored
         embedding of ``image_id``: the kept masks' outputs, as ``C.AMG.outputs``."""
-        return self.transport.call(calls.session_amg(self.model, image_id, tensors, source))
+        return self.transport.call(calls.session_amg(self.model, image_id, tensors, _source(source)))
 
-    def session_embedding(self, image_id: str, source: Optional[calls.Source] = None) -> np.ndarray:
+    def session_embedding(self, image_id: str, source: Optional[calls.ImageSource] = None) -> np.ndarray:
         """The stored [1, 256, 64, 64] float32 embedding of ``image_id``."""
-        out = self.transport.call(calls.session_embedding(self.model, image_id, source))
+        out = self.transport.call(calls.session_embedding(self.model, image_id, _source(source)))
         return out[C.DECODER_IMAGE_EMBEDDINGS.name]
 
     def close(self) -> None:
         self.transport.close()
 
 
+def _source(source: Union[calls.ImageSource, Mapping[str, Any], None]) -> Optional[calls.ImageSource]:
+    """``source`` as an ``ImageSource`` (a mapping of its fields is still taken)."""
+    return None if source is None else calls.ImageSource.of(source)
+
+
 class SamPredictor:
     """segment-anything's ``SamPredictor``, served by Triton.
 
     Arguments:
-      url: the Triton gRPC endpoint "host:port", or several (a list, or comma-separated):
-        an image's requests go to the replica it hashes to (rendezvous hashing over the
-        endpoints that are up), so its embedding is computed once and its clicks find it;
-        when that replica goes down, the next one in the image's ranking takes over.
+      url: the Triton gRPC endpoint "host:port", or several (a list, or comma-separated);
+        how an image's requests pick a replica and fail over: ``samtriton.transport``'s
+        docstring.
       model: the deployment name given to ``samtriton export --name`` (default "sam").
       session: keep the image's embedding on the server (the session model: the image is
         sent once, clicks send only prompts); False sends the embedding back with each
         prompt (stateless: any replica serves any request).
-      connection: the connection options (``samtriton.options.ConnectionOptions``, the same
-        for ``TritonSam`` and ``AsyncSamPredictor``): timeout (seconds each call may take),
-        headers (extra gRPC metadata, e.g. an auth token), retries, backoff and down_seconds
-        (fail-over), shared_memory (large tensors through system shared memory to a server on
-        this host) and admin_key (the server's admin key, which registering a region needs;
-        default: ``SAMTRITON_ADMIN_KEY_FILE`` / ``SAMTRITON_ADMIN_KEY``; without it the wire is
-        used), and tritonclient's ``InferenceServerClient`` arguments: ``ssl=True``,
-        ``root_certificates``, ``private_key``, ``certificate_chain`` (paths) for TLS. An
-        unknown option is a ``TypeError`` naming it.
+      connection: the connection options, keywords only: the fields of
+        ``samtriton.options.ConnectionOptions`` (timeout, headers, retries, backoff,
+        down_seconds, shared_memory, admin_key, and tritonclient's TLS arguments), the same for
+        ``TritonSam`` and ``AsyncSamPredictor``. An unknown option is a ``TypeError`` naming it.
 
     ``client`` is its ``TritonSam``: typed access to the deployment's models (what
     ``SamAutomaticMaskGenerator`` and the benchmarks use).
@@ -175,7 +166,7 @@ class SamPredictor:
     # only; ``image_id`` and ``_image_source`` (what to send again): session mode only.
     features: Optional[np.ndarray]
     image_id: Optional[str]
-    _image_source: Optional[calls.Source]
+    _image_source: Optional[calls.ImageSource]
     original_size: Optional[Tuple[int, int]]
     input_size: Optional[Tuple[int, int]]
 
@@ -206,15 +197,14 @@ class SamPredictor:
         self.reset_image()
         if self.session:
             self._image_source = source
-            image_id = C.image_id_for(**source)
-            self.client.session_set(image_id, **source)
-            self.image_id = image_id
+            self.client.session_set(source.image_id, source.padded_image, source.input_size, source.original_size)
+            self.image_id = source.image_id
         else:
             self.features = self.client.encode(
-                source["padded_image"][None], np.asarray([source["input_size"]], dtype=np.int64)
+                cast(np.ndarray, source.padded_image)[None], np.asarray([source.input_size], dtype=np.int64)
             )
-        self.original_size = source["original_size"]
-        self.input_size = source["input_size"]
+        self.original_size = source.original_size
+        self.input_size = source.input_size
         self.is_image_set = True
 
     def set_image_file(self, image_file: Union[bytes, str, "os.PathLike"]) -> None:
@@ -226,10 +216,11 @@ class SamPredictor:
             return self.set_image(decode_image(data))
         encoded_image_size(data)  # a clear error here for a file the server could not read either
         self.reset_image()
-        self._image_source = dict(encoded_image=bytes(data))
-        image_id = C.image_id_for(**self._image_source)
-        self.input_size, self.original_size = self.client.session_set(image_id, **self._image_source)
-        self.image_id = image_id
+        self._image_source = source = calls.ImageSource.from_file(data)
+        self.input_size, self.original_size = self.client.session_set(
+            source.image_id, encoded_image=source.encoded_image
+        )
+        self.image_id = source.image_id
         self.is_image_set = True
 
     def get_image_embedding(self) -> np.ndarray:
@@ -285,11 +276,12 @@ class SamPredictor:
         """``set_image`` + ``predict`` in one call through the ensemble; keeps no state."""
         source = image_source(image, image_format, self.transform)
         prompts = prompt_tensors(
-            self.transform, *single_prompt(point_coords, point_labels, box, mask_input), source["original_size"]
+            self.transform, *single_prompt(point_coords, point_labels, box, mask_input), source.original_size
         )
-        low_res, iou = self.client.segment(source["padded_image"], source["input_size"], prompts)
+        input_size = cast(Tuple[int, int], source.input_size)
+        low_res, iou = self.client.segment(cast(np.ndarray, source.padded_image), input_size, prompts)
         selected = C.MULTIMASK_SLICE if multimask_output else C.SINGLE_MASK_SLICE
-        out = masks_from_logits(low_res, iou, selected, return_logits, source["input_size"], source["original_size"])
+        out = masks_from_logits(low_res, iou, selected, return_logits, input_size, source.original_size)
         return tuple(x[0] for x in out)
 
     def _predict(self, points, labels, boxes, masks, multimask_output, return_logits):
@@ -323,7 +315,8 @@ class SamPredictor:
         return self.client
 
     def is_ready(self) -> bool:
-        """True when the server and this deployment's three models are ready."""
+        """``TritonSam.is_ready``: an endpoint is live with every served model of the deployment
+        READY (``samtriton.transport``'s docstring)."""
         return self.client.is_ready()
 
     def close(self) -> None:

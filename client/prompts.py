@@ -13,18 +13,26 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from . import contract as C
+from .calls import ImageSource
 from .errors import InvalidInput
 from .transforms import ImageLike, ResizeLongestSide, postprocess_masks, preprocess, to_rgb_uint8
 
 Prompt = Tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]
 
 
-def image_source(image: ImageLike, image_format: str, transform: ResizeLongestSide) -> Dict:
-    """An image as the server's session stage takes it: ``padded_image`` (the 1024 square),
-    ``input_size`` (its resized size inside it) and ``original_size`` (h, w)."""
+def image_source(image: ImageLike, image_format: str, transform: ResizeLongestSide) -> ImageSource:
+    """An image as the server's session stage takes it: its ``padded_image`` (the 1024
+    square), ``input_size`` (its resized size inside it) and ``original_size`` (h, w).
+
+    Arguments:
+      image: an HWC array in ``image_format``, a PIL image or a path (``to_rgb_uint8``).
+      image_format: "RGB" or "BGR".
+      transform: the resize to the encoder's side (``ResizeLongestSide(contract.IMAGE_SIZE)``).
+    """
     rgb = to_rgb_uint8(image, image_format)
     padded, input_size = preprocess(rgb, transform)
-    return dict(padded_image=padded, input_size=input_size, original_size=tuple(rgb.shape[:2]))
+    height, width = rgb.shape[:2]
+    return ImageSource(padded_image=padded, input_size=input_size, original_size=(height, width))
 
 
 def masks_from_logits(
