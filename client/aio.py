@@ -63,7 +63,10 @@ class AsyncSamPredictor(Deployment):
 
     # --- images ----------------------------------------------------------------------------
     async def set_image(self, image: ImageLike, image_format: str = "RGB") -> ImageHandle:
-        """Encode ``image`` on the server; returns the handle ``predict`` takes."""
+        """Encode ``image`` on the server; returns the handle ``predict`` takes.
+
+        Arguments: ``SamPredictor.set_image``'s.
+        """
         # PIL resize: keep the event loop free
         source = await asyncio.to_thread(image_source, image, image_format, self.transform)
         await self._session_set(source)
@@ -73,7 +76,11 @@ class AsyncSamPredictor(Deployment):
         return ImageHandle(source.image_id, input_size, original_size, source)
 
     async def set_image_file(self, image_file: Union[bytes, bytearray, str, "os.PathLike"]) -> ImageHandle:
-        """An image file's bytes (or path), decoded and preprocessed by the server."""
+        """An image file, decoded and preprocessed by the server; returns the handle ``predict`` takes.
+
+        Arguments:
+          image_file: the file's path, or its bytes (JPEG, PNG, ...).
+        """
         data = bytes(image_file) if isinstance(image_file, (bytes, bytearray)) else read_image_file(image_file)
         encoded_image_size(data)
         source = calls.ImageSource.from_file(data)
@@ -89,7 +96,13 @@ class AsyncSamPredictor(Deployment):
         point_coords=None, point_labels=None, box=None, mask_input=None,
         multimask_output: bool = True, return_logits: bool = False,
     ):  # fmt: skip
-        """One prompt on ``image``, as ``SamPredictor.predict``: (masks, scores, low-res logits)."""
+        """One prompt on ``image``, as ``SamPredictor.predict``: (masks, scores, low-res logits).
+
+        Arguments:
+          image: the ``ImageHandle`` that ``set_image`` / ``set_image_file`` returned.
+          point_coords, point_labels, box, mask_input, multimask_output, return_logits:
+            ``SamPredictor.predict``'s.
+        """
         if not isinstance(image, ImageHandle):
             raise InvalidInput(f"image: expected the ImageHandle set_image returned, got {type(image).__name__}")
         points, labels, boxes, masks = single_prompt(point_coords, point_labels, box, mask_input)
@@ -106,7 +119,12 @@ class AsyncSamPredictor(Deployment):
         return tuple(x[0] for x in result)
 
     async def segment(self, image: Union[ImageLike, bytes, bytearray], **predict_kwargs):
-        """``set_image`` + ``predict``: (masks, scores, low-res logits)."""
+        """``set_image`` + ``predict``: (masks, scores, low-res logits).
+
+        Arguments:
+          image: an image as ``set_image`` takes it, or an image file's bytes.
+          predict_kwargs: ``predict``'s prompt arguments.
+        """
         handle = await (self.set_image_file(image) if isinstance(image, (bytes, bytearray)) else self.set_image(image))
         return await self.predict(handle, **predict_kwargs)
 
@@ -118,8 +136,15 @@ class AsyncSamPredictor(Deployment):
         **predict_kwargs,
     ) -> List[tuple]:
         """``segment`` for every image, keeping ``concurrency`` images in flight; results in
-        input order. ``prompts``: one dict of ``predict`` arguments per image, or None to use
-        ``predict_kwargs`` as every image's prompt."""
+        input order.
+
+        Arguments:
+          images: the images (arrays, PIL images, paths, or an image file's bytes).
+          prompts: one dict of ``predict`` arguments per image, or None to use
+            ``predict_kwargs`` as every image's prompt.
+          concurrency: images in flight at once.
+          predict_kwargs: ``predict`` arguments for every image.
+        """
         if concurrency < 1:
             raise InvalidInput(f"concurrency: expected a positive number, got {concurrency!r}")
         if prompts is not None and len(prompts) != len(images):
@@ -134,6 +159,7 @@ class AsyncSamPredictor(Deployment):
         return list(await asyncio.gather(*(one(i) for i in range(len(images)))))
 
     async def close(self) -> None:
+        """Closes the channels (shared-memory regions are unregistered and freed)."""
         await self.transport.close()
 
     async def __aenter__(self):
@@ -152,7 +178,14 @@ def segment_many(
     timeout: float = DEFAULT_TIMEOUT_S,
     **predict_kwargs,
 ) -> List[tuple]:
-    """Synchronous ``AsyncSamPredictor.map``: segments every image, ``concurrency`` in flight."""
+    """Synchronous ``AsyncSamPredictor.map``: segments every image, ``concurrency`` in flight.
+
+    Arguments:
+      url: the endpoint(s), as ``AsyncSamPredictor`` takes them.
+      images, prompts, concurrency, predict_kwargs: ``AsyncSamPredictor.map``'s.
+      model: the deployment name.
+      timeout: each call's deadline, seconds.
+    """
 
     async def run():
         async with AsyncSamPredictor(url, model=model, timeout=timeout) as sam:

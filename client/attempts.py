@@ -39,7 +39,15 @@ def attempts(
     """The plan of one call. Yields an ``Attempt`` (try this endpoint) or a ``Pause`` (sleep,
     then ``next``). After a failed attempt, ``send`` its error: a fail-over error marks the
     endpoint down and the plan goes on (a ``ContractMismatch`` only skips it: nothing was
-    sent); the plan raises the error when nothing is left."""
+    sent); the plan raises the error when nothing is left.
+
+    Arguments:
+      endpoints: the client's endpoints (their order and health).
+      image_id: the image the call names (its rendezvous order), or None (a rotation).
+      timeout: the call's deadline, seconds from now.
+      retries: how many rounds may follow one in which every endpoint was unreachable.
+      backoff: the first pause between rounds, seconds.
+    """
     deadline = time.monotonic() + timeout
     for attempt in itertools.count():
         error: Optional[Exception] = None

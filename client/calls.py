@@ -117,9 +117,17 @@ def session_decode(
     float16: bool = True,
     source: Optional[ImageSource] = None,
 ) -> Call:
-    """K prompts against the stored embedding -> ([K, C, 256, 256] logits, [K, C] IoU), C = 3
-    with ``multimask_output`` else 1; logits as float16 unless ``float16=False``.
-    ``mask_input`` / ``has_mask_input`` may be left out of ``prompts`` (no mask prompt)."""
+    """K prompts against the stored embedding -> ([K, C, 256, 256] logits, [K, C] IoU).
+
+    Arguments:
+      model: the deployment name.
+      image_id: the stored image's id.
+      prompts: the decoder's prompt tensors; ``mask_input`` / ``has_mask_input`` may be left
+        out (no mask prompt).
+      multimask_output: C = 3 masks per prompt, else 1.
+      float16: logits as float16 (else float32).
+      source: the image, sent again if the server does not hold it (None: ``ImageNotCached``).
+    """
     logits = C.LOW_RES_MASKS_FP16 if float16 else C.SESSION_LOW_RES_MASKS
     k = len(prompts[C.POINT_COORDS.name])
     count = C.MULTIMASK_SLICE if multimask_output else C.SINGLE_MASK_SLICE

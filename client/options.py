@@ -34,7 +34,8 @@ TRITONCLIENT_OPTIONS = (
 
 @dataclass
 class ConnectionOptions:
-    """How a client reaches its endpoints.
+    """How a client reaches its endpoints. How ``retries``, ``backoff`` and ``down_seconds`` act
+    together: ``samtriton.transport``'s docstring, the one description of fail-over.
 
     Arguments:
       timeout: each call's deadline, seconds (retries included).
@@ -42,8 +43,6 @@ class ConnectionOptions:
       retries: how many times a call is retried when every endpoint is unreachable.
       backoff: the first pause between those retries, seconds.
       down_seconds: how long an endpoint that failed is skipped.
-      (How these three act together: ``samtriton.transport``'s docstring, the one description
-      of fail-over.)
       shared_memory: large tensors through system shared memory with servers on this host.
       admin_key: the servers' admin key, sent only to register shared-memory regions
         (default: ``SAMTRITON_ADMIN_KEY_FILE`` / ``SAMTRITON_ADMIN_KEY`` when
@@ -79,8 +78,12 @@ class ConnectionOptions:
 
     @classmethod
     def from_keywords(cls, owner: str, options: Mapping[str, Any]) -> "ConnectionOptions":
-        """The options in ``options``; an unknown name is a ``TypeError`` naming it and ``owner``
-        (the client it was given to)."""
+        """The options in ``options``; an unknown name is a ``TypeError`` naming it and ``owner``.
+
+        Arguments:
+          owner: the client the options were given to, for the error.
+          options: the keyword options.
+        """
         check_names(owner, options)
         return cls(**options)
 
@@ -99,7 +102,13 @@ OPTION_NAMES = frozenset(f.name for f in fields(ConnectionOptions))
 
 
 def check_names(owner: str, options: Mapping[str, Any], unsupported: frozenset = frozenset()) -> None:
-    """``TypeError`` naming each option in ``options`` that ``owner`` does not take."""
+    """``TypeError`` naming each option in ``options`` that ``owner`` does not take.
+
+    Arguments:
+      owner: the client the options were given to, for the error.
+      options: the keyword options.
+      unsupported: fields of ``ConnectionOptions`` that ``owner`` refuses.
+    """
     unknown = sorted(set(options) - OPTION_NAMES)
     if unknown:
         raise TypeError(

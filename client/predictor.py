@@ -48,6 +48,7 @@ class TritonSam(Deployment):
         return self.transport.admin(url or self.urls[0])
 
     def endpoint_ready(self, url: str) -> bool:
+        """``url`` is live with every served model of the deployment READY."""
         return self.transport.endpoint_ready(url, self.model)
 
     def is_ready(self) -> bool:
@@ -62,9 +63,15 @@ class TritonSam(Deployment):
         outputs: Optional[Sequence[str]] = None,
         output_bytes: Optional[Dict[str, int]] = None,
     ) -> Dict[str, np.ndarray]:
-        """One stateless request to ``spec``'s model: ``tensors`` by input name (optional
-        inputs may be left out), ``outputs`` the names wanted (default all). ``output_bytes``
-        bounds the size of outputs that may come back through shared memory."""
+        """One stateless request to ``spec``'s model; its outputs by name.
+
+        Arguments:
+          spec: the served model's contract (``contract.ENCODER``, ...).
+          tensors: the inputs by name (optional inputs may be left out).
+          outputs: the output names wanted (default all).
+          output_bytes: the most bytes each output may take, for outputs that may come back
+            through shared memory.
+        """
         return self.transport.call(make_call(spec, self.model, tensors, outputs, output_bytes))
 
     def encode(self, padded_images: np.ndarray, input_sizes: np.ndarray) -> np.ndarray:
@@ -80,7 +87,13 @@ class TritonSam(Deployment):
     def segment(
         self, padded_image: np.ndarray, input_size: Tuple[int, int], prompts: Dict[str, np.ndarray]
     ) -> Tuple[np.ndarray, np.ndarray]:
-        """Image + K prompts through the ensemble in one call."""
+        """Image + K prompts through the ensemble in one call -> (low-res logits, IoU predictions).
+
+        Arguments:
+          padded_image: the [1024, 1024, 3] uint8 square.
+          input_size: (h, w) of the resized image inside it.
+          prompts: the decoder's prompt tensors (``prompts.prompt_tensors``).
+        """
         tensors = dict(prompts)
         tensors[C.IMAGE.name] = padded_image[None]
         tensors[C.INPUT_SIZE.name] = np.asarray([input_size], dtype=np.int64)
@@ -99,10 +112,14 @@ class TritonSam(Deployment):
         original_size: Optional[Tuple[int, int]] = None,
         encoded_image: Optional[bytes] = None,
     ) -> Tuple[Tuple[int, int], Tuple[int, int]]:
-        """Encode an image on the server and keep its embedding there under ``image_id``.
+        """Encode an image on the server and keep its embedding there under ``image_id``;
+        returns (input_size, original_size).
 
-        Either the padded image (+ its input and original sizes) or the image file's bytes
-        (decoded and preprocessed by the server). Returns (input_size, original_size)."""
+        Arguments:
+          image_id: the image's id (``calls.ImageSource.image_id``).
+          padded_image, input_size, original_size: the padded image and its sizes, or
+          encoded_image: the image file's bytes (decoded and preprocessed by the server).
+        """
         source = calls.ImageSource(padded_image, input_size, original_size, encoded_image)
         return calls.set_result(self.transport.call(calls.session_set(self.model, image_id, source)))
 
@@ -114,10 +131,16 @@ class TritonSam(Deployment):
         float16: bool = True,
         source: Optional[calls.ImageSource] = None,
     ) -> Tuple[np.ndarray, np.ndarray]:
-        """K prompts against the stored embedding -> ([K, C, 256, 256] logits, [K, C] IoU),
-        C = 3 with ``multimask_output`` else 1; logits as float16 unless ``float16=False``.
-        With ``source`` (the ``session_set`` arguments) the image is sent again if the
-        server does not hold it; without, that raises ``ImageNotCached``."""
+        """K prompts against the stored embedding -> ([K, C, 256, 256] logits, [K, C] IoU).
+
+        Arguments:
+          image_id: the stored image's id.
+          prompts: the decoder's prompt tensors.
+          multimask_output: C = 3 masks per prompt, else 1.
+          float16: logits as float16 (else float32).
+          source: the image (a ``calls.ImageSource``, or a mapping of its fields), sent again
+            if the server does not hold it; without, that raises ``ImageNotCached``.
+        """
         call = calls.session_decode(self.model, image_id, prompts, multimask_output, float16, _source(source))
         return calls.decode_result(call, self.transport.call(call))
 
@@ -134,6 +157,7 @@ class TritonSam(Deployment):
         return out[C.DECODER_IMAGE_EMBEDDINGS.name]
 
     def close(self) -> None:
+        """Closes the channels (shared-memory regions are unregistered and freed)."""
         self.transport.close()
 
 
@@ -186,12 +210,14 @@ class SamPredictor:
 
     # --- image ---------------------------------------------------------------------------
     def set_image(self, image: ImageLike, image_format: str = "RGB") -> None:
-        """Encode ``image`` on the server for the following ``predict`` calls.
+        """Encode ``image`` on the server for the following ``predict`` calls. In session mode
+        the embedding stays on the server; otherwise it is returned and kept here.
 
-        ``image``: HWC uint8 array in ``image_format`` ("RGB" or "BGR"), a PIL image or a path.
-        Grayscale (HxW) is replicated to 3 channels, RGBA drops alpha, uint16 is scaled to
-        uint8 by 255/65535 (see ``transforms.to_rgb_uint8``). In session mode the embedding
-        stays on the server; otherwise it is returned and kept here.
+        Arguments:
+          image: HWC uint8 array in ``image_format``, a PIL image or a path. Grayscale (HxW)
+            is replicated to 3 channels, RGBA drops alpha, uint16 is scaled to uint8 by
+            255/65535 (see ``transforms.to_rgb_uint8``).
+          image_format: "RGB" or "BGR".
         """
         source = image_source(image, image_format, self.transform)
         self.reset_image()
@@ -208,9 +234,13 @@ class SamPredictor:
         self.is_image_set = True
 
     def set_image_file(self, image_file: Union[bytes, str, "os.PathLike"]) -> None:
-        """Like ``set_image``, for an image file (path or bytes: JPEG, PNG, ...). In session mode
-        the file's bytes are sent as they are and the server decodes and preprocesses them
-        exactly as ``set_image`` would here: a JPEG is ~10x fewer bytes than the padded image."""
+        """Like ``set_image``, for an image file. In session mode the file's bytes are sent as
+        they are and the server decodes and preprocesses them exactly as ``set_image`` would
+        here: a JPEG is ~10x fewer bytes than the padded image.
+
+        Arguments:
+          image_file: the file's path, or its bytes (JPEG, PNG, ...).
+        """
         data = image_file if isinstance(image_file, (bytes, bytearray)) else read_image_file(image_file)
         if not self.session:
             return self.set_image(decode_image(data))
@@ -246,10 +276,16 @@ class SamPredictor:
     ):  # fmt: skip
         """One prompt, as ``segment_anything.SamPredictor.predict``.
 
-        point_coords: Nx2 (x, y) pixels of the original image; point_labels: N of 1
-        (foreground) / 0 (background); box: (x0, y0, x1, y1); mask_input: 1x256x256 logits
-        from a previous call. Returns masks (CxHxW bool, or float logits with
-        ``return_logits``), scores (C,) and low-res logits (Cx256x256), C = 3 or 1.
+        Arguments:
+          point_coords: Nx2 (x, y) pixels of the original image.
+          point_labels: N labels, 1 (foreground) or 0 (background).
+          box: (x0, y0, x1, y1) pixels of the original image.
+          mask_input: 1x256x256 low-res logits from a previous call.
+          multimask_output: three masks (C = 3), else one (C = 1).
+          return_logits: float logits instead of boolean masks.
+
+        Returns:
+          masks (CxHxW), scores (C,) and low-res logits (Cx256x256).
         """
         prompt = single_prompt(point_coords, point_labels, box, mask_input)
         out = self._predict(*prompt, multimask_output, return_logits)
@@ -262,8 +298,12 @@ class SamPredictor:
     ):  # fmt: skip
         """K prompts on the current image in ONE request (``predict_torch`` in original pixels).
 
-        point_coords: KxNx2; point_labels: KxN; boxes: Kx4; mask_input: Kx1x256x256. Returns
-        masks KxCxHxW, scores KxC, low-res logits KxCx256x256.
+        Arguments:
+          point_coords: KxNx2; point_labels: KxN; boxes: Kx4; mask_input: Kx1x256x256; the
+            others: ``predict``'s.
+
+        Returns:
+          masks KxCxHxW, scores KxC, low-res logits KxCx256x256.
         """
         prompt = batch_prompt(point_coords, point_labels, boxes, mask_input)
         return self._predict(*prompt, multimask_output, return_logits)
@@ -273,7 +313,10 @@ class SamPredictor:
         point_coords=None, point_labels=None, box=None, mask_input=None,
         multimask_output: bool = True, return_logits: bool = False,
     ):  # fmt: skip
-        """``set_image`` + ``predict`` in one call through the ensemble; keeps no state."""
+        """``set_image`` + ``predict`` in one call through the ensemble; keeps no state.
+
+        Arguments: ``set_image``'s, then ``predict``'s.
+        """
         source = image_source(image, image_format, self.transform)
         prompts = prompt_tensors(
             self.transform, *single_prompt(point_coords, point_labels, box, mask_input), source.original_size
@@ -307,11 +350,12 @@ class SamPredictor:
 
     @property
     def model(self) -> str:
+        """The deployment name."""
         return self.client.model
 
     @property
     def backend(self) -> TritonSam:
-        """The former name of ``client`` (kept for existing callers)."""
+        """The old name of ``client``, kept working for existing callers; use ``client``."""
         return self.client
 
     def is_ready(self) -> bool:
@@ -320,6 +364,7 @@ class SamPredictor:
         return self.client.is_ready()
 
     def close(self) -> None:
+        """Closes the client's channels."""
         self.client.close()
 
     def __enter__(self):

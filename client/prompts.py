@@ -38,10 +38,17 @@ def image_source(image: ImageLike, image_format: str, transform: ResizeLongestSi
 def masks_from_logits(
     low_res: np.ndarray, iou: np.ndarray, selected: Optional[slice], return_logits: bool, input_size, original_size
 ):
-    """(masks, scores, low-res logits) as ``SamPredictor.predict`` returns them, from the
-    decoder's [K, C, 256, 256] logits and [K, C] IoU predictions. ``selected``: the mask slice
-    to keep (``contract.SINGLE_MASK_SLICE`` / ``MULTIMASK_SLICE``), or None when the server
-    already chose; ``return_logits``: float logits at the image size instead of booleans."""
+    """(masks, scores, low-res logits) as ``SamPredictor.predict`` returns them.
+
+    Arguments:
+      low_res: the decoder's [K, C, 256, 256] logits.
+      iou: its [K, C] IoU predictions.
+      selected: the mask slice to keep (``contract.SINGLE_MASK_SLICE`` / ``MULTIMASK_SLICE``),
+        or None when the server already chose.
+      return_logits: float logits at the image size instead of booleans.
+      input_size: (h, w) of the resized image inside the 1024 square.
+      original_size: (h, w) of the image.
+    """
     if selected is not None:
         low_res, iou = low_res[:, selected], iou[:, selected]
     low_res, scores = np.ascontiguousarray(low_res, dtype=np.float32), np.ascontiguousarray(iou)
@@ -54,10 +61,17 @@ def masks_from_logits(
 def prompt_tensors(
     transform: ResizeLongestSide, points, labels, boxes, masks, original_size, fill_absent_mask: bool = True
 ) -> Dict[str, np.ndarray]:
-    """Original-pixel prompts (as ``single_prompt`` / ``batch_prompt`` return them) -> the
-    decoder's tensors (SAM's ONNX prompt form). Without a mask prompt, ``fill_absent_mask``
-    adds the zero mask and has_mask 0 the decoder takes; False leaves both out (the session
-    model fills them in: 256 KiB per prompt not sent)."""
+    """Original-pixel prompts -> the decoder's tensors (SAM's ONNX prompt form).
+
+    Arguments:
+      transform: the resize to the encoder's side.
+      points, labels, boxes, masks: K prompts as ``single_prompt`` / ``batch_prompt`` return
+        them (any may be None, but points and boxes not both).
+      original_size: (h, w) of the image.
+      fill_absent_mask: without a mask prompt, add the zero mask and has_mask 0 the decoder
+        takes; False leaves both out (the session model fills them in: 256 KiB per prompt
+        not sent).
+    """
     if points is None and boxes is None:
         raise InvalidInput("point_coords / box: give at least one point or a box")
     coords, label_parts = [], []
@@ -88,6 +102,7 @@ def prompt_tensors(
 
 
 def read_image_file(path) -> bytes:
+    """The bytes of the image file at ``path``; ``InvalidInput`` when it cannot be read."""
     try:
         with open(path, "rb") as handle:
             return handle.read()

@@ -156,10 +156,13 @@ class _Outcome:
 
 
 class Transport(Exchange):
-    """The blocking transport: ``tritonclient.grpc`` clients, each call's steps run in turn
-    (arguments: ``Exchange``'s)."""
+    """The blocking transport: ``tritonclient.grpc`` clients, each call's steps run in turn.
+
+    Arguments: ``Exchange``'s.
+    """
 
     def new_client(self, url: str) -> TritonClient:
+        """A blocking ``tritonclient.grpc.InferenceServerClient`` for ``url``."""
         return grpcclient.InferenceServerClient(url, **self.options.client_arguments())
 
     def call(self, call: Call) -> Dict[str, np.ndarray]:
@@ -180,10 +183,13 @@ class Transport(Exchange):
 
 
 class AsyncTransport(Exchange):
-    """The asyncio transport: ``tritonclient.grpc.aio`` clients, each call's steps awaited
-    (arguments: ``Exchange``'s)."""
+    """The asyncio transport: ``tritonclient.grpc.aio`` clients, each call's steps awaited.
+
+    Arguments: ``Exchange``'s.
+    """
 
     def new_client(self, url: str) -> TritonClient:
+        """A ``tritonclient.grpc.aio.InferenceServerClient`` for ``url``."""
         import tritonclient.grpc.aio as grpcaio  # only asyncio users pay for importing it
 
         return grpcaio.InferenceServerClient(url, **self.options.client_arguments())
@@ -225,9 +231,9 @@ class Deployment:
     Arguments:
       url: "host:port", a comma-separated list of them, or a list.
       model: the deployment name (the served models are NAME_encoder, NAME_decoder, ...).
-      timeout, headers, retries, backoff, down_seconds, and the other keyword options: the
-        fields of ``ConnectionOptions``, the same for every client; an unknown one is a
-        ``TypeError`` naming it and the client.
+      timeout, headers, retries, backoff, down_seconds, options: the fields of
+        ``ConnectionOptions`` (``options``: the others, by keyword), the same for every
+        client; an unknown one is a ``TypeError`` naming it and the client.
     """
 
     transport_class: Any = Transport
