@@ -23,9 +23,10 @@ import numpy as np
 from . import calls
 from . import contract as C
 from .errors import InvalidInput
+from .options import DEFAULT_TIMEOUT_S
 from .prompts import image_source, masks_from_logits, prompt_tensors, read_image_file, single_prompt
 from .transforms import ImageLike, ResizeLongestSide, encoded_image_size
-from .transport import DEFAULT_TIMEOUT_S, AsyncTransport, Deployment, make_call
+from .transport import AsyncTransport, Deployment, make_call
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ class AsyncSamPredictor(Deployment):
             raise InvalidInput(f"prompts: expected one per image ({len(images)}), got {len(prompts)}")
         gate = asyncio.Semaphore(concurrency)
 
-        async def one(index):
+        async def one(index: int) -> tuple:
             async with gate:
                 kwargs = dict(predict_kwargs, **(prompts[index] if prompts is not None else {}))
                 return await self.segment(images[index], **kwargs)
@@ -187,7 +188,7 @@ def segment_many(
       timeout: each call's deadline, seconds.
     """
 
-    async def run():
+    async def run() -> List[tuple]:
         async with AsyncSamPredictor(url, model=model, timeout=timeout) as sam:
             return await sam.map(images, prompts, concurrency=concurrency, **predict_kwargs)
 

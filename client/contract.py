@@ -115,7 +115,7 @@ class ModelSpec:
         return ((-1,) + spec.dims) if self.batching else spec.dims
 
 
-def _by_name(specs, name):
+def _by_name(specs: Tuple[TensorSpec, ...], name: str) -> TensorSpec:
     for spec in specs:
         if spec.name == name:
             return spec

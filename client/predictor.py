@@ -17,10 +17,10 @@ import numpy as np
 from . import calls
 from . import contract as C
 from .errors import InvalidInput
-from .options import check_names
+from .options import DEFAULT_URL, check_names
 from .prompts import batch_prompt, image_source, masks_from_logits, prompt_tensors, read_image_file, single_prompt
 from .transforms import ImageLike, ResizeLongestSide, decode_image, encoded_image_size
-from .transport import DEFAULT_URL, Deployment, Transport, make_call
+from .transport import Deployment, Transport, make_call
 from .validation import check_decoder_inputs
 
 logger = logging.getLogger("samtriton")
@@ -327,7 +327,15 @@ class SamPredictor:
         out = masks_from_logits(low_res, iou, selected, return_logits, input_size, source.original_size)
         return tuple(x[0] for x in out)
 
-    def _predict(self, points, labels, boxes, masks, multimask_output, return_logits):
+    def _predict(
+        self,
+        points: Optional[np.ndarray],
+        labels: Optional[np.ndarray],
+        boxes: Optional[np.ndarray],
+        masks: Optional[np.ndarray],
+        multimask_output: bool,
+        return_logits: bool,
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         self._require_image()
         # The session model fills in an absent mask prompt; the stateless decoder needs it sent.
         prompts = prompt_tensors(
@@ -336,10 +344,14 @@ class SamPredictor:
         if self.session:
             # float16 logits unless the caller wants logits: the masks (logits > 0) are the same.
             low_res, iou = self.client.session_decode(
-                self.image_id, prompts, multimask_output, float16=not return_logits, source=self._image_source
+                cast(str, self.image_id),
+                prompts,
+                multimask_output,
+                float16=not return_logits,
+                source=self._image_source,
             )
             return masks_from_logits(low_res, iou, None, return_logits, self.input_size, self.original_size)
-        prompts[C.DECODER_IMAGE_EMBEDDINGS.name] = self.features
+        prompts[C.DECODER_IMAGE_EMBEDDINGS.name] = cast(np.ndarray, self.features)
         low_res, iou = self.client.decode(prompts)
         selected = C.MULTIMASK_SLICE if multimask_output else C.SINGLE_MASK_SLICE
         return masks_from_logits(low_res, iou, selected, return_logits, self.input_size, self.original_size)

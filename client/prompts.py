@@ -37,7 +37,7 @@ def image_source(image: ImageLike, image_format: str, transform: ResizeLongestSi
 
 def masks_from_logits(
     low_res: np.ndarray, iou: np.ndarray, selected: Optional[slice], return_logits: bool, input_size, original_size
-):
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(masks, scores, low-res logits) as ``SamPredictor.predict`` returns them.
 
     Arguments:

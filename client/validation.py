@@ -134,7 +134,7 @@ def check_amg_inputs(input_size, crop_size, thresholds, prompts=None):
         check_amg_work(int(prompts), crop_size)
 
 
-def check_amg_work(prompts, crop_size):
+def check_amg_work(prompts: int, crop_size: np.ndarray) -> None:
     """Prompts x crop pixels of one automatic-mask-generation request within the contract's cap."""
     work = int(prompts) * int(crop_size[0]) * int(crop_size[1])
     if work > C.MAX_AMG_PROMPT_PIXELS:
