@@ -25,6 +25,10 @@ from .validation import check_decoder_inputs
 
 logger = logging.getLogger("samtriton")
 
+# What to send again when a server no longer holds an image: an ImageSource, or (as before it
+# existed) a mapping of its fields.
+SourceLike = Union[calls.ImageSource, Mapping[str, Any], None]
+
 
 class TritonSam(Deployment):
     """Typed access to the served models of one deployment ``model``, on one or more Triton
@@ -129,7 +133,7 @@ class TritonSam(Deployment):
         prompts: Dict[str, np.ndarray],
         multimask_output: bool,
         float16: bool = True,
-        source: Optional[calls.ImageSource] = None,
+        source: SourceLike = None,
     ) -> Tuple[np.ndarray, np.ndarray]:
         """K prompts against the stored embedding -> ([K, C, 256, 256] logits, [K, C] IoU).
 
@@ -145,13 +149,13 @@ class TritonSam(Deployment):
         return calls.decode_result(call, self.transport.call(call))
 
     def session_amg(
-        self, image_id: str, tensors: Dict[str, np.ndarray], source: Optional[calls.ImageSource] = None
+        self, image_id: str, tensors: Dict[str, np.ndarray], source: SourceLike = None
     ) -> Dict[str, np.ndarray]:
         """The AMG stage's request (``C.AMG``'s inputs but the embedding) against the stored
         embedding of ``image_id``: the kept masks' outputs, as ``C.AMG.outputs``."""
         return self.transport.call(calls.session_amg(self.model, image_id, tensors, _source(source)))
 
-    def session_embedding(self, image_id: str, source: Optional[calls.ImageSource] = None) -> np.ndarray:
+    def session_embedding(self, image_id: str, source: SourceLike = None) -> np.ndarray:
         """The stored [1, 256, 64, 64] float32 embedding of ``image_id``."""
         out = self.transport.call(calls.session_embedding(self.model, image_id, _source(source)))
         return out[C.DECODER_IMAGE_EMBEDDINGS.name]
@@ -161,7 +165,7 @@ class TritonSam(Deployment):
         self.transport.close()
 
 
-def _source(source: Union[calls.ImageSource, Mapping[str, Any], None]) -> Optional[calls.ImageSource]:
+def _source(source: SourceLike) -> Optional[calls.ImageSource]:
     """``source`` as an ``ImageSource`` (a mapping of its fields is still taken)."""
     return None if source is None else calls.ImageSource.of(source)
 

@@ -122,6 +122,7 @@ def docstring_problems(root: Path) -> list:
     return problems
 
 
+@pytest.mark.unit
 def test_every_public_definition_of_the_sdk_is_documented_in_one_style():
     """Every public function, class and method of client/ has a docstring; argument lists use
     segment-anything's "Arguments:" (never "Args:") and name real parameters."""
@@ -132,6 +133,7 @@ def test_every_public_definition_of_the_sdk_is_documented_in_one_style():
     assert docstring_problems(REPO / "client") == []
 
 
+@pytest.mark.unit
 def test_the_docstring_check_fails_where_it_should(tmp_path):
     (tmp_path / "mod.py").write_text(
         "def bare(x):\n    return x\n\n\n"
