@@ -32,9 +32,9 @@
   ``ContractMismatch`` naming them. Skipped endpoints are asked again after
   ``ContractVersions.RECHECK_SECONDS``: an upgraded replica comes back into use.
 - Errors: Triton's status codes, not message text, become samtriton's exceptions.
-- Readiness (``is_ready``): an endpoint is ready when its server is live and every served
-  model of the deployment (each of ``contract.MODEL_SPECS``) is READY; a client is ready when
-  one of its endpoints is.
+- Readiness: an endpoint is ready when its server is live and every served model of the
+  deployment (each of ``contract.MODEL_SPECS``) is READY (``endpoint_ready``); a blocking
+  client's ``is_ready`` is True when one of its endpoints is.
 
 This docstring is the one description of fail-over; the modules it is built from:
 ``endpoints`` (parsing, hashing, health), ``attempts`` (the plan), ``versions`` (contract
