@@ -98,3 +98,16 @@ def test_an_image_source_is_a_typed_value_with_the_contracts_image_id():
     # The mapping form the SDK took before still converts.
     fields = dict(padded_image=source.padded_image, input_size=(768, 1024), original_size=(300, 400))
     assert calls.ImageSource.of(fields).image_id == source.image_id and calls.ImageSource.of(source) is source
+
+
+def test_backend_is_still_the_old_name_of_client():
+    """``SamPredictor.backend`` keeps working for existing callers; the docs and tests use
+    ``client``. Nothing connects here: gRPC channels connect on the first call."""
+    from samtriton import SamPredictor, TritonSam
+
+    predictor = SamPredictor("127.0.0.1:1", model="sam")
+    try:
+        assert isinstance(predictor.client, TritonSam) and predictor.backend is predictor.client
+        assert "old name of ``client``" in SamPredictor.backend.__doc__
+    finally:
+        predictor.close()
