@@ -33,8 +33,12 @@ FORM = "16 to 512 characters from A-Z a-z 0-9 . _ ~ + / -"
 
 
 def check(key: str, setting: str) -> str:
-    """``key`` if it has the admin key's form, else ``InvalidInput`` naming ``setting``
-    (where the key came from) and the form."""
+    """``key`` if it has the admin key's form, else ``InvalidInput`` naming ``setting`` and the form.
+
+    Arguments:
+      key: the key.
+      setting: where the key came from (an option or variable name), for the error.
+    """
     if not isinstance(key, str) or not _FORM.fullmatch(key):
         length = len(key) if isinstance(key, str) else type(key).__name__
         raise InvalidInput(f"{setting}: the admin key must be {FORM} (got {length} characters)")
@@ -47,7 +51,12 @@ def generate() -> str:
 
 
 def read_file(path: "str | os.PathLike[str]", setting: str) -> str:
-    """The key stored in ``path`` (surrounding whitespace, such as a final newline, dropped)."""
+    """The key stored in a file (surrounding whitespace, such as a final newline, dropped).
+
+    Arguments:
+      path: the file.
+      setting: where the path came from, for the error.
+    """
     try:
         text = Path(path).read_text()
     except OSError as exc:
@@ -57,7 +66,11 @@ def read_file(path: "str | os.PathLike[str]", setting: str) -> str:
 
 def from_environment(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
     """The key named by ``SAMTRITON_ADMIN_KEY_FILE`` or held in ``SAMTRITON_ADMIN_KEY`` (None
-    when neither is set). ``environ``: the environment to read (default ``os.environ``)."""
+    when neither is set).
+
+    Arguments:
+      environ: the environment to read (default ``os.environ``).
+    """
     environ = os.environ if environ is None else environ
     if environ.get(ADMIN_KEY_FILE_ENV):
         return read_file(environ[ADMIN_KEY_FILE_ENV], ADMIN_KEY_FILE_ENV)

@@ -24,6 +24,7 @@ def is_box_near_crop_edge(
 
 
 def box_xyxy_to_xywh(box_xyxy: np.ndarray) -> np.ndarray:
+    """One box (x0, y0, x1, y1) -> (x0, y0, width, height), a copy."""
     box = np.array(box_xyxy, copy=True)
     box[2] = box[2] - box[0]
     box[3] = box[3] - box[1]
@@ -31,6 +32,12 @@ def box_xyxy_to_xywh(box_xyxy: np.ndarray) -> np.ndarray:
 
 
 def batch_iterator(batch_size: int, *args) -> Generator[List[Any], None, None]:
+    """Slices of ``batch_size`` items of every sequence in ``args`` together (the last may be shorter).
+
+    Arguments:
+      batch_size: items per batch.
+      args: sequences of one length (``ValueError`` otherwise).
+    """
     if not args or any(len(a) != len(args[0]) for a in args):
         raise ValueError("Batched iteration must have inputs of all the same size.")
     n_batches = len(args[0]) // batch_size + int(len(args[0]) % batch_size != 0)
@@ -53,6 +60,7 @@ def mask_to_rle(masks: np.ndarray) -> List[Dict[str, Any]]:
 
 
 def rle_to_mask(rle: Dict[str, Any]) -> np.ndarray:
+    """An uncompressed RLE (``mask_to_rle``'s) -> its [H, W] bool mask."""
     h, w = rle["size"]
     values = np.zeros(len(rle["counts"]), dtype=bool)
     values[1::2] = True
@@ -61,6 +69,7 @@ def rle_to_mask(rle: Dict[str, Any]) -> np.ndarray:
 
 
 def area_from_rle(rle: Dict[str, Any]) -> int:
+    """The number of pixels set in an uncompressed RLE's mask."""
     return sum(rle["counts"][1::2])
 
 
@@ -73,6 +82,7 @@ def calculate_stability_score(masks: np.ndarray, mask_threshold: float, threshol
 
 
 def build_point_grid(n_per_side: int) -> np.ndarray:
+    """[n_per_side**2, 2] evenly spaced (x, y) points in [0, 1] x [0, 1], cell centres."""
     offset = 1 / (2 * n_per_side)
     points_one_side = np.linspace(offset, 1 - offset, n_per_side)
     points_x = np.tile(points_one_side[None, :], (n_per_side, 1))
@@ -81,19 +91,33 @@ def build_point_grid(n_per_side: int) -> np.ndarray:
 
 
 def build_all_layer_point_grids(n_per_side: int, n_layers: int, scale_per_layer: int) -> List[np.ndarray]:
+    """The point grid of each crop layer (0 .. ``n_layers``).
+
+    Arguments:
+      n_per_side: points per side on layer 0 (the whole image).
+      n_layers: crop layers after layer 0.
+      scale_per_layer: each layer has this many times fewer points per side.
+    """
     return [build_point_grid(int(n_per_side / (scale_per_layer**i))) for i in range(n_layers + 1)]
 
 
 def generate_crop_boxes(
     im_size: Tuple[int, ...], n_layers: int, overlap_ratio: float
 ) -> Tuple[List[List[int]], List[int]]:
+    """The crop boxes (x0, y0, x1, y1) of every layer and each box's layer, as the reference's.
+
+    Arguments:
+      im_size: (height, width) of the image.
+      n_layers: crop layers after the whole image; layer i has (2**i)**2 crops.
+      overlap_ratio: how much neighbouring crops overlap, as a fraction of the short side.
+    """
     crop_boxes, layer_idxs = [], []
     im_h, im_w = im_size
     short_side = min(im_h, im_w)
     crop_boxes.append([0, 0, im_w, im_h])
     layer_idxs.append(0)
 
-    def crop_len(orig_len, n_crops, overlap):
+    def crop_len(orig_len: int, n_crops: int, overlap: int) -> int:
         return int(math.ceil((overlap * (n_crops - 1) + orig_len) / n_crops))
 
     for i_layer in range(n_layers):
@@ -110,6 +134,7 @@ def generate_crop_boxes(
 
 
 def uncrop_boxes_xyxy(boxes: np.ndarray, crop_box: List[int]) -> np.ndarray:
+    """XYXY boxes in a crop -> in the image ``crop_box`` (x0, y0, x1, y1) was cut from."""
     x0, y0, _, _ = crop_box
     offset = np.array([[x0, y0, x0, y0]])
     if boxes.ndim == 3:
@@ -118,6 +143,7 @@ def uncrop_boxes_xyxy(boxes: np.ndarray, crop_box: List[int]) -> np.ndarray:
 
 
 def uncrop_points(points: np.ndarray, crop_box: List[int]) -> np.ndarray:
+    """(x, y) points in a crop -> in the image ``crop_box`` (x0, y0, x1, y1) was cut from."""
     x0, y0, _, _ = crop_box
     offset = np.array([[x0, y0]])
     if points.ndim == 3:
@@ -126,6 +152,13 @@ def uncrop_points(points: np.ndarray, crop_box: List[int]) -> np.ndarray:
 
 
 def uncrop_masks(masks: np.ndarray, crop_box: List[int], orig_h: int, orig_w: int) -> np.ndarray:
+    """[N, h, w] masks of a crop, zero-padded to the [N, orig_h, orig_w] image it was cut from.
+
+    Arguments:
+      masks: the crop's masks.
+      crop_box: the crop (x0, y0, x1, y1) in the image.
+      orig_h, orig_w: the image's height and width.
+    """
     x0, y0, x1, y1 = crop_box
     if x0 == 0 and y0 == 0 and x1 == orig_w and y1 == orig_h:
         return masks
@@ -184,6 +217,7 @@ def batched_mask_to_box(masks: np.ndarray) -> np.ndarray:
 
 
 def box_area(boxes: np.ndarray) -> np.ndarray:
+    """The area of each [N, 4] XYXY box."""
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 

@@ -1,9 +1,5 @@
-"""The attempt plan of one call: which endpoint to try next, when to pause, when to give up.
-
-An endpoint that is unreachable, or lacks the model, is marked down for ``down_seconds`` and
-the call goes to the next endpoint in its order at once; when every endpoint was unreachable
-the call is retried with exponential backoff and jitter, never past its deadline. An endpoint
-of another contract version is only skipped (nothing was sent to it).
+"""The attempt plan of one call: which endpoint to try next, when to pause, when to give up,
+as ``samtriton.transport``'s docstring (the one description of fail-over) says.
 """
 
 from __future__ import annotations
@@ -43,7 +39,15 @@ def attempts(
     """The plan of one call. Yields an ``Attempt`` (try this endpoint) or a ``Pause`` (sleep,
     then ``next``). After a failed attempt, ``send`` its error: a fail-over error marks the
     endpoint down and the plan goes on (a ``ContractMismatch`` only skips it: nothing was
-    sent); the plan raises the error when nothing is left."""
+    sent); the plan raises the error when nothing is left.
+
+    Arguments:
+      endpoints: the client's endpoints (their order and health).
+      image_id: the image the call names (its rendezvous order), or None (a rotation).
+      timeout: the call's deadline, seconds from now.
+      retries: how many rounds may follow one in which every endpoint was unreachable.
+      backoff: the first pause between rounds, seconds.
+    """
     deadline = time.monotonic() + timeout
     for attempt in itertools.count():
         error: Optional[Exception] = None

@@ -27,6 +27,22 @@ OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
 
 class SamAutomaticMaskGenerator:
+    """segment-anything's ``SamAutomaticMaskGenerator``, served by Triton: the prompts' masks
+    are filtered on the server, the crops' embeddings computed there once.
+
+    Arguments:
+      model: a samtriton ``SamPredictor``, or a Triton gRPC URL (then ``model_name`` names the
+        deployment).
+      points_per_side, points_per_batch, pred_iou_thresh, stability_score_thresh,
+        stability_score_offset, box_nms_thresh, crop_n_layers, crop_nms_thresh,
+        crop_overlap_ratio, crop_n_points_downscale_factor, point_grids,
+        min_mask_region_area, output_mode: the reference's, with its defaults
+        (``points_per_batch`` at most ``contract.MAX_PROMPTS_PER_REQUEST``; ``coco_rle`` and
+        ``min_mask_region_area`` need the ``amg`` extra).
+      model_name: the deployment, when ``model`` is a URL.
+      requests_in_flight: requests sent at once.
+    """
+
     def __init__(
         self,
         model: Union[SamPredictor, str],
@@ -46,8 +62,6 @@ class SamAutomaticMaskGenerator:
         model_name: str = C.DEFAULT_MODEL_NAME,
         requests_in_flight: int = 4,
     ) -> None:
-        """``model``: a samtriton ``SamPredictor``, or a Triton gRPC URL (then ``model_name``
-        names the deployment). The other arguments are the reference's, with its defaults."""
         if (points_per_side is None) == (point_grids is None):
             raise InvalidInput("points_per_side / point_grids: give exactly one of them")
         if output_mode not in OUTPUT_MODES:
@@ -143,14 +157,18 @@ class SamAutomaticMaskGenerator:
         session entry per crop, under its content hash) and a handle comes back; otherwise
         the embeddings come back, in batched encoder requests."""
         sources = [image_source(crop, "RGB", self.transform) for crop in crops]
-        sizes = [(int(height), int(width)) for height, width in (source["input_size"] for source in sources)]
+        sizes = [(int(height), int(width)) for height, width in (cast(Tuple[int, int], s.input_size) for s in sources)]
         client = self.predictor.client
         if self.predictor.session:
-            handles = [(C.image_id_for(**source), source) for source in sources]
+            handles = [(source.image_id, source) for source in sources]
             with ThreadPoolExecutor(min(len(handles), self.requests_in_flight)) as pool:
-                list(pool.map(lambda handle: client.session_set(handle[0], **handle[1]), handles))
+                list(
+                    pool.map(
+                        lambda s: client.session_set(s.image_id, s.padded_image, s.input_size, s.original_size), sources
+                    )
+                )
             return handles, sizes
-        padded = np.stack([source["padded_image"] for source in sources])
+        padded = np.stack([cast(np.ndarray, source.padded_image) for source in sources])
         input_sizes = np.asarray(sizes, dtype=np.int64)
         chunks = [slice(i, i + C.MAX_ENCODER_BATCH) for i in range(0, len(crops), C.MAX_ENCODER_BATCH)]
         embeddings = np.concatenate([client.encode(padded[c], input_sizes[c]) for c in chunks])
@@ -229,7 +247,13 @@ class SamAutomaticMaskGenerator:
 
     @staticmethod
     def postprocess_small_regions(data: Dict[str, Any], min_area: int, nms_thresh: float) -> Dict[str, Any]:
-        """Remove small islands and holes from every mask, then NMS preferring untouched masks."""
+        """Remove small islands and holes from every mask, then NMS preferring untouched masks.
+
+        Arguments:
+          data: the masks' records (``rles``, ``boxes``, ...).
+          min_area: regions and holes smaller than this many pixels go.
+          nms_thresh: the box IoU above which the lower-priority mask is dropped.
+        """
         if not data["rles"]:
             return data
         new_masks, untouched = [], []

@@ -16,7 +16,13 @@ class Channels:
     """Each endpoint's current client. ``renew`` gives an endpoint a fresh one (a channel that
     saw its server die waits out gRPC's reconnect backoff; a new one connects as soon as the
     server is back); the old one is closed when the last request using it has returned,
-    never under a request in flight. ``close_client`` may return an awaitable (asyncio)."""
+    never under a request in flight.
+
+    Arguments:
+      urls: the endpoints.
+      make_client: a new client for a url.
+      close_client: closes a client; may return an awaitable (asyncio), kept in ``closing``.
+    """
 
     def __init__(
         self,

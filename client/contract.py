@@ -66,6 +66,16 @@ WIRE_DTYPES = {  # tritonclient's datatype strings
 
 @dataclass(frozen=True)
 class TensorSpec:
+    """One tensor of a served model.
+
+    Arguments:
+      name: the tensor's name in config.pbtxt and on the wire.
+      dtype: its numpy scalar type.
+      dims: its shape (without the batch axis of a batching model; -1: any size).
+      doc: what it holds.
+      optional: a request may leave it out.
+    """
+
     name: str
     dtype: DTypeLike  # a scalar type (np.float32, ...): read through np.dtype()
     dims: Tuple[int, ...]
@@ -93,9 +103,11 @@ class ModelSpec:
     batching: bool  # True: dims exclude the batch axis and max_batch_size > 0
 
     def served_name(self, name: str) -> str:
+        """The name Triton serves this model under for deployment ``name``."""
         return f"{name}{self.suffix}"
 
     def input(self, name: str) -> TensorSpec:
+        """The input called ``name``."""
         return _by_name(self.inputs, name)
 
     def full_shape(self, spec: TensorSpec) -> Tuple[int, ...]:
@@ -103,7 +115,7 @@ class ModelSpec:
         return ((-1,) + spec.dims) if self.batching else spec.dims
 
 
-def _by_name(specs, name):
+def _by_name(specs: Tuple[TensorSpec, ...], name: str) -> TensorSpec:
     for spec in specs:
         if spec.name == name:
             return spec

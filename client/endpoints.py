@@ -86,6 +86,7 @@ class Endpoints:
         return sorted(ranked, key=lambda u: self._down_until[u] > now)  # stable: the ranking is kept
 
     def mark_down(self, url: str, error: Exception) -> None:
+        """``url`` failed with ``error``: skip it for ``down_seconds`` and keep the failure."""
         with self._lock:
             self._down_until[url] = time.monotonic() + self.down_seconds
             self.failures.append((url, str(error)))

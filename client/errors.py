@@ -49,10 +49,14 @@ def from_status(
 ) -> SamTritonError:
     """The exception for a failed call, chosen by Triton's gRPC status code.
 
-    status: the code's name ("NOT_FOUND", ...; "" when the server gave none); message: the
-    server's text, kept for people; model: the model called; url: the endpoint; timeout: the
-    call's deadline in seconds; image_id: the image of a call that may find it evicted (a
-    NOT_FOUND is then ``ImageNotCached``), else None.
+    Arguments:
+      status: the code's name ("NOT_FOUND", ...; "" when the server gave none).
+      message: the server's text, kept for people.
+      model: the model called.
+      url: the endpoint.
+      timeout: the call's deadline in seconds.
+      image_id: the image of a call that may find it evicted (a NOT_FOUND is then
+        ``ImageNotCached``), else None.
     """
     if status == "UNAVAILABLE":
         return ServerUnavailable(

@@ -34,13 +34,14 @@ TRITONCLIENT_OPTIONS = (
 
 @dataclass
 class ConnectionOptions:
-    """How a client reaches its endpoints.
+    """How a client reaches its endpoints. How ``retries``, ``backoff`` and ``down_seconds`` act
+    together: ``samtriton.transport``'s docstring, the one description of fail-over.
 
     Arguments:
       timeout: each call's deadline, seconds (retries included).
       headers: gRPC metadata sent with every call (e.g. an auth token).
       retries: how many times a call is retried when every endpoint is unreachable.
-      backoff: the first pause between those retries, seconds (doubled each time, with jitter).
+      backoff: the first pause between those retries, seconds.
       down_seconds: how long an endpoint that failed is skipped.
       shared_memory: large tensors through system shared memory with servers on this host.
       admin_key: the servers' admin key, sent only to register shared-memory regions
@@ -77,8 +78,12 @@ class ConnectionOptions:
 
     @classmethod
     def from_keywords(cls, owner: str, options: Mapping[str, Any]) -> "ConnectionOptions":
-        """The options in ``options``; an unknown name is a ``TypeError`` naming it and ``owner``
-        (the client it was given to)."""
+        """The options in ``options``; an unknown name is a ``TypeError`` naming it and ``owner``.
+
+        Arguments:
+          owner: the client the options were given to, for the error.
+          options: the keyword options.
+        """
         check_names(owner, options)
         return cls(**options)
 
@@ -97,7 +102,13 @@ OPTION_NAMES = frozenset(f.name for f in fields(ConnectionOptions))
 
 
 def check_names(owner: str, options: Mapping[str, Any], unsupported: frozenset = frozenset()) -> None:
-    """``TypeError`` naming each option in ``options`` that ``owner`` does not take."""
+    """``TypeError`` naming each option in ``options`` that ``owner`` does not take.
+
+    Arguments:
+      owner: the client the options were given to, for the error.
+      options: the keyword options.
+      unsupported: fields of ``ConnectionOptions`` that ``owner`` refuses.
+    """
     unknown = sorted(set(options) - OPTION_NAMES)
     if unknown:
         raise TypeError(

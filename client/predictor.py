@@ -10,37 +10,34 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Dict, Optional, Sequence, Tuple, Union, cast
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
 from . import calls
 from . import contract as C
 from .errors import InvalidInput
-from .options import check_names
+from .options import DEFAULT_URL, check_names
 from .prompts import batch_prompt, image_source, masks_from_logits, prompt_tensors, read_image_file, single_prompt
 from .transforms import ImageLike, ResizeLongestSide, decode_image, encoded_image_size
-from .transport import DEFAULT_URL, Deployment, Transport, make_call
+from .transport import Deployment, Transport, make_call
 from .validation import check_decoder_inputs
 
 logger = logging.getLogger("samtriton")
 
+# What to send again when a server no longer holds an image: an ImageSource, or (as before it
+# existed) a mapping of its fields.
+SourceLike = Union[calls.ImageSource, Mapping[str, Any], None]
+
 
 class TritonSam(Deployment):
     """Typed access to the served models of one deployment ``model``, on one or more Triton
-    endpoints.
+    endpoints: what ``SamPredictor`` (its ``client``), ``SamAutomaticMaskGenerator`` and the
+    benchmarks call.
 
-    ``url`` is "host:port", a comma-separated list of them, or a list. Requests that name an
-    image (the session model's) go to the endpoint that image ranks first under rendezvous
-    hashing, among those that are up; other requests rotate over the endpoints. A request
-    that finds an endpoint unreachable (or without the model) goes at once to the next one,
-    and that endpoint is skipped for ``down_seconds`` (each failure is logged on the
-    "samtriton" logger and kept in ``endpoint_failures``). Every call has a deadline
-    (``timeout`` seconds); when every endpoint is unreachable the call is retried with
-    exponential backoff and jitter, at most ``retries`` times and never past its deadline,
-    then ``ServerUnavailable`` is raised. All calls are idempotent, so retrying is safe.
-    ``shared_memory=True`` sends large tensors to a server on this host through system
-    shared memory (with the server's ``admin_key``). Arguments: ``samtriton.transport.Deployment``;
+    Arguments: ``samtriton.transport.Deployment``'s (``url``, ``model`` and the connection
+    options of ``samtriton.options.ConnectionOptions``). Endpoint choice, fail-over, retries
+    and re-sending an evicted image: ``samtriton.transport``'s docstring, the one description.
     ``bytes_sent`` / ``bytes_received`` count the tensor bytes that crossed the wire.
     """
 
@@ -55,10 +52,12 @@ class TritonSam(Deployment):
         return self.transport.admin(url or self.urls[0])
 
     def endpoint_ready(self, url: str) -> bool:
+        """``url`` is live with every served model of the deployment READY."""
         return self.transport.endpoint_ready(url, self.model)
 
     def is_ready(self) -> bool:
-        """True when at least one endpoint is live with all of the deployment's models READY."""
+        """True when at least one endpoint is ready: live, with every served model of the
+        deployment (``contract.MODEL_SPECS``) READY."""
         return any(self.endpoint_ready(u) for u in self.urls)
 
     def infer(
@@ -68,9 +67,15 @@ class TritonSam(Deployment):
         outputs: Optional[Sequence[str]] = None,
         output_bytes: Optional[Dict[str, int]] = None,
     ) -> Dict[str, np.ndarray]:
-        """One stateless request to ``spec``'s model: ``tensors`` by input name (optional
-        inputs may be left out), ``outputs`` the names wanted (default all). ``output_bytes``
-        bounds the size of outputs that may come back through shared memory."""
+        """One stateless request to ``spec``'s model; its outputs by name.
+
+        Arguments:
+          spec: the served model's contract (``contract.ENCODER``, ...).
+          tensors: the inputs by name (optional inputs may be left out).
+          outputs: the output names wanted (default all).
+          output_bytes: the most bytes each output may take, for outputs that may come back
+            through shared memory.
+        """
         return self.transport.call(make_call(spec, self.model, tensors, outputs, output_bytes))
 
     def encode(self, padded_images: np.ndarray, input_sizes: np.ndarray) -> np.ndarray:
@@ -86,7 +91,13 @@ class TritonSam(Deployment):
     def segment(
         self, padded_image: np.ndarray, input_size: Tuple[int, int], prompts: Dict[str, np.ndarray]
     ) -> Tuple[np.ndarray, np.ndarray]:
-        """Image + K prompts through the ensemble in one call."""
+        """Image + K prompts through the ensemble in one call -> (low-res logits, IoU predictions).
+
+        Arguments:
+          padded_image: the [1024, 1024, 3] uint8 square.
+          input_size: (h, w) of the resized image inside it.
+          prompts: the decoder's prompt tensors (``prompts.prompt_tensors``).
+        """
         tensors = dict(prompts)
         tensors[C.IMAGE.name] = padded_image[None]
         tensors[C.INPUT_SIZE.name] = np.asarray([input_size], dtype=np.int64)
@@ -105,13 +116,15 @@ class TritonSam(Deployment):
         original_size: Optional[Tuple[int, int]] = None,
         encoded_image: Optional[bytes] = None,
     ) -> Tuple[Tuple[int, int], Tuple[int, int]]:
-        """Encode an image on the server and keep its embedding there under ``image_id``.
+        """Encode an image on the server and keep its embedding there under ``image_id``;
+        returns (input_size, original_size).
 
-        Either the padded image (+ its input and original sizes) or the image file's bytes
-        (decoded and preprocessed by the server). Returns (input_size, original_size)."""
-        source = dict(
-            padded_image=padded_image, input_size=input_size, original_size=original_size, encoded_image=encoded_image
-        )
+        Arguments:
+          image_id: the image's id (``calls.ImageSource.image_id``).
+          padded_image, input_size, original_size: the padded image and its sizes, or
+          encoded_image: the image file's bytes (decoded and preprocessed by the server).
+        """
+        source = calls.ImageSource(padded_image, input_size, original_size, encoded_image)
         return calls.set_result(self.transport.call(calls.session_set(self.model, image_id, source)))
 
     def session_decode(
@@ -120,52 +133,58 @@ class TritonSam(Deployment):
         prompts: Dict[str, np.ndarray],
         multimask_output: bool,
         float16: bool = True,
-        source: Optional[calls.Source] = None,
+        source: SourceLike = None,
     ) -> Tuple[np.ndarray, np.ndarray]:
-        """K prompts against the stored embedding -> ([K, C, 256, 256] logits, [K, C] IoU),
-        C = 3 with ``multimask_output`` else 1; logits as float16 unless ``float16=False``.
-        With ``source`` (the ``session_set`` arguments) the image is sent again if the
-        server does not hold it; without, that raises ``ImageNotCached``."""
-        call = calls.session_decode(self.model, image_id, prompts, multimask_output, float16, source)
+        """K prompts against the stored embedding -> ([K, C, 256, 256] logits, [K, C] IoU).
+
+        Arguments:
+          image_id: the stored image's id.
+          prompts: the decoder's prompt tensors.
+          multimask_output: C = 3 masks per prompt, else 1.
+          float16: logits as float16 (else float32).
+          source: the image (a ``calls.ImageSource``, or a mapping of its fields), sent again
+            if the server does not hold it; without, that raises ``ImageNotCached``.
+        """
+        call = calls.session_decode(self.model, image_id, prompts, multimask_output, float16, _source(source))
         return calls.decode_result(call, self.transport.call(call))
 
     def session_amg(
-        self, image_id: str, tensors: Dict[str, np.ndarray], source: Optional[calls.Source] = None
+        self, image_id: str, tensors: Dict[str, np.ndarray], source: SourceLike = None
     ) -> Dict[str, np.ndarray]:
         """The AMG stage's request (``C.AMG``'s inputs but the embedding) against the stored
         embedding of ``image_id``: the kept masks' outputs, as ``C.AMG.outputs``."""
-        return self.transport.call(calls.session_amg(self.model, image_id, tensors, source))
+        return self.transport.call(calls.session_amg(self.model, image_id, tensors, _source(source)))
 
-    def session_embedding(self, image_id: str, source: Optional[calls.Source] = None) -> np.ndarray:
+    def session_embedding(self, image_id: str, source: SourceLike = None) -> np.ndarray:
         """The stored [1, 256, 64, 64] float32 embedding of ``image_id``."""
-        out = self.transport.call(calls.session_embedding(self.model, image_id, source))
+        out = self.transport.call(calls.session_embedding(self.model, image_id, _source(source)))
         return out[C.DECODER_IMAGE_EMBEDDINGS.name]
 
     def close(self) -> None:
+        """Closes the channels (shared-memory regions are unregistered and freed)."""
         self.transport.close()
+
+
+def _source(source: SourceLike) -> Optional[calls.ImageSource]:
+    """``source`` as an ``ImageSource`` (a mapping of its fields is still taken)."""
+    return None if source is None else calls.ImageSource.of(source)
 
 
 class SamPredictor:
     """segment-anything's ``SamPredictor``, served by Triton.
 
     Arguments:
-      url: the Triton gRPC endpoint "host:port", or several (a list, or comma-separated):
-        an image's requests go to the replica it hashes to (rendezvous hashing over the
-        endpoints that are up), so its embedding is computed once and its clicks find it;
-        when that replica goes down, the next one in the image's ranking takes over.
+      url: the Triton gRPC endpoint "host:port", or several (a list, or comma-separated);
+        how an image's requests pick a replica and fail over: ``samtriton.transport``'s
+        docstring.
       model: the deployment name given to ``samtriton export --name`` (default "sam").
       session: keep the image's embedding on the server (the session model: the image is
         sent once, clicks send only prompts); False sends the embedding back with each
         prompt (stateless: any replica serves any request).
-      connection: the connection options (``samtriton.options.ConnectionOptions``, the same
-        for ``TritonSam`` and ``AsyncSamPredictor``): timeout (seconds each call may take),
-        headers (extra gRPC metadata, e.g. an auth token), retries, backoff and down_seconds
-        (fail-over), shared_memory (large tensors through system shared memory to a server on
-        this host) and admin_key (the server's admin key, which registering a region needs;
-        default: ``SAMTRITON_ADMIN_KEY_FILE`` / ``SAMTRITON_ADMIN_KEY``; without it the wire is
-        used), and tritonclient's ``InferenceServerClient`` arguments: ``ssl=True``,
-        ``root_certificates``, ``private_key``, ``certificate_chain`` (paths) for TLS. An
-        unknown option is a ``TypeError`` naming it.
+      connection: the connection options, keywords only: the fields of
+        ``samtriton.options.ConnectionOptions`` (timeout, headers, retries, backoff,
+        down_seconds, shared_memory, admin_key, and tritonclient's TLS arguments), the same for
+        ``TritonSam`` and ``AsyncSamPredictor``. An unknown option is a ``TypeError`` naming it.
 
     ``client`` is its ``TritonSam``: typed access to the deployment's models (what
     ``SamAutomaticMaskGenerator`` and the benchmarks use).
@@ -175,7 +194,7 @@ class SamPredictor:
     # only; ``image_id`` and ``_image_source`` (what to send again): session mode only.
     features: Optional[np.ndarray]
     image_id: Optional[str]
-    _image_source: Optional[calls.Source]
+    _image_source: Optional[calls.ImageSource]
     original_size: Optional[Tuple[int, int]]
     input_size: Optional[Tuple[int, int]]
 
@@ -195,41 +214,47 @@ class SamPredictor:
 
     # --- image ---------------------------------------------------------------------------
     def set_image(self, image: ImageLike, image_format: str = "RGB") -> None:
-        """Encode ``image`` on the server for the following ``predict`` calls.
+        """Encode ``image`` on the server for the following ``predict`` calls. In session mode
+        the embedding stays on the server; otherwise it is returned and kept here.
 
-        ``image``: HWC uint8 array in ``image_format`` ("RGB" or "BGR"), a PIL image or a path.
-        Grayscale (HxW) is replicated to 3 channels, RGBA drops alpha, uint16 is scaled to
-        uint8 by 255/65535 (see ``transforms.to_rgb_uint8``). In session mode the embedding
-        stays on the server; otherwise it is returned and kept here.
+        Arguments:
+          image: HWC uint8 array in ``image_format``, a PIL image or a path. Grayscale (HxW)
+            is replicated to 3 channels, RGBA drops alpha, uint16 is scaled to uint8 by
+            255/65535 (see ``transforms.to_rgb_uint8``).
+          image_format: "RGB" or "BGR".
         """
         source = image_source(image, image_format, self.transform)
         self.reset_image()
         if self.session:
             self._image_source = source
-            image_id = C.image_id_for(**source)
-            self.client.session_set(image_id, **source)
-            self.image_id = image_id
+            self.client.session_set(source.image_id, source.padded_image, source.input_size, source.original_size)
+            self.image_id = source.image_id
         else:
             self.features = self.client.encode(
-                source["padded_image"][None], np.asarray([source["input_size"]], dtype=np.int64)
+                cast(np.ndarray, source.padded_image)[None], np.asarray([source.input_size], dtype=np.int64)
             )
-        self.original_size = source["original_size"]
-        self.input_size = source["input_size"]
+        self.original_size = source.original_size
+        self.input_size = source.input_size
         self.is_image_set = True
 
     def set_image_file(self, image_file: Union[bytes, str, "os.PathLike"]) -> None:
-        """Like ``set_image``, for an image file (path or bytes: JPEG, PNG, ...). In session mode
-        the file's bytes are sent as they are and the server decodes and preprocesses them
-        exactly as ``set_image`` would here: a JPEG is ~10x fewer bytes than the padded image."""
+        """Like ``set_image``, for an image file. In session mode the file's bytes are sent as
+        they are and the server decodes and preprocesses them exactly as ``set_image`` would
+        here: a JPEG is ~10x fewer bytes than the padded image.
+
+        Arguments:
+          image_file: the file's path, or its bytes (JPEG, PNG, ...).
+        """
         data = image_file if isinstance(image_file, (bytes, bytearray)) else read_image_file(image_file)
         if not self.session:
             return self.set_image(decode_image(data))
         encoded_image_size(data)  # a clear error here for a file the server could not read either
         self.reset_image()
-        self._image_source = dict(encoded_image=bytes(data))
-        image_id = C.image_id_for(**self._image_source)
-        self.input_size, self.original_size = self.client.session_set(image_id, **self._image_source)
-        self.image_id = image_id
+        self._image_source = source = calls.ImageSource.from_file(data)
+        self.input_size, self.original_size = self.client.session_set(
+            source.image_id, encoded_image=source.encoded_image
+        )
+        self.image_id = source.image_id
         self.is_image_set = True
 
     def get_image_embedding(self) -> np.ndarray:
@@ -255,10 +280,16 @@ class SamPredictor:
     ):  # fmt: skip
         """One prompt, as ``segment_anything.SamPredictor.predict``.
 
-        point_coords: Nx2 (x, y) pixels of the original image; point_labels: N of 1
-        (foreground) / 0 (background); box: (x0, y0, x1, y1); mask_input: 1x256x256 logits
-        from a previous call. Returns masks (CxHxW bool, or float logits with
-        ``return_logits``), scores (C,) and low-res logits (Cx256x256), C = 3 or 1.
+        Arguments:
+          point_coords: Nx2 (x, y) pixels of the original image.
+          point_labels: N labels, 1 (foreground) or 0 (background).
+          box: (x0, y0, x1, y1) pixels of the original image.
+          mask_input: 1x256x256 low-res logits from a previous call.
+          multimask_output: three masks (C = 3), else one (C = 1).
+          return_logits: float logits instead of boolean masks.
+
+        Returns:
+          masks (CxHxW), scores (C,) and low-res logits (Cx256x256).
         """
         prompt = single_prompt(point_coords, point_labels, box, mask_input)
         out = self._predict(*prompt, multimask_output, return_logits)
@@ -271,8 +302,12 @@ class SamPredictor:
     ):  # fmt: skip
         """K prompts on the current image in ONE request (``predict_torch`` in original pixels).
 
-        point_coords: KxNx2; point_labels: KxN; boxes: Kx4; mask_input: Kx1x256x256. Returns
-        masks KxCxHxW, scores KxC, low-res logits KxCx256x256.
+        Arguments:
+          point_coords: KxNx2; point_labels: KxN; boxes: Kx4; mask_input: Kx1x256x256; the
+            others: ``predict``'s.
+
+        Returns:
+          masks KxCxHxW, scores KxC, low-res logits KxCx256x256.
         """
         prompt = batch_prompt(point_coords, point_labels, boxes, mask_input)
         return self._predict(*prompt, multimask_output, return_logits)
@@ -282,17 +317,29 @@ class SamPredictor:
         point_coords=None, point_labels=None, box=None, mask_input=None,
         multimask_output: bool = True, return_logits: bool = False,
     ):  # fmt: skip
-        """``set_image`` + ``predict`` in one call through the ensemble; keeps no state."""
+        """``set_image`` + ``predict`` in one call through the ensemble; keeps no state.
+
+        Arguments: ``set_image``'s, then ``predict``'s.
+        """
         source = image_source(image, image_format, self.transform)
         prompts = prompt_tensors(
-            self.transform, *single_prompt(point_coords, point_labels, box, mask_input), source["original_size"]
+            self.transform, *single_prompt(point_coords, point_labels, box, mask_input), source.original_size
         )
-        low_res, iou = self.client.segment(source["padded_image"], source["input_size"], prompts)
+        input_size = cast(Tuple[int, int], source.input_size)
+        low_res, iou = self.client.segment(cast(np.ndarray, source.padded_image), input_size, prompts)
         selected = C.MULTIMASK_SLICE if multimask_output else C.SINGLE_MASK_SLICE
-        out = masks_from_logits(low_res, iou, selected, return_logits, source["input_size"], source["original_size"])
+        out = masks_from_logits(low_res, iou, selected, return_logits, input_size, source.original_size)
         return tuple(x[0] for x in out)
 
-    def _predict(self, points, labels, boxes, masks, multimask_output, return_logits):
+    def _predict(
+        self,
+        points: Optional[np.ndarray],
+        labels: Optional[np.ndarray],
+        boxes: Optional[np.ndarray],
+        masks: Optional[np.ndarray],
+        multimask_output: bool,
+        return_logits: bool,
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         self._require_image()
         # The session model fills in an absent mask prompt; the stateless decoder needs it sent.
         prompts = prompt_tensors(
@@ -301,10 +348,14 @@ class SamPredictor:
         if self.session:
             # float16 logits unless the caller wants logits: the masks (logits > 0) are the same.
             low_res, iou = self.client.session_decode(
-                self.image_id, prompts, multimask_output, float16=not return_logits, source=self._image_source
+                cast(str, self.image_id),
+                prompts,
+                multimask_output,
+                float16=not return_logits,
+                source=self._image_source,
             )
             return masks_from_logits(low_res, iou, None, return_logits, self.input_size, self.original_size)
-        prompts[C.DECODER_IMAGE_EMBEDDINGS.name] = self.features
+        prompts[C.DECODER_IMAGE_EMBEDDINGS.name] = cast(np.ndarray, self.features)
         low_res, iou = self.client.decode(prompts)
         selected = C.MULTIMASK_SLICE if multimask_output else C.SINGLE_MASK_SLICE
         return masks_from_logits(low_res, iou, selected, return_logits, self.input_size, self.original_size)
@@ -315,18 +366,21 @@ class SamPredictor:
 
     @property
     def model(self) -> str:
+        """The deployment name."""
         return self.client.model
 
     @property
     def backend(self) -> TritonSam:
-        """The former name of ``client`` (kept for existing callers)."""
+        """The old name of ``client``, kept working for existing callers; use ``client``."""
         return self.client
 
     def is_ready(self) -> bool:
-        """True when the server and this deployment's three models are ready."""
+        """``TritonSam.is_ready``: an endpoint is live with every served model of the deployment
+        READY (``samtriton.transport``'s docstring)."""
         return self.client.is_ready()
 
     def close(self) -> None:
+        """Closes the client's channels."""
         self.client.close()
 
     def __enter__(self):

@@ -13,27 +13,42 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from . import contract as C
+from .calls import ImageSource
 from .errors import InvalidInput
 from .transforms import ImageLike, ResizeLongestSide, postprocess_masks, preprocess, to_rgb_uint8
 
 Prompt = Tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]
 
 
-def image_source(image: ImageLike, image_format: str, transform: ResizeLongestSide) -> Dict:
-    """An image as the server's session stage takes it: ``padded_image`` (the 1024 square),
-    ``input_size`` (its resized size inside it) and ``original_size`` (h, w)."""
+def image_source(image: ImageLike, image_format: str, transform: ResizeLongestSide) -> ImageSource:
+    """An image as the server's session stage takes it: its ``padded_image`` (the 1024
+    square), ``input_size`` (its resized size inside it) and ``original_size`` (h, w).
+
+    Arguments:
+      image: an HWC array in ``image_format``, a PIL image or a path (``to_rgb_uint8``).
+      image_format: "RGB" or "BGR".
+      transform: the resize to the encoder's side (``ResizeLongestSide(contract.IMAGE_SIZE)``).
+    """
     rgb = to_rgb_uint8(image, image_format)
     padded, input_size = preprocess(rgb, transform)
-    return dict(padded_image=padded, input_size=input_size, original_size=tuple(rgb.shape[:2]))
+    height, width = rgb.shape[:2]
+    return ImageSource(padded_image=padded, input_size=input_size, original_size=(height, width))
 
 
 def masks_from_logits(
     low_res: np.ndarray, iou: np.ndarray, selected: Optional[slice], return_logits: bool, input_size, original_size
-):
-    """(masks, scores, low-res logits) as ``SamPredictor.predict`` returns them, from the
-    decoder's [K, C, 256, 256] logits and [K, C] IoU predictions. ``selected``: the mask slice
-    to keep (``contract.SINGLE_MASK_SLICE`` / ``MULTIMASK_SLICE``), or None when the server
-    already chose; ``return_logits``: float logits at the image size instead of booleans."""
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(masks, scores, low-res logits) as ``SamPredictor.predict`` returns them.
+
+    Arguments:
+      low_res: the decoder's [K, C, 256, 256] logits.
+      iou: its [K, C] IoU predictions.
+      selected: the mask slice to keep (``contract.SINGLE_MASK_SLICE`` / ``MULTIMASK_SLICE``),
+        or None when the server already chose.
+      return_logits: float logits at the image size instead of booleans.
+      input_size: (h, w) of the resized image inside the 1024 square.
+      original_size: (h, w) of the image.
+    """
     if selected is not None:
         low_res, iou = low_res[:, selected], iou[:, selected]
     low_res, scores = np.ascontiguousarray(low_res, dtype=np.float32), np.ascontiguousarray(iou)
@@ -46,10 +61,17 @@ def masks_from_logits(
 def prompt_tensors(
     transform: ResizeLongestSide, points, labels, boxes, masks, original_size, fill_absent_mask: bool = True
 ) -> Dict[str, np.ndarray]:
-    """Original-pixel prompts (as ``single_prompt`` / ``batch_prompt`` return them) -> the
-    decoder's tensors (SAM's ONNX prompt form). Without a mask prompt, ``fill_absent_mask``
-    adds the zero mask and has_mask 0 the decoder takes; False leaves both out (the session
-    model fills them in: 256 KiB per prompt not sent)."""
+    """Original-pixel prompts -> the decoder's tensors (SAM's ONNX prompt form).
+
+    Arguments:
+      transform: the resize to the encoder's side.
+      points, labels, boxes, masks: K prompts as ``single_prompt`` / ``batch_prompt`` return
+        them (any may be None, but points and boxes not both).
+      original_size: (h, w) of the image.
+      fill_absent_mask: without a mask prompt, add the zero mask and has_mask 0 the decoder
+        takes; False leaves both out (the session model fills them in: 256 KiB per prompt
+        not sent).
+    """
     if points is None and boxes is None:
         raise InvalidInput("point_coords / box: give at least one point or a box")
     coords, label_parts = [], []
@@ -80,6 +102,7 @@ def prompt_tensors(
 
 
 def read_image_file(path) -> bytes:
+    """The bytes of the image file at ``path``; ``InvalidInput`` when it cannot be read."""
     try:
         with open(path, "rb") as handle:
             return handle.read()

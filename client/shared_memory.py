@@ -38,6 +38,8 @@ def is_local(url: str) -> bool:
 
 @dataclass
 class Region:
+    """One system shared-memory region: its names, its size and tritonclient's handle."""
+
     name: str  # the name the server knows it by
     key: str  # the POSIX shm key
     byte_size: int
@@ -95,10 +97,12 @@ class SharedMemoryPool:
 
     @staticmethod
     def write(region: Region, array: np.ndarray) -> None:
+        """Copies ``array`` into ``region``."""
         shm.set_shared_memory_region(region.handle, [np.ascontiguousarray(array)])
 
     @staticmethod
     def read(region: Region, dtype, shape) -> np.ndarray:
+        """A copy of ``region``'s contents as an array of ``dtype`` and ``shape``."""
         return np.array(shm.get_contents_as_numpy(region.handle, np.dtype(dtype), list(shape)), copy=True)
 
     def close(self) -> Optional[Awaitable[None]]:

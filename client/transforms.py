@@ -33,6 +33,7 @@ class ResizeLongestSide:
 
     @staticmethod
     def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> Tuple[int, int]:
+        """(height, width) of an ``oldh`` x ``oldw`` image resized to the long side ``long_side_length``."""
         scale = long_side_length * 1.0 / max(oldh, oldw)
         newh, neww = oldh * scale, oldw * scale
         return int(newh + 0.5), int(neww + 0.5)
@@ -45,6 +46,7 @@ class ResizeLongestSide:
         return np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR))  # type: ignore[attr-defined]
 
     def apply_coords(self, coords: np.ndarray, original_size: Tuple[int, ...]) -> np.ndarray:
+        """[..., 2] (x, y) pixels of an image of ``original_size`` (h, w) -> in its resized frame."""
         old_h, old_w = original_size
         new_h, new_w = self.get_preprocess_shape(original_size[0], original_size[1], self.target_length)
         coords = deepcopy(coords).astype(float)
@@ -53,6 +55,7 @@ class ResizeLongestSide:
         return coords
 
     def apply_boxes(self, boxes: np.ndarray, original_size: Tuple[int, ...]) -> np.ndarray:
+        """[..., 4] XYXY boxes of an image of ``original_size`` (h, w) -> [N, 4] in its resized frame."""
         boxes = self.apply_coords(boxes.reshape(-1, 2, 2), original_size)
         return boxes.reshape(-1, 4)
 
@@ -60,10 +63,12 @@ class ResizeLongestSide:
 def to_rgb_uint8(image: ImageLike, image_format: str = "RGB") -> np.ndarray:
     """Any supported image -> HWC uint8 RGB.
 
-    Accepted: a path or PIL image (decoded and converted to RGB by Pillow; 16-bit files are
-    scaled to 8 bits), or a numpy array that is HxW (grayscale, replicated to 3 channels),
-    HxWx1, HxWx3 (``image_format`` "RGB" or "BGR") or HxWx4 (alpha dropped), of dtype uint8,
-    or uint16 (scaled by 255/65535, rounded), or bool.
+    Arguments:
+      image: a path or PIL image (decoded and converted to RGB by Pillow; 16-bit files are
+        scaled to 8 bits), or a numpy array that is HxW (grayscale, replicated to 3
+        channels), HxWx1, HxWx3 or HxWx4 (alpha dropped), of dtype uint8, or uint16 (scaled
+        by 255/65535, rounded), or bool.
+      image_format: the channel order of a 3- or 4-channel array, "RGB" or "BGR".
     """
     if isinstance(image, (str, os.PathLike)):
         path = image

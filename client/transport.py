@@ -9,9 +9,14 @@
   hashes on it (nginx ``hash $http_samtriton_image_id consistent``) keeps the same affinity
   for clients that know one address.
 - Fail-over: an endpoint that is unreachable, or lacks the model, is skipped for
-  ``down_seconds`` and the request goes to the next endpoint in its order at once; when
-  every endpoint was unreachable the call is retried with exponential backoff and jitter,
-  never past its deadline.
+  ``down_seconds`` and the request goes to the next endpoint in its order at once; each
+  failure is kept in the client's ``endpoint_failures`` (and, with several endpoints, logged
+  on the "samtriton" logger). Every call has a deadline (``timeout`` seconds); when every
+  endpoint was unreachable the call is retried, at most ``retries`` times and never past its
+  deadline, after an exponential backoff (``backoff`` seconds, doubled each retry, times a
+  random jitter of 0.5-1.5), then ``ServerUnavailable`` is raised. A model missing on a ready
+  server (``ModelNotReady``) is not waited for. Every request is idempotent, so retrying is
+  safe.
 - Re-send: a session request that finds the server without its image (NOT_FOUND from the
   session model) sends the image to that same endpoint once and asks again, so the images
   of a failed endpoint move to their next endpoint and stay there.
@@ -27,6 +32,9 @@
   ``ContractMismatch`` naming them. Skipped endpoints are asked again after
   ``ContractVersions.RECHECK_SECONDS``: an upgraded replica comes back into use.
 - Errors: Triton's status codes, not message text, become samtriton's exceptions.
+- Readiness: an endpoint is ready when its server is live and every served model of the
+  deployment (each of ``contract.MODEL_SPECS``) is READY (``endpoint_ready``); a blocking
+  client's ``is_ready`` is True when one of its endpoints is.
 
 This docstring is the one description of fail-over; the modules it is built from:
 ``endpoints`` (parsing, hashing, health), ``attempts`` (the plan), ``versions`` (contract
@@ -148,10 +156,13 @@ class _Outcome:
 
 
 class Transport(Exchange):
-    """The blocking transport: ``tritonclient.grpc`` clients, each call's steps run in turn
-    (arguments: ``Exchange``'s)."""
+    """The blocking transport: ``tritonclient.grpc`` clients, each call's steps run in turn.
+
+    Arguments: ``Exchange``'s.
+    """
 
     def new_client(self, url: str) -> TritonClient:
+        """A blocking ``tritonclient.grpc.InferenceServerClient`` for ``url``."""
         return grpcclient.InferenceServerClient(url, **self.options.client_arguments())
 
     def call(self, call: Call) -> Dict[str, np.ndarray]:
@@ -172,10 +183,13 @@ class Transport(Exchange):
 
 
 class AsyncTransport(Exchange):
-    """The asyncio transport: ``tritonclient.grpc.aio`` clients, each call's steps awaited
-    (arguments: ``Exchange``'s)."""
+    """The asyncio transport: ``tritonclient.grpc.aio`` clients, each call's steps awaited.
+
+    Arguments: ``Exchange``'s.
+    """
 
     def new_client(self, url: str) -> TritonClient:
+        """A ``tritonclient.grpc.aio.InferenceServerClient`` for ``url``."""
         import tritonclient.grpc.aio as grpcaio  # only asyncio users pay for importing it
 
         return grpcaio.InferenceServerClient(url, **self.options.client_arguments())
@@ -211,14 +225,15 @@ class AsyncTransport(Exchange):
 
 class Deployment:
     """One deployment ``model`` on one or more Triton endpoints, and the transport that
-    reaches it: what ``TritonSam`` (blocking) and ``AsyncSamPredictor`` (asyncio) share.
+    reaches it: what ``TritonSam`` (blocking) and ``AsyncSamPredictor`` (asyncio) share. How
+    requests pick, fail over and retry endpoints: this module's docstring.
 
     Arguments:
       url: "host:port", a comma-separated list of them, or a list.
       model: the deployment name (the served models are NAME_encoder, NAME_decoder, ...).
-      timeout, headers, retries, backoff, down_seconds, and the other keyword options: the
-        fields of ``ConnectionOptions``, the same for every client; an unknown one is a
-        ``TypeError`` naming it and the client.
+      timeout, headers, retries, backoff, down_seconds, options: the fields of
+        ``ConnectionOptions`` (``options``: the others, by keyword), the same for every
+        client; an unknown one is a ``TypeError`` naming it and the client.
     """
 
     transport_class: Any = Transport

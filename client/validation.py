@@ -14,6 +14,14 @@ from .errors import InvalidInput
 
 
 def check_array(name: str, value: np.ndarray, dtype, ndim: int) -> None:
+    """``InvalidInput`` naming ``name`` unless ``value`` is a numpy array of ``dtype`` with ``ndim`` dimensions.
+
+    Arguments:
+      name: the tensor's name, for the error.
+      value: the tensor.
+      dtype: the dtype it must have.
+      ndim: the number of dimensions it must have.
+    """
     if not isinstance(value, np.ndarray):
         raise InvalidInput(f"{name}: expected a numpy array, got {type(value).__name__}")
     if value.dtype != np.dtype(dtype):
@@ -23,6 +31,7 @@ def check_array(name: str, value: np.ndarray, dtype, ndim: int) -> None:
 
 
 def check_finite(name: str, value: np.ndarray) -> None:
+    """``InvalidInput`` naming ``name`` when ``value`` holds a NaN or an infinity."""
     if not np.all(np.isfinite(value)):
         raise InvalidInput(f"{name}: contains NaN or infinite values; expected finite numbers")
 
@@ -102,6 +111,14 @@ def check_encoder_inputs(image: np.ndarray, input_size: np.ndarray) -> None:
 
 
 def check_amg_inputs(input_size, crop_size, thresholds, prompts=None):
+    """Validate the inputs of one automatic-mask-generation request (besides its prompts).
+
+    Arguments:
+      input_size: [2] int64 (height, width) of the resized crop, the long side 1024.
+      crop_size: [2] int64 (height, width) of the crop.
+      thresholds: [3] float32 ``contract.AMG_THRESHOLDS``.
+      prompts: the request's prompt count, or None: then the work cap is not checked.
+    """
     check_array(C.INPUT_SIZE.name, input_size, np.int64, 1)
     check_array(C.CROP_SIZE.name, crop_size, np.int64, 1)
     check_array(C.AMG_THRESHOLDS.name, thresholds, np.float32, 1)
@@ -117,7 +134,7 @@ def check_amg_inputs(input_size, crop_size, thresholds, prompts=None):
         check_amg_work(int(prompts), crop_size)
 
 
-def check_amg_work(prompts, crop_size):
+def check_amg_work(prompts: int, crop_size: np.ndarray) -> None:
     """Prompts x crop pixels of one automatic-mask-generation request within the contract's cap."""
     work = int(prompts) * int(crop_size[0]) * int(crop_size[1])
     if work > C.MAX_AMG_PROMPT_PIXELS:

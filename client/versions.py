@@ -69,6 +69,7 @@ class ContractVersions:
                 del self._versions[key]
 
     def compatible(self, version: str) -> bool:
+        """``version`` has this client's major contract version."""
         return major(version) == major(self.client_version)
 
     def check(self, url: str, model: str, known: Optional[str], config=None) -> None:

@@ -55,7 +55,18 @@ def make_call(
     image_id: Optional[str] = None,
     resend: Optional[Call] = None,
 ) -> Call:
-    """A ``Call`` with its tensors checked and cast to the contract's dtypes."""
+    """A ``Call`` with its tensors checked and cast to the contract's dtypes.
+
+    Arguments:
+      spec: the served model's contract (``contract.ENCODER``, ...).
+      model: the deployment name.
+      tensors: the inputs by name (optional ones may be left out).
+      outputs: the output names wanted (default: all of ``spec``'s).
+      output_bytes: the most bytes each output may take, for outputs that may come back
+        through shared memory.
+      image_id: the image a session request names (routing and the affinity header).
+      resend: the request that sends the image again when the server does not hold it.
+    """
     model_name = spec.served_name(model)
     return Call(
         spec,

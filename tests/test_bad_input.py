@@ -344,7 +344,7 @@ def test_request_size_limit(predictor, server):
     too_big = dict(largest_allowed, mask_input=np.zeros((2 * k, 1, 256, 256), np.float32))
     before = _request_counts(server)
     with pytest.raises(InvalidInput, match="limit is 80 MiB"):
-        predictor.backend.infer(DECODER, too_big)
+        predictor.client.infer(DECODER, too_big)
     assert _request_counts(server) == before
 
 

@@ -88,8 +88,8 @@ def test_a_replica_without_its_encoder_answers_unavailable_and_the_client_fails_
             )
             predictor.set_image(image)
             assert predictor.predict(point_coords=np.array([[100.0, 100.0]]), point_labels=np.array([1]))[0].shape[0]
-            assert [u for u, _ in predictor.backend.endpoint_failures] == [partial.grpc_url]
-            assert "could not use mobilesam_encoder" in predictor.backend.endpoint_failures[0][1]
+            assert [u for u, _ in predictor.client.endpoint_failures] == [partial.grpc_url]
+            assert "could not use mobilesam_encoder" in predictor.client.endpoint_failures[0][1]
         raw = _infer(
             partial.grpc_url,
             "mobilesam_session",

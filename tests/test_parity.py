@@ -82,7 +82,7 @@ def parity(request, server, reference_results, images):
                         predictor.predict(**refine), reference_results[name, "mask_refinement"]
                     )
         if request.param == "session_shared_memory":
-            assert predictor.backend.bytes_sent < 2**20, "the images went through shared memory"
+            assert predictor.client.bytes_sent < 2**20, "the images went through shared memory"
     return results
 
 

@@ -57,7 +57,7 @@ def test_kill_restart_and_model_reload(repository, images):
         # The call in flight at the kill gives up by its deadline (timeout 10 s); 3 s of slack
         # for a loaded 2-core machine (measured: 1.85 s, the retries finding the port closed).
         print(f"\nkill: the call in flight failed {failed_at - killed_at:.2f} s after the kill")
-        assert failed_at - killed_at <= predictor.backend.timeout + 3
+        assert failed_at - killed_at <= predictor.client.timeout + 3
         assert not predictor.is_ready()
 
         # Restart on the same ports: the same predictor object works again.

@@ -73,3 +73,41 @@ def test_requests_are_cast_checked_and_bounded():
             {C.IMAGE.name: np.zeros((too_many, 1024, 1024, 3), np.uint8), C.INPUT_SIZE.name: np.zeros((too_many, 2))},
         )
     assert nbytes(np.array([b"abc", b"de"], dtype=object)) == 3 + 4 + 2 + 4, "BYTES carry a 4-byte length"
+
+
+def test_an_image_source_is_a_typed_value_with_the_contracts_image_id():
+    """``prompts.image_source`` gives an ``ImageSource``; its id is ``contract.image_id_for``
+    of its fields (which the server recomputes), and the session request carries them."""
+    from samtriton import calls
+    from samtriton.prompts import image_source
+
+    image = np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8)
+    source = image_source(image, "RGB", TRANSFORM)
+    assert isinstance(source, calls.ImageSource)
+    assert source.padded_image.shape == (1024, 1024, 3) and source.input_size == (768, 1024)
+    assert source.original_size == (300, 400)
+    assert source.image_id == C.image_id_for(source.padded_image, source.input_size, source.original_size)
+    call = calls.session_set("sam", source.image_id, source)
+    assert call.arrays[C.IMAGE.name].shape == (1, 1024, 1024, 3) and call.image_id == source.image_id
+    np.testing.assert_array_equal(call.arrays[C.ORIGINAL_SIZE.name], [300, 400])
+    from_file = calls.ImageSource.from_file(bytearray(b"\x89PNG..."))
+    assert from_file.encoded_image == b"\x89PNG..." and from_file.image_id == C.image_id_for(
+        encoded_image=b"\x89PNG..."
+    )
+    assert C.ENCODED_IMAGE.name in calls.session_set("sam", from_file.image_id, from_file).arrays
+    # The mapping form the SDK took before still converts.
+    fields = dict(padded_image=source.padded_image, input_size=(768, 1024), original_size=(300, 400))
+    assert calls.ImageSource.of(fields).image_id == source.image_id and calls.ImageSource.of(source) is source
+
+
+def test_backend_is_still_the_old_name_of_client():
+    """``SamPredictor.backend`` keeps working for existing callers; the docs and tests use
+    ``client``. Nothing connects here: gRPC channels connect on the first call."""
+    from samtriton import SamPredictor, TritonSam
+
+    predictor = SamPredictor("127.0.0.1:1", model="sam")
+    try:
+        assert isinstance(predictor.client, TritonSam) and predictor.backend is predictor.client
+        assert "old name of ``client``" in SamPredictor.backend.__doc__
+    finally:
+        predictor.close()

@@ -147,7 +147,7 @@ def test_rolling_restart_under_load_drops_no_call(replicas):
                         with lock:
                             failures.append((time.monotonic(), repr(exc)))
             with lock:
-                failovers.extend(predictor.backend.endpoint_failures)
+                failovers.extend(predictor.client.endpoint_failures)
 
     started = time.monotonic()
     stop_at[0] = started + 10 * LOAD_SECONDS  # set for real once every replica has restarted

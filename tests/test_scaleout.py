@@ -230,17 +230,18 @@ def test_stateless_requests_still_spread(cold, scaleout_images):
 def test_image_id_travels_as_metadata():
     from samtriton import calls
 
-    source = dict(padded_image=np.zeros((1024, 1024, 3), np.uint8), input_size=(1024, 1024), original_size=(1024, 1024))
-    image_id = C.image_id_for(**source)
+    source = calls.ImageSource(np.zeros((1024, 1024, 3), np.uint8), input_size=(1024, 1024), original_size=(1024, 1024))
+    image_id = source.image_id
     call = calls.session_set("sam", image_id, source)
     assert call.headers({"authorization": "x"}) == {"authorization": "x", C.IMAGE_ID_HEADER: image_id}
-    stateless = calls.encode("sam", source["padded_image"][None], np.array([[1024, 1024]]))
+    stateless = calls.encode("sam", source.padded_image[None], np.array([[1024, 1024]]))
     assert stateless.headers(None) is None and stateless.image_id is None
 
 
 def test_one_client_shared_by_threads_survives_a_kill(cold, scaleout_images):
     """Threads share one TritonSam (and its shared-memory pools) while a replica dies: a
     failed endpoint's channel is replaced, never closed under another thread's request."""
+    from samtriton.calls import ImageSource
     from samtriton.predictor import TritonSam
     from samtriton.prompts import prompt_tensors
     from samtriton.transforms import ResizeLongestSide, preprocess, to_rgb_uint8
@@ -253,10 +254,10 @@ def test_one_client_shared_by_threads_survives_a_kill(cold, scaleout_images):
     for name in list(scaleout_images)[:6]:
         rgb = to_rgb_uint8(scaleout_images[name])
         padded, input_size = preprocess(rgb, transform)
-        source = dict(padded_image=padded, input_size=input_size, original_size=rgb.shape[:2])
-        sources.append((C.image_id_for(**source), source))
+        source = ImageSource(padded, input_size, original_size=rgb.shape[:2])
+        sources.append((source.image_id, source))
     for image_id, source in sources:
-        backend.session_set(image_id, **source)
+        backend.session_set(image_id, source.padded_image, source.input_size, source.original_size)
     victim = next(s for s in cold.servers if any(backend.endpoint_for(i) == s.grpc_url for i, _ in sources))
     errors, done = [], []
     lock = threading.Lock()
@@ -265,13 +266,13 @@ def test_one_client_shared_by_threads_survives_a_kill(cold, scaleout_images):
         for step in range(12):
             image_id, source = sources[(index + step) % len(sources)]
             prompts = prompt_tensors(
-                transform, np.array([[[100.0, 120.0]]]), np.array([[1]]), None, None, source["original_size"]
+                transform, np.array([[[100.0, 120.0]]]), np.array([[1]]), None, None, source.original_size
             )
             try:
                 low_res, _ = backend.session_decode(image_id, prompts, True, source=source)
                 assert low_res.shape == (1, 3, 256, 256)
                 if index % 2 and step % 4 == 0:  # stateless requests share the channels and pools
-                    backend.encode(source["padded_image"][None], np.asarray([source["input_size"]]))
+                    backend.encode(source.padded_image[None], np.asarray([source.input_size]))
             except Exception as exc:  # noqa: BLE001 - a raw ValueError from a closed channel lands here
                 errors.append(repr(exc))
             with lock:

@@ -27,10 +27,10 @@ from helpers import EMBEDDING_BYTES, mask_iou, prompts_for, successful_requests
 def test_a_click_sends_under_one_percent_of_the_embedding(server, images):
     with SamPredictor(server.grpc_url, model="mobilesam") as predictor:
         predictor.set_image(images["chelsea"])
-        sent, received = predictor.backend.bytes_sent, predictor.backend.bytes_received
+        sent, received = predictor.client.bytes_sent, predictor.client.bytes_received
         masks, scores, logits = predictor.predict(**prompts_for(images["chelsea"].shape)["point"])
-        click_sent = predictor.backend.bytes_sent - sent
-        click_received = predictor.backend.bytes_received - received
+        click_sent = predictor.client.bytes_sent - sent
+        click_received = predictor.client.bytes_received - received
     print(f"\nbytes per click: sent {click_sent}, received {click_received}")
     assert click_sent <= 0.01 * EMBEDDING_BYTES
     # 3 float16 low-res masks and 3 float32 scores: half of the float32 logits, a quarter of the 4 masks.
@@ -71,7 +71,7 @@ def test_evicted_image_is_sent_again_transparently(server, images, session_cache
                 None,
                 predictor.original_size,
             )
-            predictor.backend.session_decode(predictor.image_id, tensors, multimask_output=True)
+            predictor.client.session_decode(predictor.image_id, tensors, multimask_output=True)
         encodes = successful_requests(server, "mobilesam_encoder")
         after = predictor.predict(**prompt)
         assert successful_requests(server, "mobilesam_encoder") == encodes + 1, "the image was encoded again"
@@ -132,9 +132,9 @@ def test_set_image_file_jpeg_matches_reference_on_the_decoded_file(server, refer
     data = buffer.getvalue()
     decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     with SamPredictor(server.grpc_url, model="mobilesam") as predictor:
-        sent = predictor.backend.bytes_sent
+        sent = predictor.client.bytes_sent
         predictor.set_image_file(data)
-        file_sent = predictor.backend.bytes_sent - sent
+        file_sent = predictor.client.bytes_sent - sent
         reference_predictor.set_image(decoded)
         assert predictor.original_size == reference_predictor.original_size
         assert predictor.input_size == reference_predictor.input_size
@@ -241,7 +241,7 @@ def test_bad_image_file_is_rejected_before_sending(server):
     with SamPredictor(server.grpc_url, model="mobilesam") as predictor:
         with pytest.raises(ValueError, match="encoded_image"):
             predictor.set_image_file(b"\x89PNG not really")
-        assert predictor.backend.bytes_sent == 0
+        assert predictor.client.bytes_sent == 0
 
 
 def test_shared_memory_falls_back_to_the_wire_for_a_remote_server(server, images, monkeypatch):
@@ -267,7 +267,7 @@ def test_shared_memory_falls_back_to_the_wire_for_a_remote_server(server, images
             client.get_system_shared_memory_status(as_json=True, headers=server.admin_headers).get("regions", {})
         )
         assert registered == before, "no region was registered"
-        assert remote.backend.bytes_sent >= image.nbytes, "the image went over the wire"
+        assert remote.client.bytes_sent >= image.nbytes, "the image went over the wire"
         plain.set_image(image)
         want_masks, want_scores, _ = plain.predict(**prompt)
     client.close()
@@ -280,12 +280,12 @@ def test_shared_memory_regions_are_released_on_close(server, images):
     with SamPredictor(server.grpc_url, model="mobilesam", shared_memory=True, admin_key=server.admin_key) as predictor:
         predictor.set_image(images["astronaut"])
         predictor.predict(**prompts_for(images["astronaut"].shape)["point"])
-        prefix = predictor.backend.transport.channels.current(server.grpc_url).pool.prefix
+        prefix = predictor.client.transport.channels.current(server.grpc_url).pool.prefix
         registered = client.get_system_shared_memory_status(as_json=True, headers=server.admin_headers).get(
             "regions", {}
         )
         assert any(name.startswith(prefix) for name in registered)
-        assert predictor.backend.bytes_sent < 1024, "the image went through shared memory"
+        assert predictor.client.bytes_sent < 1024, "the image went through shared memory"
     registered = client.get_system_shared_memory_status(as_json=True, headers=server.admin_headers).get("regions", {})
     assert not any(name.startswith(prefix) for name in registered)
     assert not glob.glob(f"/dev/shm/{prefix}*")

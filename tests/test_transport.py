@@ -104,7 +104,7 @@ def test_the_plan_stops_at_its_deadline():
 def _source():
     import numpy as np
 
-    return dict(padded_image=np.zeros((1024, 1024, 3), np.uint8), input_size=(1024, 768), original_size=(600, 450))
+    return calls.ImageSource(np.zeros((1024, 1024, 3), np.uint8), input_size=(1024, 768), original_size=(600, 450))
 
 
 @pytest.mark.parametrize(
@@ -132,7 +132,7 @@ def test_not_found_is_an_unknown_image_only_for_a_request_on_a_stored_image():
     import numpy as np
 
     source = _source()
-    image_id = C.image_id_for(**source)
+    image_id = source.image_id
     prompts = {C.POINT_COORDS.name: np.zeros((1, 2, 2), np.float32), C.POINT_LABELS.name: np.ones((1, 2), np.float32)}
     click = calls.session_decode("sam", image_id, prompts, True, source=source)
     assert click.resend is not None and click.resend.image_id == image_id

@@ -141,7 +141,7 @@ def test_a_skewed_replica_is_never_sent_a_request(server, skewed_server, images,
                     masks, scores, _ = predictor.predict(**POINT)
                     assert masks.shape[0] == 3 and np.isfinite(scores).all()
                     clicks += 1
-            assert predictor.backend.endpoint_failures == [], "skipping is not failing"
+            assert predictor.client.endpoint_failures == [], "skipping is not failing"
     assert clicks == 12
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1, warnings
