@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+CHECK = runpy.run_path(str(ROOT / "scripts" / "gpu_serve_check.py"))  # the check's own lists
 CACHE = Path.home() / ".cache" / "samtriton" / "gpu-emulation"
 # The GPU machine's torch is 2.11+cu130; any torch for 3.12 serves here (the project's pin).
 TORCH = "torch==2.13.0"
@@ -49,7 +50,7 @@ def shared_python(version: str = "3.12") -> Path:
 
 def machine_site(python: Path) -> Path:
     """The GPU machine's base site-packages: its packages, installed once into a cache folder."""
-    packages = runpy.run_path(str(ROOT / "scripts" / "gpu_serve_check.py"))["MACHINE_PACKAGES"]
+    packages = CHECK["MACHINE_PACKAGES"]
     wanted = [TORCH if name == "torch" else name for name in packages]
     site = CACHE / f"py{python.name[len('python') :]}-site"
     stamp = site / "samtriton-machine.json"
@@ -67,17 +68,9 @@ def carried_tree(machine: Path, bundle: Path) -> Path:
     """What the device tool copies (git's tracked files and untracked ones it does not ignore),
     with the bundle at out/gpu_bundle."""
     repo = machine / "repo"
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout
-    for name in filter(None, listed.decode().split("\0")):
-        source = ROOT / name
-        if source.is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, repo / name)
+    for name in CHECK["carried_files"]():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, repo / name)
     shutil.copytree(bundle, repo / "out" / "gpu_bundle")
     return repo
 
