@@ -79,6 +79,17 @@ def from_environment(environ: Optional[Mapping[str, str]] = None) -> Optional[st
     return None
 
 
+def given(path: "str | os.PathLike[str] | None", setting: str) -> Optional[str]:
+    """The key in the file ``path`` (a command's ``setting``, such as ``--admin-key-file``)
+    when one is named, else ``from_environment()``.
+
+    Arguments:
+      path: the key file the caller named, or None.
+      setting: how the caller names it, for errors.
+    """
+    return read_file(path, setting) if path else from_environment()
+
+
 def grpc_headers(key: Optional[str]) -> Dict[str, str]:
     """The gRPC metadata that carries ``key`` (empty for None)."""
     return {} if key is None else {ADMIN_KEY_GRPC_HEADER: key}

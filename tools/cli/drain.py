@@ -46,9 +46,7 @@ def run(args) -> int:
         print(f"samtriton drain: --timeout must be positive seconds, got {args.timeout}", file=sys.stderr)
         return 2
     try:
-        key = (
-            keys.read_file(args.admin_key_file, "--admin-key-file") if args.admin_key_file else keys.from_environment()
-        )
+        key = keys.given(args.admin_key_file, "--admin-key-file")
     except ValueError as exc:
         print(f"samtriton drain: {exc}", file=sys.stderr)
         return 2

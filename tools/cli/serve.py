@@ -60,10 +60,9 @@ def add_parser(sub) -> None:
 def _given_admin_key(args):
     """(key, where it came from) from ``--admin-key-file`` or the environment; (None, "")
     when neither gives one. ``ValueError`` naming the setting for a bad one."""
-    if args.admin_key_file:
-        return keys.read_file(args.admin_key_file, "--admin-key-file"), f"from {args.admin_key_file}"
-    key = keys.from_environment()
-    return key, "from the environment" if key else ""
+    key = keys.given(args.admin_key_file, "--admin-key-file")
+    where = f"from {args.admin_key_file}" if args.admin_key_file else "from the environment"
+    return key, where if key else ""
 
 
 def run(args) -> int:
