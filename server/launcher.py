@@ -336,6 +336,7 @@ class EmbeddedTriton:
         backend_dir = _backend_directory(Path(self._workdir.name))
         env = _environment()
         env.pop(SESSION_CACHE_DIR_ENV, None)  # never inherited by accident: set only when asked
+        env.pop(keys.ADMIN_KEY_ENV, None)  # the models' processes never see the key (as in the containers)
         if self.session_cache_dir is not None:
             env[SESSION_CACHE_DIR_ENV] = str(self.session_cache_dir)
         # The stubs' lifeline: a pipe whose write end only tritonserver keeps (lifecycle.py).
